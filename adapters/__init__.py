@@ -1,0 +1,1 @@
+"""Source adapters, one module per source type, registered in :mod:`adapters.registry`."""

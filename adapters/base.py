@@ -1,0 +1,72 @@
+"""The contract between adapters and the rest of the bridge.
+
+An adapter is constructed from its validated config model and then asked for
+:meth:`Adapter.changes`, an async iterator of :class:`ChangeBatch`. The daemon commits
+each batch to the outbox (events, dead letters and ``checkpoint`` in one transaction)
+and only then calls :meth:`Adapter.acknowledge` with that checkpoint: a source that can
+forget (a replication slot, a file to archive) may do so from that point on.
+
+On start the daemon passes the last committed checkpoint (``None`` on first run); the
+adapter resumes exactly after it. Checkpoints are JSON-able dicts owned by each adapter.
+
+Adapters raise :class:`bridge.errors.RetryableError` for transient failures (the
+supervisor restarts them with back-off from the last checkpoint) and
+:class:`bridge.errors.FatalError` for what needs a person.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol
+
+from bridge.events import ChangeEvent, DeadLetter
+from bridge.model import StrictModel
+
+Checkpoint = dict[str, Any]
+
+
+@dataclass(slots=True)
+class ChangeBatch:
+    """Events (in source order) plus the checkpoint that the batch reaches."""
+
+    events: list[ChangeEvent] = field(default_factory=list)
+    checkpoint: Checkpoint | None = None
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.events) + len(self.dead_letters)
+
+
+class AdapterConfig(StrictModel):
+    """Base of every adapter's config block: strict, frozen, unknown keys rejected."""
+
+
+    name: str
+    type: str
+
+
+class Adapter(Protocol):
+    """What the daemon needs from a source."""
+
+    name: str
+
+    def changes(self, checkpoint: Checkpoint | None) -> AsyncIterator[ChangeBatch]:
+        """Yield batches from just after ``checkpoint`` until cancelled (or input ends)."""
+        ...
+
+    async def acknowledge(self, checkpoint: Checkpoint | None) -> None:
+        """Everything up to ``checkpoint`` is durably in the outbox."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections and files."""
+        ...
+
+
+class AdapterFactory(Protocol):
+    """A registered adapter type: its config model and its constructor."""
+
+    config_model: ClassVar[type[AdapterConfig]]
+
+    def __call__(self, config: Any) -> Adapter: ...

@@ -1,0 +1,256 @@
+"""Configuration: YAML file -> environment interpolation -> strict, frozen pydantic models.
+
+Loading is three pure steps, each collecting every problem before failing:
+
+1. YAML parse (errors carry file, line and column);
+2. ``${VAR}`` / ``${VAR:-default}`` interpolation in string values (``$${`` escapes a
+   literal ``${``); an unset variable without default is an error naming it and the
+   path where it is used; the value itself is never echoed;
+3. pydantic validation; unknown keys, wrong types and missing keys are reported all at
+   once, each as ``path: message`` with paths such as ``adapters[1].tables[0].mode``.
+
+Input values are never part of the messages, so secrets interpolated from the
+environment cannot leak through a validation error.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Union
+
+import yaml
+from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
+
+from adapters.base import AdapterConfig
+from adapters.registry import REGISTRY
+from bridge.errors import ConfigError
+from bridge.model import Duration, StrictModel
+
+_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+_TOKEN = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
+_VAR = re.compile(r"\$(\$?)\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+RESERVED_ADAPTER_NAMES = frozenset({"outbox"})
+
+
+class EmbeddedNats(StrictModel):
+    host: str = "127.0.0.1"
+    port: int = Field(default=4222, ge=0, le=65535)
+
+
+class TlsConfig(StrictModel):
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+
+class NatsConfig(StrictModel):
+    #: One URL or several (a cluster). Absent -> the embedded nats-server.
+    url: str | list[str] | None = None
+    embedded: EmbeddedNats = EmbeddedNats()
+    stream: str = Field(default="CDC", pattern=r"^[A-Za-z0-9_-]+$")
+    subject_prefix: str = "cdc"
+    user: str | None = None
+    password: str | None = Field(default=None, repr=False)
+    token: str | None = Field(default=None, repr=False)
+    nkey_seed_file: Path | None = None
+    creds_file: Path | None = None
+    tls: TlsConfig | None = None
+    #: JetStream duplicate window: must cover the longest time between a PubAck and the
+    #: outbox row's deletion (a crash in between, then restart).
+    duplicate_window: Duration = 600.0
+    replicas: int = Field(default=1, ge=1, le=5)
+    storage: str = Field(default="file", pattern="^(file|memory)$")
+    max_age: Duration = 0.0
+    max_bytes: int = -1
+    connect_timeout: Duration = 5.0
+    ack_timeout: Duration = 10.0
+
+    @field_validator("subject_prefix")
+    @classmethod
+    def _prefix_tokens(cls, value: str) -> str:
+        if not _TOKEN.match(value):
+            raise ValueError("must be dot-separated tokens of [A-Za-z0-9_-], no wildcards")
+        return value
+
+    def servers(self) -> list[str]:
+        if self.url is None:
+            return [f"nats://{self.embedded.host}:{self.embedded.port}"]
+        return [self.url] if isinstance(self.url, str) else list(self.url)
+
+
+class OutboxConfig(StrictModel):
+    #: ``sqlite:///path`` (default: under state_dir) or ``postgresql://...``.
+    url: str | None = None
+    #: Rows the relay reads and publishes per round.
+    relay_batch: int = Field(default=2000, ge=1, le=100_000)
+    #: Publishes awaiting a PubAck at once.
+    max_in_flight: int = Field(default=4000, ge=1, le=100_000)
+    #: Idle relay re-checks the store this often even without a wake-up.
+    poll_interval: Duration = 1.0
+
+
+class LogConfig(StrictModel):
+    level: str = Field(default="INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$")
+    format: str = Field(default="text", pattern="^(text|json)$")
+
+
+def _adapter_union() -> Any:
+    models = tuple(t.config_model for t in REGISTRY.values())
+    if len(models) == 1:
+        return models[0]
+    return Annotated[Union[models], Field(discriminator="type")]  # noqa: UP007
+
+
+AdapterConfigUnion = _adapter_union()
+
+
+class BridgeConfig(StrictModel):
+    state_dir: Path = Path(".cdc-bridge")
+    nats: NatsConfig = NatsConfig()
+    outbox: OutboxConfig = OutboxConfig()
+    log: LogConfig = LogConfig()
+    adapters: list[AdapterConfigUnion] = Field(default_factory=list)  # type: ignore[valid-type]
+    _secrets: frozenset[str] = PrivateAttr(default=frozenset())
+
+    @property
+    def secrets(self) -> frozenset[str]:
+        """Values to redact from logs: interpolated variables, passwords, tokens."""
+        known = {self.nats.password or "", self.nats.token or ""}
+        return frozenset(self._secrets | known) - {""}
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> BridgeConfig:
+        seen: set[str] = set()
+        problems: list[str] = []
+        for i, adapter in enumerate(self.adapters):
+            name = adapter.name
+            if not _NAME.match(name):
+                problems.append(f"adapters[{i}].name: must match [a-z0-9][a-z0-9_-]*")
+            if name in RESERVED_ADAPTER_NAMES:
+                problems.append(f"adapters[{i}].name: {name!r} is reserved")
+            if name in seen:
+                problems.append(f"adapters[{i}].name: duplicate adapter name {name!r}")
+            seen.add(name)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    @property
+    def adapter_configs(self) -> list[AdapterConfig]:
+        return list(self.adapters)
+
+    def outbox_url(self) -> str:
+        return self.outbox.url or f"sqlite:///{self.state_dir / 'outbox.db'}"
+
+
+# --- loading -------------------------------------------------------------------------
+
+
+def format_path(loc: tuple[int | str, ...] | list[int | str]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "(top level)"
+
+
+def interpolate(
+    value: Any,
+    env: Mapping[str, str],
+    errors: list[str],
+    loc: tuple[Any, ...] = (),
+    used: set[str] | None = None,
+) -> Any:
+    """Replace ``${VAR}`` and ``${VAR:-default}`` in every string of a YAML tree.
+
+    Values taken from ``env`` are added to ``used`` (they may be secrets).
+    """
+    if isinstance(value, dict):
+        return {k: interpolate(v, env, errors, (*loc, k), used) for k, v in value.items()}
+    if isinstance(value, list):
+        return [interpolate(v, env, errors, (*loc, i), used) for i, v in enumerate(value)]
+    if not isinstance(value, str) or "$" not in value:
+        return value
+
+    def sub(match: re.Match[str]) -> str:
+        escaped, name, default = match.group(1), match.group(2), match.group(3)
+        if escaped:
+            return match.group(0)[1:]
+        if name in env:
+            if used is not None:
+                used.add(env[name])
+            return env[name]
+        if default is not None:
+            return default
+        errors.append(f"{format_path(loc)}: environment variable {name} is not set")
+        return ""
+
+    return _VAR.sub(sub, value)
+
+
+def _strip_tags(loc: tuple[int | str, ...]) -> tuple[int | str, ...]:
+    """Drop the discriminator tag pydantic inserts after ``adapters[i]``."""
+    out: list[int | str] = []
+    for i, part in enumerate(loc):
+        if i >= 2 and loc[0] == "adapters" and i == 2 and part in REGISTRY:
+            continue
+        out.append(part)
+    return tuple(out)
+
+
+def _pydantic_messages(exc: ValidationError) -> list[str]:
+    lines = []
+    for err in exc.errors(include_input=False, include_url=False):
+        loc = _strip_tags(tuple(err["loc"]))
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif err["type"] == "missing":
+            msg = "required key is missing"
+        elif msg.startswith("Value error, "):
+            msg = msg[len("Value error, ") :]
+        lines.append(f"{format_path(loc)}: {msg}")
+    return lines
+
+
+def parse_config(text: str, source: str = "<config>", env: Mapping[str, str] | None = None) -> BridgeConfig:
+    """Parse YAML text into a :class:`BridgeConfig` or raise :class:`ConfigError`."""
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
+        problem = getattr(e, "problem", None) or str(e)
+        raise ConfigError([f"{where}: invalid YAML: {problem}"]) from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError([f"{source}: the top level must be a mapping of keys"])
+    errors: list[str] = []
+    used: set[str] = set()
+    raw = interpolate(raw, os.environ if env is None else env, errors, (), used)
+    try:
+        config = BridgeConfig.model_validate(raw)
+    except ValidationError as e:
+        errors.extend(_pydantic_messages(e))
+        raise ConfigError(errors) from None
+    if errors:
+        raise ConfigError(errors)
+    config._secrets = frozenset(used)
+    return config
+
+
+def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> BridgeConfig:
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError([f"{p}: cannot read config file: {e.strerror}"]) from None
+    except UnicodeDecodeError:
+        raise ConfigError([f"{p}: config file is not UTF-8 text"]) from None
+    return parse_config(text, str(p), env)

@@ -1,0 +1,1 @@
+"""The transactional outbox: store backends, the batch writer, the application-side writer."""

@@ -1,0 +1,79 @@
+"""The outbox store contract, shared by every backend (SQLite, PostgreSQL).
+
+A store holds three things:
+
+- pending messages, each with a monotonically increasing ``seq`` (the relay publishes
+  in ``seq`` order, which keeps per-adapter source order, hence per-key order);
+- one checkpoint per adapter, written in the SAME transaction as that batch's
+  messages (:meth:`OutboxStore.append`), so a crash leaves both or neither;
+- nothing else for long: published rows are deleted (:meth:`OutboxStore.remove`).
+
+Stores are synchronous; the daemon drives them from worker threads (see
+:mod:`outbox.runner`) so that a slow disk never stalls the event loop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxMessage:
+    """A message ready to publish: subject, body and headers are final."""
+
+    msg_id: str
+    subject: str
+    payload: bytes
+    headers: dict[str, str] | None = None
+    #: Milliseconds since the epoch when the change was captured (for lag metrics).
+    created_ms: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class PendingRow:
+    seq: int
+    message: OutboxMessage
+
+
+@dataclass(frozen=True, slots=True)
+class StoreStats:
+    pending: int
+    oldest_pending_ms: int | None
+    size_bytes: int | None
+
+
+class OutboxStore(Protocol):
+    """What every outbox backend implements (see :mod:`tests.test_outbox_conformance`)."""
+
+    #: Stable identity of this store (same across restarts), for reconciliation.
+    store_id: str
+
+    def append(
+        self, adapter: str, messages: list[OutboxMessage], checkpoint: dict[str, Any] | None
+    ) -> int:
+        """Append ``messages`` and set ``adapter``'s checkpoint in one transaction.
+
+        Returns the ``seq`` of the last message appended (or the current maximum).
+        """
+        ...
+
+    def checkpoint(self, adapter: str) -> dict[str, Any] | None:
+        """The adapter's last committed checkpoint, or ``None``."""
+        ...
+
+    def checkpoints(self) -> dict[str, dict[str, Any]]:
+        """All adapters' checkpoints."""
+        ...
+
+    def pending(self, after_seq: int, limit: int) -> list[PendingRow]:
+        """Up to ``limit`` rows with ``seq > after_seq``, in ``seq`` order."""
+        ...
+
+    def remove(self, up_to_seq: int) -> int:
+        """Delete published rows with ``seq <= up_to_seq``; returns how many."""
+        ...
+
+    def stats(self) -> StoreStats: ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,17 @@
+"""Open the outbox store named by a URL (``sqlite:///path`` or ``postgresql://...``)."""
+
+from __future__ import annotations
+
+from outbox.base import OutboxStore
+from outbox.sqlite import SqliteStore
+
+
+def open_store(url: str) -> OutboxStore:
+    if url.startswith("sqlite:///"):
+        return SqliteStore(url[len("sqlite:///"):])
+    if url.startswith(("postgresql://", "postgres://")):
+        from outbox.postgres import PostgresStore
+
+        return PostgresStore(url)
+    scheme = url.split(":", 1)[0]
+    raise ValueError(f"unsupported outbox URL scheme {scheme!r}: use sqlite:/// or postgresql://")

@@ -1,0 +1,58 @@
+"""Drive a synchronous :class:`outbox.base.OutboxStore` from asyncio.
+
+Two single-thread executors: one for capture (appends), one for the relay (reads and
+deletes), so a long append never delays publishing and vice versa. Every append sets
+``appended``, the event the relay waits on when it has nothing to do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from outbox.base import OutboxMessage, OutboxStore, PendingRow, StoreStats
+
+
+class AsyncStore:
+    def __init__(self, store: OutboxStore) -> None:
+        self.store = store
+        self.appended = asyncio.Event()
+        self._capture = ThreadPoolExecutor(1, thread_name_prefix="outbox-capture")
+        self._relay = ThreadPoolExecutor(1, thread_name_prefix="outbox-relay")
+
+    @property
+    def store_id(self) -> str:
+        return self.store.store_id
+
+    async def append(
+        self, adapter: str, messages: list[OutboxMessage], checkpoint: dict[str, Any] | None
+    ) -> int:
+        loop = asyncio.get_running_loop()
+        seq = await loop.run_in_executor(
+            self._capture, self.store.append, adapter, messages, checkpoint
+        )
+        if messages:
+            self.appended.set()
+        return seq
+
+    async def checkpoint(self, adapter: str) -> dict[str, Any] | None:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._capture, self.store.checkpoint, adapter)
+
+    async def pending(self, after_seq: int, limit: int) -> list[PendingRow]:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._relay, self.store.pending, after_seq, limit)
+
+    async def remove(self, up_to_seq: int) -> int:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._relay, self.store.remove, up_to_seq)
+
+    async def stats(self) -> StoreStats:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._relay, self.store.stats)
+
+    def close(self) -> None:
+        self._capture.shutdown(wait=True)
+        self._relay.shutdown(wait=True)
+        self.store.close()

@@ -1,0 +1,40 @@
+"""Turn an adapter's :class:`adapters.base.ChangeBatch` into outbox messages and commit it.
+
+Encoding (CloudEvents JSON, subject, headers) happens here, once, in the capture path;
+the relay then only moves bytes. The commit itself runs on the store's capture thread
+(:class:`outbox.runner.AsyncStore`), and wakes the relay.
+"""
+
+from __future__ import annotations
+
+import time
+
+from adapters.base import ChangeBatch
+from bridge.events import dead_letter_subject
+from outbox.base import OutboxMessage
+from outbox.runner import AsyncStore
+
+
+def encode_batch(batch: ChangeBatch, prefix: str) -> list[OutboxMessage]:
+    now = int(time.time() * 1000)
+    out = [
+        OutboxMessage(ev.id, ev.subject(prefix), ev.encode(), None, now) for ev in batch.events
+    ]
+    out.extend(
+        OutboxMessage(dl.id, dead_letter_subject(prefix, dl.adapter), dl.payload, dl.headers(), now)
+        for dl in batch.dead_letters
+    )
+    return out
+
+
+class OutboxWriter:
+    """Commits batches for one adapter: events, dead letters and checkpoint together."""
+
+    def __init__(self, store: AsyncStore, adapter: str, prefix: str) -> None:
+        self.store = store
+        self.adapter = adapter
+        self.prefix = prefix
+
+    async def commit(self, batch: ChangeBatch) -> int:
+        messages = encode_batch(batch, self.prefix)
+        return await self.store.append(self.adapter, messages, batch.checkpoint)

@@ -1,0 +1,121 @@
+"""Test helpers: run the bridge as a real process, read back what the stream holds."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import nats
+import nats.js.errors
+import orjson
+import yaml
+from nats.js import api
+
+
+def write_config(path: Path, config: dict[str, Any]) -> Path:
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+class BridgeProcess:
+    """``cdc-bridge run -c FILE`` as a child process (so tests can kill -9 it)."""
+
+    def __init__(self, config_path: Path, log_path: Path, env: dict[str, str] | None = None):
+        self.config_path = config_path
+        self.log_path = log_path
+        self.env = env
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        log = open(self.log_path, "ab")  # noqa: SIM115
+        env = dict(os.environ)
+        env.update(self.env or {})
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "bridge.cli", "run", "-c", str(self.config_path)],
+            stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+        )
+        log.close()
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+
+    def terminate(self, timeout_s: float = 30.0) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout_s)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+@dataclass
+class StoredMessage:
+    seq: int
+    subject: str
+    headers: dict[str, str]
+    body: dict[str, Any]
+
+
+async def read_stream(url: str, stream: str = "CDC", subject: str = ">") -> list[StoredMessage]:
+    """Every message in ``stream`` (matching ``subject``), in stream order."""
+    nc = await nats.connect(url)
+    try:
+        js = nc.jetstream()
+        try:
+            info = await js.stream_info(stream)
+        except nats.js.errors.NotFoundError:
+            return []
+        total = info.state.messages
+        out: list[StoredMessage] = []
+        if total == 0:
+            return out
+        sub = await js.pull_subscribe(subject, stream=stream,
+                                      config=api.ConsumerConfig(
+                                          ack_policy=api.AckPolicy.NONE,
+                                          deliver_policy=api.DeliverPolicy.ALL))
+        while True:
+            try:
+                msgs = await sub.fetch(1000, timeout=1.0)
+            except nats.errors.TimeoutError:
+                break
+            for m in msgs:
+                body: dict[str, Any]
+                try:
+                    body = orjson.loads(m.data)
+                except orjson.JSONDecodeError:
+                    body = {"_raw": m.data.decode("utf-8", "replace")}
+                out.append(StoredMessage(m.metadata.sequence.stream, m.subject,
+                                         dict(m.headers or {}), body))
+        await sub.unsubscribe()
+        return out
+    finally:
+        await nc.close()
+
+
+def stream_messages(url: str, stream: str = "CDC", subject: str = ">") -> list[StoredMessage]:
+    return asyncio.run(read_stream(url, stream, subject))
+
+
+def wait_for(predicate: Any, timeout_s: float = 60.0, interval_s: float = 0.2,
+             what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+        time.sleep(interval_s)
