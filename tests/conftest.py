@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.services.mariadb import MariaDBServer
 from tests.services.nats_server import NatsServer
+from tests.services.postgres import PostgresServer
 
 
 @pytest.fixture
@@ -18,3 +20,48 @@ def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One PostgreSQL (wal_level=logical) for the session; tests use their own databases.
+
+    Tests that stop/kill the server should use ``fresh_postgres`` instead.
+    """
+    server = PostgresServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.destroy()
+
+
+@pytest.fixture
+def fresh_postgres() -> Iterator[PostgresServer]:
+    """A PostgreSQL of the test's own, free to stop, kill and restart."""
+    server = PostgresServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.destroy()
+
+
+@pytest.fixture(scope="session")
+def mariadb_server() -> Iterator[MariaDBServer]:
+    server = MariaDBServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.destroy()
+
+
+@pytest.fixture
+def fresh_mariadb() -> Iterator[MariaDBServer]:
+    server = MariaDBServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.destroy()
