@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from bridge.events import ChangeEvent, DeadLetter
 from bridge.model import StrictModel
@@ -70,3 +70,21 @@ class AdapterFactory(Protocol):
     config_model: ClassVar[type[AdapterConfig]]
 
     def __call__(self, config: Any) -> Adapter: ...
+
+
+@runtime_checkable
+class SupportsSnapshot(Protocol):
+    """Optional: an adapter that can re-snapshot tables on demand (``cdc-bridge snapshot``)."""
+
+    async def request_snapshot(self, tables: list[str] | None) -> None:
+        """Emit ``op: r`` events for ``tables`` (all when ``None``) through ``changes``."""
+        ...
+
+
+@runtime_checkable
+class SupportsInit(Protocol):
+    """Optional: an adapter with source-side set-up (``cdc-bridge init``)."""
+
+    async def init(self) -> list[str]:
+        """Create what capture needs (slot, publication, ...); return one line per action."""
+        ...
