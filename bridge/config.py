@@ -125,7 +125,7 @@ class BridgeConfig(StrictModel):
     def _unique_names(self) -> BridgeConfig:
         seen: set[str] = set()
         problems: list[str] = []
-        for i, adapter in enumerate(self.adapters):
+        for i, adapter in enumerate(self.adapter_configs):
             name = adapter.name
             if not _NAME.match(name):
                 problems.append(f"adapters[{i}].name: must match [a-z0-9][a-z0-9_-]*")
@@ -218,7 +218,9 @@ def _pydantic_messages(exc: ValidationError) -> list[str]:
     return lines
 
 
-def parse_config(text: str, source: str = "<config>", env: Mapping[str, str] | None = None) -> BridgeConfig:
+def parse_config(
+    text: str, source: str = "<config>", env: Mapping[str, str] | None = None
+) -> BridgeConfig:
     """Parse YAML text into a :class:`BridgeConfig` or raise :class:`ConfigError`."""
     try:
         raw = yaml.safe_load(text)
