@@ -18,7 +18,8 @@ from tenacity import (
     retry_if_exception_type,
     stop_after_delay,
     stop_never,
-    wait_exponential_jitter,
+    wait_exponential,
+    wait_random,
 )
 
 from bridge.errors import RetryableError
@@ -47,7 +48,7 @@ def retrying(
     """``async for attempt in retrying(...): with attempt: ...``"""
     return AsyncRetrying(
         retry=retry_if_exception_type(retry_on),
-        wait=wait_exponential_jitter(initial=initial_s, max=max_s, jitter=jitter_s),
+        wait=wait_exponential(multiplier=initial_s, max=max_s) + wait_random(0, jitter_s),
         stop=stop_never if deadline_s is None else stop_after_delay(deadline_s),
         before_sleep=_log_before_sleep(log, what),
         reraise=True,

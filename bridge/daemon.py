@@ -1,17 +1,27 @@
 """The daemon: wires config, embedded NATS, outbox, adapters and relay, and supervises them.
 
 Start-up: state_dir, then the embedded nats-server (when ``nats.url`` is absent), the
-outbox store, the relay, and one supervised task per adapter. Each adapter task loads
-its checkpoint from the store, iterates the adapter's batches, commits each batch to
-the outbox (events + checkpoint in one transaction) and only then acknowledges it to
-the adapter. A :class:`bridge.errors.RetryableError` restarts the adapter from its last
-committed checkpoint with back-off; a :class:`bridge.errors.FatalError` stops the
-daemon with a clear message.
+outbox store, the relay, one supervised task per adapter, and the operations tasks
+(metrics refresh, control channel, optional HTTP endpoint).
+
+Supervision (:mod:`bridge.supervisor`): each adapter task loads its checkpoint from the
+store, iterates the adapter's batches, commits each batch to the outbox (events +
+checkpoint in one transaction) and only then acknowledges it to the adapter. Any
+failure but a :class:`bridge.errors.FatalError` restarts that adapter alone from its
+last committed checkpoint with back-off (``cdc_adapter_restarts``); the others keep
+running. The relay is supervised the same way. A ``FatalError`` anywhere stops the
+daemon with a clear message and exit code 1.
+
+Adapter states, one log line per change: ``starting`` (created, not yet proven),
+``running`` (first batch, or ``ready_grace_s`` without an error, or the adapter's own
+``connected`` attribute when it has one), ``retrying`` (failed, waiting to restart),
+``finished`` (its input ended), ``stopped``. ``/readyz`` is ready when NATS is connected
+and every adapter is ``running`` or ``finished``.
 
 Shutdown is two-phase: stop intake (cancel adapter tasks; a batch being committed
-finishes first because the commit runs on the store's thread), let the relay finish
-the batch in flight within ``shutdown_timeout_s``, then close everything and log a
-one-line summary of counters.
+finishes first because the commit is shielded), let the relay finish the batch in
+flight within ``shutdown_timeout_s``, then close everything and log a one-line summary
+of counters.
 """
 
 from __future__ import annotations
@@ -20,107 +30,135 @@ import asyncio
 import contextlib
 import logging
 import signal
-from dataclasses import dataclass, field
+import time
+from collections import Counter
 from typing import Any
 
 from adapters.base import AdapterConfig
 from adapters.registry import AdapterContext, create
-from bridge.backoff import retrying
+from bridge import metrics
 from bridge.config import BridgeConfig
+from bridge.control import ControlDb, control_path
 from bridge.embedded import EmbeddedNats
-from bridge.errors import FatalError, RetryableError
+from bridge.errors import FatalError
+from bridge.http import HttpServer
+from bridge.logs import RedactingFilter
+from bridge.probe import NatsProbe
 from bridge.publisher import Publisher
 from bridge.relay import Relay
+from bridge.snapshots import AdapterStats, SnapshotRunner
+from bridge.supervisor import supervise
 from outbox.factory import open_store
 from outbox.runner import AsyncStore
 from outbox.writer import OutboxWriter
 
 log = logging.getLogger("cdc_bridge.daemon")
 
-
-@dataclass(slots=True)
-class AdapterStats:
-    batches: int = 0
-    events: int = 0
-    dead_letters: int = 0
-    restarts: int = 0
-    state: str = "starting"
-    last_error: str | None = None
-
-
-@dataclass(slots=True)
-class DaemonState:
-    adapters: dict[str, AdapterStats] = field(default_factory=dict)
-    fatal: BaseException | None = None
+READY_STATES = frozenset({"running", "finished"})
 
 
 class Daemon:
-    def __init__(self, config: BridgeConfig, shutdown_timeout_s: float = 15.0) -> None:
+    def __init__(self, config: BridgeConfig, shutdown_timeout_s: float = 15.0,
+                 ready_grace_s: float = 1.0, state_interval_s: float = 1.0) -> None:
         self.config = config
         self.shutdown_timeout_s = shutdown_timeout_s
-        self.state = DaemonState()
+        self.ready_grace_s = ready_grace_s
+        self.state_interval_s = state_interval_s
+        self.adapters: dict[str, AdapterStats] = {
+            a.name: AdapterStats(a.type) for a in config.adapter_configs}
+        self.fatal: BaseException | None = None
         self.stop_event = asyncio.Event()
+        self.started_ms = int(time.time() * 1000)
         self.embedded: EmbeddedNats | None = None
         self.store: AsyncStore | None = None
+        self.publisher: Publisher | None = None
         self.relay: Relay | None = None
+        self.relay_state = "starting"
+        self.control = ControlDb(control_path(config.state_dir))
+        self.http: HttpServer | None = None
+        self.probe: NatsProbe | None = None
+        self._outbox: dict[str, Any] = {}
+        self._redactor = RedactingFilter(config.secrets)
 
     def request_stop(self) -> None:
         if not self.stop_event.is_set():
             log.info("stop requested: stopping intake, draining in-flight publishes")
         self.stop_event.set()
 
+    # -- lifecycle --------------------------------------------------------------------
+
     async def run(self) -> int:
         """Run until stopped; returns the process exit code."""
         cfg = self.config
         cfg.state_dir.mkdir(parents=True, exist_ok=True)
-        tasks: list[asyncio.Task[Any]] = []
+        background: list[asyncio.Task[Any]] = []
         nats_cfg = cfg.nats
         try:
             if nats_cfg.url is None:
                 self.embedded = EmbeddedNats(nats_cfg.embedded.host, nats_cfg.embedded.port,
                                              cfg.state_dir / "nats")
                 await self.embedded.start()
-                tasks.append(asyncio.create_task(self.embedded.supervise(), name="embedded"))
+                background.append(asyncio.create_task(self.embedded.supervise(),
+                                                      name="embedded"))
             self.store = AsyncStore(open_store(cfg.outbox_url()))
-            publisher = Publisher(nats_cfg)
-            self.relay = Relay(self.store, publisher, prefix=nats_cfg.subject_prefix,
+            self.publisher = Publisher(nats_cfg)
+            self.probe = NatsProbe(nats_cfg)
+            self.relay = Relay(self.store, self.publisher, prefix=nats_cfg.subject_prefix,
                                batch=cfg.outbox.relay_batch,
-                               poll_interval_s=cfg.outbox.poll_interval)
-            relay_task = asyncio.create_task(self._guard(self.relay.run(), "relay"), name="relay")
+                               poll_interval_s=cfg.outbox.poll_interval,
+                               max_in_flight=cfg.outbox.max_in_flight)
+            if cfg.http.enabled:
+                self.http = HttpServer(self, cfg.http.host, cfg.http.port, self.control)
+                await self.http.start()
+            relay_task = asyncio.create_task(self._guard(self._run_relay(), "relay"),
+                                             name="relay")
             context = AdapterContext(state_dir=cfg.state_dir,
                                      subject_prefix=nats_cfg.subject_prefix)
             adapter_tasks = [
-                asyncio.create_task(self._guard(self._supervise(a, context), a.name), name=a.name)
+                asyncio.create_task(self._guard(self._supervise(a, context), a.name),
+                                    name=a.name)
                 for a in cfg.adapter_configs
             ]
+            snapshots = SnapshotRunner(self.adapters, self.control)
+            background += [asyncio.create_task(self._refresh_loop(snapshots), name="ops")]
             log.info("cdc-bridge running: %d adapter(s), outbox %s, NATS %s",
                      len(adapter_tasks), _store_kind(cfg.outbox_url()),
                      "embedded " + self.embedded.url if self.embedded else ",".join(
                          nats_cfg.servers()))
             await self.stop_event.wait()
-            # phase 1: stop intake
-            for t in adapter_tasks:
-                t.cancel()
-            await asyncio.gather(*adapter_tasks, return_exceptions=True)
-            # phase 2: let the relay finish what is in flight
-            self.relay.stop()
-            try:
-                await asyncio.wait_for(asyncio.shield(relay_task), self.shutdown_timeout_s)
-            except TimeoutError:
-                log.warning("relay did not finish within %.0fs; pending rows stay in the outbox",
-                            self.shutdown_timeout_s)
-                relay_task.cancel()
-                await asyncio.gather(relay_task, return_exceptions=True)
-            await publisher.close()
+            await self._shutdown(adapter_tasks, relay_task, snapshots)
         finally:
-            for t in tasks:
+            for t in background:
                 t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.gather(*background, return_exceptions=True)
             await self._close()
-        return 1 if self.state.fatal is not None else 0
+        return 1 if self.fatal is not None else 0
+
+    async def _shutdown(self, adapter_tasks: list[asyncio.Task[Any]],
+                        relay_task: asyncio.Task[Any], snapshots: SnapshotRunner) -> None:
+        assert self.relay is not None and self.publisher is not None
+        await snapshots.cancel_all()
+        for t in adapter_tasks:  # phase 1: stop intake
+            t.cancel()
+        await asyncio.gather(*adapter_tasks, return_exceptions=True)
+        self.relay.stop()  # phase 2: let the relay finish what is in flight
+        try:
+            await asyncio.wait_for(asyncio.shield(relay_task), self.shutdown_timeout_s)
+        except TimeoutError:
+            log.warning("relay did not finish within %.0fs; pending rows stay in the outbox",
+                        self.shutdown_timeout_s)
+            relay_task.cancel()
+            await asyncio.gather(relay_task, return_exceptions=True)
+        await self.publisher.close()
 
     async def _close(self) -> None:
         pending = None
+        if self.http is not None:
+            await self.http.stop()
+        if self.probe is not None:
+            await self.probe.close()
+        with contextlib.suppress(Exception):
+            await asyncio.to_thread(self.control.clear_state)
         if self.store is not None:
             with contextlib.suppress(Exception):
                 pending = (await self.store.stats()).pending
@@ -128,7 +166,7 @@ class Daemon:
         if self.embedded is not None:
             await self.embedded.stop()
         rs = self.relay.stats if self.relay else None
-        captured = sum(a.events for a in self.state.adapters.values())
+        captured = sum(a.events for a in self.adapters.values())
         log.info("stopped: captured=%d published=%d duplicates=%d dead_lettered=%d pending=%s",
                  captured, rs.published if rs else 0, rs.duplicates if rs else 0,
                  rs.dead_lettered if rs else 0, pending)
@@ -141,27 +179,60 @@ class Daemon:
             raise
         except FatalError as e:
             log.error("%s: fatal: %s", what, e)
-            self.state.fatal = e
+            self.fatal = e
             self.request_stop()
         except Exception as e:
             log.exception("%s: unexpected error: %s", what, e)
-            self.state.fatal = e
+            self.fatal = e
             self.request_stop()
 
+    # -- relay ------------------------------------------------------------------------
+
+    async def _run_relay(self) -> None:
+        assert self.relay is not None
+        relay_log = logging.getLogger("cdc_bridge.relay")
+
+        def failed(e: BaseException) -> None:
+            self.relay_state = "retrying"
+
+        await supervise("relay", self.relay.run, relay_log, on_failure=failed,
+                        on_restart=lambda: metrics.ADAPTER_RESTARTS.labels("_relay").inc())
+
+    # -- adapters ---------------------------------------------------------------------
+
+    def _set_state(self, name: str, stats: AdapterStats, state: str,
+                   error: BaseException | None = None) -> None:
+        if stats.state == state and error is None:
+            return
+        if error is not None:
+            stats.last_error = self._redactor.redact(f"{type(error).__name__}: {error}")
+            log.warning("adapter %s: %s -> %s (%s)", name, stats.state, state, stats.last_error)
+        else:
+            log.info("adapter %s: %s -> %s", name, stats.state, state)
+        stats.state = state
+        metrics.ADAPTER_UP.labels(name).set(1 if state == "running" else 0)
+
     async def _supervise(self, cfg: AdapterConfig, context: AdapterContext) -> None:
-        stats = self.state.adapters.setdefault(cfg.name, AdapterStats())
+        stats = self.adapters[cfg.name]
         adapter_log = logging.getLogger(f"cdc_bridge.adapter.{cfg.name}")
-        async for attempt in retrying(f"adapter {cfg.name}", adapter_log, initial_s=0.5,
-                                      max_s=30.0, retry_on=(RetryableError,)):
-            with attempt:
-                if attempt.retry_state.attempt_number > 1:
-                    stats.restarts += 1
-                try:
-                    await self._capture(cfg, context, stats)
-                except RetryableError as e:
-                    stats.state, stats.last_error = "retrying", str(e)
-                    raise
-                stats.state = "finished"
+
+        def failed(e: BaseException) -> None:
+            self._set_state(cfg.name, stats, "retrying", e)
+
+        def restarted() -> None:
+            stats.restarts += 1
+            metrics.ADAPTER_RESTARTS.labels(cfg.name).inc()
+
+        try:
+            await supervise(f"adapter {cfg.name}", lambda: self._capture(cfg, context, stats),
+                            adapter_log, on_failure=failed, on_restart=restarted)
+            self._set_state(cfg.name, stats, "finished")
+        except asyncio.CancelledError:
+            self._set_state(cfg.name, stats, "stopped")
+            raise
+        except FatalError as e:
+            self._set_state(cfg.name, stats, "failed", e)
+            raise
 
     async def _capture(self, cfg: AdapterConfig, context: AdapterContext,
                        stats: AdapterStats) -> None:
@@ -169,20 +240,121 @@ class Daemon:
         writer = OutboxWriter(self.store, cfg.name, self.config.nats.subject_prefix)
         checkpoint = await self.store.checkpoint(cfg.name)
         adapter = create(cfg, context)
-        stats.state = "running"
+        stats.adapter = adapter
+        self._set_state(cfg.name, stats, "starting")
+        loop = asyncio.get_running_loop()
+        promote = loop.call_later(self.ready_grace_s, self._promote, cfg.name, stats, adapter)
         try:
             async for batch in adapter.changes(checkpoint):
+                if stats.state == "starting":
+                    self._set_state(cfg.name, stats, "running")
                 if not len(batch) and batch.checkpoint is None:
                     continue
                 # shield: once started, a commit completes even if we are being cancelled,
                 # so the acknowledged checkpoint always matches what is in the outbox.
                 await asyncio.shield(writer.commit(batch))
-                stats.batches += 1
-                stats.events += len(batch.events)
-                stats.dead_letters += len(batch.dead_letters)
+                self._count(cfg.name, stats, batch.events, len(batch.dead_letters))
                 await adapter.acknowledge(batch.checkpoint)
         finally:
+            promote.cancel()
+            stats.adapter = None
             await adapter.close()
+
+    def _promote(self, name: str, stats: AdapterStats, adapter: Any) -> None:
+        """After the grace period, a quiet adapter that has not failed counts as running."""
+        connected = getattr(adapter, "connected", None)
+        if stats.state == "starting" and stats.adapter is adapter:
+            if connected is None or bool(connected):
+                self._set_state(name, stats, "running")
+            else:
+                asyncio.get_running_loop().call_later(
+                    self.ready_grace_s, self._promote, name, stats, adapter)
+
+    @staticmethod
+    def _count(name: str, stats: AdapterStats, events: list[Any], dead: int) -> None:
+        stats.batches += 1
+        stats.events += len(events)
+        stats.dead_letters += dead
+        stats.last_batch_ms = int(time.time() * 1000)
+        per_table: Counter[str] = Counter()
+        for ev in events:
+            table = f"{ev.schema}.{ev.table}" if ev.schema else ev.table
+            per_table[table] += 1
+            if ev.op == "r":
+                stats.snapshot_reads[table] = stats.snapshot_reads.get(table, 0) + 1
+        for table, n in per_table.items():
+            metrics.EVENTS_CAPTURED.labels(name, table).inc(n)
+        if dead:
+            metrics.DEAD_LETTERS.labels(name, "capture").inc(dead)
+
+    # -- operations: metrics, control channel, live state -----------------------------
+
+    async def _refresh_loop(self, snapshots: SnapshotRunner) -> None:
+        while True:
+            with contextlib.suppress(Exception):
+                await self._refresh_outbox()
+            try:
+                for req in await asyncio.to_thread(self.control.claim_pending):
+                    snapshots.start(req)
+                await asyncio.to_thread(self.control.publish_state, self.started_ms,
+                                        self.live_state())
+            except Exception as e:  # the control file must never take the daemon down
+                log.warning("control channel: %s", e)
+            await asyncio.sleep(self.state_interval_s)
+
+    async def _refresh_outbox(self) -> None:
+        assert self.store is not None
+        st = await self.store.stats()
+        metrics.OUTBOX_PENDING.set(st.pending)
+        age = 0.0 if st.oldest_pending_ms is None else time.time() - st.oldest_pending_ms / 1000
+        metrics.OUTBOX_OLDEST_AGE.set(max(0.0, age))
+        if st.size_bytes is not None:
+            metrics.OUTBOX_SIZE.set(st.size_bytes)
+        metrics.NATS_CONNECTED.set(1 if self.nats_connected() else 0)
+        self._outbox = {"pending": st.pending, "oldest_pending_ms": st.oldest_pending_ms,
+                        "size_bytes": st.size_bytes}
+        if self.relay_state in ("retrying", "starting") and self.nats_connected():
+            self.relay_state = "running"
+
+    def nats_connected(self) -> bool:
+        """The relay's connection is up, or (relay idle/disconnected) NATS answers a probe."""
+        p = self.publisher
+        if p is not None and p.is_connected:
+            return True
+        if self.probe is not None:
+            self.probe.poke()
+            return self.probe.connected
+        return False
+
+    def live_state(self) -> dict[str, Any]:
+        lags: dict[str, dict[str, float]] = {}
+        for family in metrics.SOURCE_LAG.collect():
+            for sample in family.samples:
+                lags.setdefault(sample.labels["adapter"], {})[sample.labels["unit"]] = (
+                    sample.value)
+        rs = self.relay.stats if self.relay else None
+        return {
+            "started_ms": self.started_ms,
+            "ready": self.readiness()[0],
+            "nats": {"connected": self.nats_connected(),
+                     "servers": self.config.nats.servers()},
+            "relay": {"state": self.relay_state,
+                      "published": rs.published if rs else 0,
+                      "duplicates": rs.duplicates if rs else 0,
+                      "dead_lettered": rs.dead_lettered if rs else 0,
+                      "retries": rs.retries if rs else 0},
+            "outbox": dict(self._outbox),
+            "adapters": {name: s.as_dict(lags.get(name, {}))
+                         for name, s in self.adapters.items()},
+        }
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        nats_ok = self.nats_connected()
+        adapters = {n: s.state for n, s in self.adapters.items()}
+        not_ready = sorted(n for n, st in adapters.items() if st not in READY_STATES)
+        ready = nats_ok and not not_ready and not self.stop_event.is_set()
+        return ready, {"nats": "connected" if nats_ok else "disconnected",
+                       "adapters": adapters, "not_ready": not_ready}
 
 
 def _store_kind(url: str) -> str:

@@ -2,9 +2,10 @@
 
 Uses an ordered, ephemeral push consumer (no state left on the server) filtered on the
 given subject; by default it replays from the start of the stream, ``--new`` only shows
-what arrives from now on. Pretty output is one line per event
-(``subject op key -> after``); ``--raw`` prints bodies unchanged, one per line, for
-scripts.
+what arrives from now on, ``--count N`` stops after N events. Pretty output is one line
+per event (``seq time subject op key image``, the op coloured on a terminal); ``--raw``
+prints bodies unchanged, one per line, for scripts (``jq``); ``--headers`` adds the
+message headers. Connection options (auth, TLS) come from the config when one is given.
 """
 
 from __future__ import annotations
@@ -12,12 +13,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import nats
 import nats.errors
 import nats.js.errors
 import orjson
+from nats.aio.msg import Msg
 from nats.js import api
 
 from bridge.errors import FatalError
@@ -32,25 +35,38 @@ class TailOptions:
     raw: bool = False
     count: int = 0
     idle_exit_s: float = 0.0
+    headers: bool = False
+    color: bool = False
+    connect: dict[str, Any] = field(default_factory=dict)
 
 
-def format_event(subject: str, body: bytes) -> str:
+_OP_COLOURS = {"c": "32", "u": "33", "d": "31", "r": "36", "t": "35"}
+
+
+def format_event(subject: str, body: bytes, seq: int | None = None,
+                 headers: dict[str, str] | None = None, color: bool = False) -> str:
     """One readable line for a CloudEvent body (or the body as text if it is not one)."""
+    lead = f"#{seq} " if seq is not None else ""
+    extra = ""
+    if headers:
+        extra = " " + " ".join(f"{k}={v}" for k, v in sorted(headers.items()))
     try:
         ce = orjson.loads(body)
         data = ce["data"]
-    except (orjson.JSONDecodeError, KeyError, TypeError):
-        return f"{subject} {body[:200].decode('utf-8', 'replace')}"
-    op = data.get("op", "?")
+        op = str(data.get("op", "?"))
+    except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
+        return f"{lead}{subject} {body[:200].decode('utf-8', 'replace')}{extra}"
     key = orjson.dumps(data.get("key")).decode()
     image = data.get("after") if op != "d" else data.get("before")
-    return f"{subject} op={op} key={key} {orjson.dumps(image).decode()}"
+    when = f"{ce['time']} " if isinstance(ce.get("time"), str) else ""
+    shown = f"\x1b[{_OP_COLOURS[op]}mop={op}\x1b[0m" if color and op in _OP_COLOURS else f"op={op}"
+    return f"{lead}{when}{subject} {shown} key={key} {orjson.dumps(image).decode()}{extra}"
 
 
 async def tail_events(opts: TailOptions) -> None:
     try:
-        nc = await nats.connect(servers=opts.servers, connect_timeout=5,
-                                max_reconnect_attempts=-1)
+        nc = await nats.connect(**{"servers": opts.servers, "connect_timeout": 5,
+                                   "max_reconnect_attempts": -1, **opts.connect})
     except (TimeoutError, OSError, nats.errors.Error) as e:
         raise FatalError(f"cannot connect to NATS at {', '.join(opts.servers)}") from e
     js = nc.jetstream()
@@ -58,15 +74,21 @@ async def tail_events(opts: TailOptions) -> None:
     done = asyncio.Event()
     last = asyncio.get_running_loop().time()
 
-    async def on_msg(msg: nats.aio.msg.Msg) -> None:
+    async def on_msg(msg: Msg) -> None:
         nonlocal seen, last
         if done.is_set():
             return
         last = asyncio.get_running_loop().time()
+        hdrs = dict(msg.headers or {}) if opts.headers else None
         if opts.raw:
-            sys.stdout.write(msg.data.decode("utf-8", "replace") + "\n")
+            line = msg.data.decode("utf-8", "replace")
+            if hdrs:
+                meta = orjson.dumps({"subject": msg.subject, "headers": hdrs}).decode()
+                line = meta + "\t" + line
+            sys.stdout.write(line + "\n")
         else:
-            sys.stdout.write(format_event(msg.subject, msg.data) + "\n")
+            seq = msg.metadata.sequence.stream if msg.reply else None
+            sys.stdout.write(format_event(msg.subject, msg.data, seq, hdrs, opts.color) + "\n")
         sys.stdout.flush()
         seen += 1
         if opts.count and seen >= opts.count:

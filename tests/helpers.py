@@ -89,7 +89,7 @@ async def read_stream(url: str, stream: str = "CDC", subject: str = ">") -> list
         while True:
             try:
                 msgs = await sub.fetch(1000, timeout=1.0)
-            except nats.errors.TimeoutError:
+            except (nats.errors.TimeoutError, asyncio.TimeoutError):
                 break
             for m in msgs:
                 body: dict[str, Any]

@@ -1,0 +1,139 @@
+"""Daemon side of on-demand re-snapshots, and the per-adapter live state they watch.
+
+A ``snapshot`` request (from ``cdc-bridge snapshot`` or ``POST /snapshot``, through
+:mod:`bridge.control`) is handled by :class:`SnapshotRunner`:
+
+1. wait (bounded) until the adapter is running, so the request reaches a live instance;
+2. refuse with a clear message if the adapter type does not implement
+   :class:`adapters.base.SupportsSnapshot`;
+3. call ``request_snapshot(tables)``; the adapter then emits ``op: r`` events through
+   its normal ``changes`` stream, so they pass through the outbox like everything else;
+4. report progress: the number of ``op: r`` events for those tables committed since
+   the request was accepted, written to the request row for the CLI's progress bar;
+5. finish ``done`` once ``request_snapshot`` has returned and no new ``op: r`` event has
+   been committed for ``quiet_s`` (the protocol has no end-of-snapshot marker, so a
+   quiet period stands in for one; an adapter whose ``request_snapshot`` only returns
+   when its snapshot is complete makes this exact).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from adapters.base import SupportsSnapshot
+from bridge.control import DONE, FAILED, ControlDb, Request
+
+log = logging.getLogger("cdc_bridge.snapshot")
+
+
+@dataclass(slots=True)
+class AdapterStats:
+    """What the daemon knows about one adapter, live."""
+
+    type: str
+    state: str = "starting"
+    batches: int = 0
+    events: int = 0
+    dead_letters: int = 0
+    restarts: int = 0
+    last_error: str | None = None
+    last_batch_ms: int | None = None
+    #: ``op: r`` events committed so far, per table (``schema.table`` or ``table``).
+    snapshot_reads: dict[str, int] = field(default_factory=dict)
+    #: The live adapter instance while one runs (for snapshot requests).
+    adapter: Any = None
+
+    def as_dict(self, lag: dict[str, float]) -> dict[str, Any]:
+        return {"type": self.type, "state": self.state, "batches": self.batches,
+                "events": self.events, "dead_letters": self.dead_letters,
+                "restarts": self.restarts, "last_error": self.last_error,
+                "last_batch_ms": self.last_batch_ms, "lag": lag}
+
+    def reads(self, tables: list[str] | None) -> int:
+        if not tables:
+            return sum(self.snapshot_reads.values())
+        return sum(n for t, n in self.snapshot_reads.items()
+                   if t in tables or t.rpartition(".")[2] in tables)
+
+
+class SnapshotRunner:
+    def __init__(self, adapters: dict[str, AdapterStats], control: ControlDb, *,
+                 quiet_s: float = 2.0, wait_running_s: float = 60.0,
+                 interval_s: float = 0.25) -> None:
+        self.adapters = adapters
+        self.control = control
+        self.quiet_s = quiet_s
+        self.wait_running_s = wait_running_s
+        self.interval_s = interval_s
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def start(self, req: Request) -> None:
+        task = asyncio.create_task(self._handle(req), name=f"snapshot-{req.id}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def cancel_all(self) -> None:
+        for t in list(self._tasks):
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _finish(self, req: Request, status: str, message: str, events: int = 0) -> None:
+        log.info("snapshot request %d (%s %s): %s: %s", req.id, req.adapter,
+                 ",".join(req.tables or ["all tables"]), status, message)
+        await asyncio.to_thread(self.control.update, req.id, status=status, events=events,
+                                message=message)
+
+    async def _handle(self, req: Request) -> None:
+        try:
+            await self._run(req)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                self.control.update(req.id, status=FAILED,
+                                    message="the daemon stopped before the snapshot finished")
+            raise
+        except Exception as e:
+            await self._finish(req, FAILED, f"{type(e).__name__}: {e}")
+
+    async def _run(self, req: Request) -> None:
+        if req.kind != "snapshot":
+            await self._finish(req, FAILED, f"unknown request kind {req.kind!r}")
+            return
+        stats = self.adapters.get(req.adapter)
+        if stats is None:
+            known = ", ".join(sorted(self.adapters)) or "none"
+            await self._finish(req, FAILED, f"no adapter named {req.adapter!r} (known: {known})")
+            return
+        deadline = time.monotonic() + self.wait_running_s
+        while stats.adapter is None or stats.state not in ("running", "starting"):
+            if time.monotonic() > deadline:
+                await self._finish(req, FAILED, f"adapter {req.adapter} is not running "
+                                   f"(state {stats.state}) after {self.wait_running_s:.0f}s")
+                return
+            await asyncio.sleep(self.interval_s)
+        adapter = stats.adapter
+        if not isinstance(adapter, SupportsSnapshot):
+            await self._finish(req, FAILED, f"snapshot is not supported by this adapter type "
+                               f"({stats.type})")
+            return
+        log.info("snapshot request %d: asking adapter %s to re-snapshot %s", req.id,
+                 req.adapter, ",".join(req.tables or ["all tables"]))
+        base = stats.reads(req.tables)
+        await adapter.request_snapshot(req.tables)
+        await self._watch(req, stats, base)
+
+    async def _watch(self, req: Request, stats: AdapterStats, base: int) -> None:
+        last, quiet_since = -1, time.monotonic()
+        while True:
+            done = stats.reads(req.tables) - base
+            if done != last:
+                last, quiet_since = done, time.monotonic()
+                await asyncio.to_thread(self.control.update, req.id, events=done)
+            elif time.monotonic() - quiet_since >= self.quiet_s:
+                await self._finish(req, DONE, f"{done} rows read", done)
+                return
+            await asyncio.sleep(self.interval_s)

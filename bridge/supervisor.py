@@ -1,0 +1,72 @@
+"""Supervision of long-running tasks (adapters, the relay): restart with back-off, report.
+
+:func:`supervise` runs ``run_once`` until it returns. Any failure other than a
+:class:`bridge.errors.FatalError` is reported (``on_failure``) and ``run_once`` is
+started again after the shared back-off (:func:`bridge.backoff.retrying`: exponential
+with jitter, one log line per failed attempt). An unexpected exception (a bug, a driver
+error nobody classified) is wrapped into :class:`TaskCrashed`, which is retryable: one
+misbehaving adapter must not stop the others. A ``FatalError`` propagates: the daemon
+then stops with a clear message.
+
+A task that ran healthily for ``healthy_after_s`` before failing starts over with the
+shortest delay, so an adapter that fails once a day is not penalised by yesterday's
+attempts.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from bridge.backoff import retrying
+from bridge.errors import FatalError, RetryableError
+
+
+class TaskCrashed(RetryableError):
+    """An unexpected exception in a supervised task; the task is restarted."""
+
+
+class _HealthyRunEnded(Exception):
+    """Internal: the failed run had been healthy long enough to reset the back-off."""
+
+
+async def supervise(
+    what: str,
+    run_once: Callable[[], Awaitable[None]],
+    log: logging.Logger,
+    *,
+    on_failure: Callable[[BaseException], None] = lambda e: None,
+    on_restart: Callable[[], None] = lambda: None,
+    initial_s: float = 0.5,
+    max_s: float = 30.0,
+    healthy_after_s: float = 60.0,
+) -> None:
+    """Run ``run_once`` until it returns, restarting it on non-fatal failures."""
+    first = True
+    while True:
+        try:
+            async for attempt in retrying(what, log, initial_s=initial_s, max_s=max_s,
+                                          retry_on=(RetryableError,)):
+                with attempt:
+                    if not first:
+                        on_restart()
+                    first = False
+                    started = time.monotonic()
+                    try:
+                        await run_once()
+                        return
+                    except FatalError:
+                        raise
+                    except Exception as e:
+                        on_failure(e)
+                        if time.monotonic() - started >= healthy_after_s:
+                            raise _HealthyRunEnded() from e
+                        if isinstance(e, RetryableError):
+                            raise
+                        log.error("%s crashed: %s: %s", what, type(e).__name__, e,
+                                  exc_info=e)
+                        raise TaskCrashed(f"{type(e).__name__}: {e}") from e
+        except _HealthyRunEnded as ended:
+            log.warning("%s failed after a healthy run: %s; restarting now", what,
+                        ended.__cause__)

@@ -1,0 +1,181 @@
+"""deploy/: every file checked by what can run here (no container engine, no cluster).
+
+- Containerfile: multi-stage, non-root user, healthcheck, entrypoint (structure only:
+  no Docker engine runs here, so the image cannot be built in CI on this machine);
+- compose: YAML parse and structure (PostgreSQL with wal_level=logical, MariaDB, three
+  NATS nodes with JetStream cluster config, the bridge built from the Containerfile);
+- NATS configs: ``nats-server -t`` (the real binary from the venv);
+- systemd unit: ``systemd-analyze verify`` (when available), warnings count as failures;
+- Kubernetes: YAML parse, kinds and key fields, ``kubectl kustomize`` when available;
+- the bridge configs inside compose and the ConfigMap: ``cdc-bridge validate``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from bridge.embedded import nats_server_binary
+
+DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
+SECRETS_ENV = {"CDC_PG_PASSWORD": "x", "CDC_ERP_PASSWORD": "x", "NATS_BRIDGE_PASSWORD": "x",
+               "BRIDGE_PASSWORD": "x", "READER_PASSWORD": "x", "SYS_PASSWORD": "x",
+               "SERVER_NAME": "nats-1"}
+
+
+def validate_bridge_config(path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "bridge.cli", "validate", "-c", str(path)],
+                          capture_output=True, text=True, env={**os.environ, **SECRETS_ENV},
+                          timeout=60)
+
+
+def test_containerfile_is_multistage_non_root_with_healthcheck() -> None:
+    text = (DEPLOY / "Containerfile").read_text()
+    stages = re.findall(r"^FROM\s+(\S+)(?:\s+AS\s+(\S+))?", text, re.M)
+    assert len(stages) >= 2, "multi-stage"
+    assert re.search(r"^COPY --from=build ", text, re.M)
+    users = re.findall(r"^USER\s+(\S+)", text, re.M)
+    assert users and not users[-1].startswith(("root", "0:", "0")), "runs as non-root"
+    assert re.search(r"^HEALTHCHECK .*\n?.*CMD", text, re.M)
+    assert "/healthz" in text
+    assert re.search(r'^ENTRYPOINT \["cdc-bridge"\]', text, re.M)
+    # every file the build copies exists
+    for src in re.findall(r"^COPY (?!--from)(.+) \S+$", text, re.M):
+        for item in src.split():
+            assert (DEPLOY.parent / item).exists(), item
+    assert (DEPLOY / "healthcheck.py").exists()
+
+
+def test_compose_file_structure() -> None:
+    compose = yaml.safe_load((DEPLOY / "compose" / "compose.yaml").read_text())
+    services: dict[str, Any] = compose["services"]
+    assert {"postgres", "mariadb", "nats-1", "nats-2", "nats-3", "bridge"} <= set(services)
+    assert "wal_level=logical" in services["postgres"]["command"]
+    assert services["mariadb"]["image"].startswith("mariadb:")
+    names = set()
+    for n in (1, 2, 3):
+        node = services[f"nats-{n}"]
+        assert node["command"] == ["-c", "/etc/nats/nats.conf"]
+        assert any("nats-cluster.conf" in v for v in node["volumes"])
+        names.add(node["environment"]["SERVER_NAME"])
+    assert names == {"nats-1", "nats-2", "nats-3"}
+    bridge = services["bridge"]
+    assert bridge["build"]["dockerfile"] == "deploy/Containerfile"
+    assert (DEPLOY / "compose" / bridge["build"]["context"] / "deploy" / "Containerfile").exists()
+    assert set(bridge["depends_on"]) == {"postgres", "mariadb", "nats-1", "nats-2", "nats-3"}
+    for svc in services.values():
+        for volume in svc.get("volumes", []):
+            host = volume.split(":")[0]
+            if host.startswith("."):
+                assert (DEPLOY / "compose" / host).exists(), host
+    # no secret literal in the compose file: every password is a ${VAR}
+    for svc in services.values():
+        for key, value in (svc.get("environment") or {}).items():
+            if "PASSWORD" in key:
+                assert str(value).startswith("${"), key
+
+
+def test_compose_bridge_config_validates() -> None:
+    result = validate_bridge_config(DEPLOY / "compose" / "bridge.yaml")
+    assert result.returncode == 0, result.stderr
+    assert "shop (postgres), erp (sql_poll)" in result.stdout
+
+
+@pytest.mark.parametrize("name", ["nats-cluster.conf", "nats-single.conf"])
+def test_nats_configs_pass_nats_server_t(name: str) -> None:
+    result = subprocess.run([nats_server_binary(), "-t", "-c", str(DEPLOY / "nats" / name)],
+                            capture_output=True, text=True, env={**os.environ, **SECRETS_ENV},
+                            timeout=30)
+    assert result.returncode == 0, result.stderr + result.stdout
+    text = (DEPLOY / "nats" / name).read_text()
+    assert "jetstream" in text and "accounts" in text
+
+
+def test_nats_config_check_can_fail(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.conf"
+    bad.write_text("jetstream {\n  store_dir: /tmp\n")  # unclosed block
+    result = subprocess.run([nats_server_binary(), "-t", "-c", str(bad)], capture_output=True,
+                            text=True, timeout=30)
+    assert result.returncode != 0
+
+
+def _systemd_verify(unit: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True,
+                          text=True, timeout=60)
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="no systemd-analyze")
+def test_systemd_unit_verifies(tmp_path: Path) -> None:
+    text = (DEPLOY / "systemd" / "cdc-bridge.service").read_text()
+    exe = Path(sys.executable).parent / "cdc-bridge"
+    assert exe.exists()
+    # verify needs the executable to exist: point it at this checkout's
+    unit = tmp_path / "cdc-bridge.service"
+    unit.write_text(text.replace("/opt/cdc-bridge/bin/cdc-bridge", str(exe)))
+    result = _systemd_verify(unit)
+    assert result.returncode == 0 and not result.stderr.strip(), result.stderr
+    broken = tmp_path / "broken.service"
+    broken.write_text(unit.read_text().replace("[Service]", "[Service]\nRestartz=always"))
+    assert "Unknown key" in _systemd_verify(broken).stderr  # the check can fail
+    assert "RestartPreventExitStatus=2" in text and "User=cdc-bridge" in text
+
+
+def k8s_documents() -> list[dict[str, Any]]:
+    docs: list[dict[str, Any]] = []
+    for path in sorted((DEPLOY / "k8s").glob("*.yaml")):
+        if path.name == "kustomization.yaml":
+            continue
+        docs.extend(d for d in yaml.safe_load_all(path.read_text()) if d)
+    return docs
+
+
+def test_kubernetes_manifests() -> None:
+    docs = k8s_documents()
+    by_kind = {d["kind"]: d for d in docs}
+    assert {"Deployment", "ConfigMap", "Secret", "Service"} <= set(by_kind)
+    for d in docs:
+        assert d["apiVersion"] and d["metadata"]["name"]
+    dep = by_kind["Deployment"]
+    pod = dep["spec"]["template"]["spec"]
+    assert dep["spec"]["replicas"] == 1 and dep["spec"]["strategy"]["type"] == "Recreate"
+    assert dep["spec"]["selector"]["matchLabels"].items() <= \
+        dep["spec"]["template"]["metadata"]["labels"].items()
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    container = pod["containers"][0]
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["envFrom"][0]["secretRef"]["name"] == by_kind["Secret"]["metadata"]["name"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["config"]["configMap"]["name"] == by_kind["ConfigMap"]["metadata"]["name"]
+    svc = by_kind["Service"]
+    assert svc["spec"]["selector"].items() <= dep["spec"]["template"]["metadata"]["labels"].items()
+    assert svc["spec"]["ports"][0]["targetPort"] == container["ports"][0]["name"]
+    # the Secret provides every ${VAR} the ConfigMap's bridge config uses
+    bridge_yaml = by_kind["ConfigMap"]["data"]["bridge.yaml"]
+    used = set(re.findall(r"\$\{([A-Z_]+)\}", bridge_yaml))
+    assert used and used <= set(by_kind["Secret"]["stringData"])
+
+
+def test_configmap_bridge_config_validates(tmp_path: Path) -> None:
+    cm = next(d for d in k8s_documents() if d["kind"] == "ConfigMap")
+    path = tmp_path / "bridge.yaml"
+    path.write_text(cm["data"]["bridge.yaml"])
+    result = validate_bridge_config(path)
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="no kubectl")
+def test_kustomize_builds() -> None:
+    result = subprocess.run(["kubectl", "kustomize", str(DEPLOY / "k8s")], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    kinds = {d["kind"] for d in yaml.safe_load_all(result.stdout) if d}
+    assert {"Deployment", "ConfigMap", "Secret", "Service", "PersistentVolumeClaim"} <= kinds

@@ -1,0 +1,101 @@
+"""The operations endpoint over real HTTP, on the bridge running as a real process."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.helpers import BridgeProcess, wait_for, write_config
+from tests.services.nats_server import NatsServer
+from tests.services.ports import free_port
+
+
+def get(url: str) -> tuple[int, bytes, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return r.status, r.read(), r.headers.get("Content-Type", "")
+    except urllib.error.HTTPError as e:
+        return e.code, e.read(), e.headers.get("Content-Type", "")
+    except (urllib.error.URLError, OSError):
+        return 0, b"", ""
+
+
+def samples(body: bytes) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    out = {}
+    for family in text_string_to_metric_families(body.decode()):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def make_source(db: Path, rows: int) -> None:
+    with sqlite3.connect(db) as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS invoices (id INTEGER PRIMARY KEY, amount TEXT)")
+        start = conn.execute("SELECT COALESCE(MAX(id), 0) FROM invoices").fetchone()[0]
+        conn.executemany("INSERT INTO invoices VALUES (?, ?)",
+                         [(i, f"{i}.00") for i in range(start + 1, start + rows + 1)])
+
+
+def http_config(tmp: Path, nats_url: str, db: Path, port: int) -> Path:
+    return write_config(tmp / "bridge.yaml", {
+        "state_dir": str(tmp / "state"),
+        "nats": {"url": nats_url, "ack_timeout": "3s"},
+        "http": {"enabled": True, "host": "127.0.0.1", "port": port},
+        "adapters": [{"name": "erp", "type": "sql_poll", "url": f"sqlite:///{db}",
+                      "poll_interval": "100ms",
+                      "tables": [{"name": "invoices", "incrementing_column": "id"}]}],
+    })
+
+
+def test_healthz_readyz_metrics_status(tmp_path: Path, nats_server: NatsServer) -> None:
+    db = tmp_path / "legacy.db"
+    make_source(db, 50)
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    bridge = BridgeProcess(http_config(tmp_path, nats_server.url, db, port),
+                           tmp_path / "bridge.log")
+    bridge.start()
+    try:
+        wait_for(lambda: get(base + "/healthz")[0] == 200, what="/healthz", timeout_s=30)
+        wait_for(lambda: get(base + "/readyz")[0] == 200, what="/readyz 200", timeout_s=30)
+        ready = json.loads(get(base + "/readyz")[1])
+        assert ready["ready"] is True and ready["adapters"] == {"erp": "running"}
+
+        def captured() -> dict[Any, float] | None:
+            status, body, ctype = get(base + "/metrics")
+            assert status == 200 and ctype.startswith("text/plain")
+            m = samples(body)
+            key = ("cdc_events_captured_total", (("adapter", "erp"), ("table", "invoices")))
+            return m if m.get(key) == 50 else None
+
+        m = wait_for(captured, what="50 captured in /metrics", timeout_s=30)
+        assert m[("cdc_adapter_up", (("adapter", "erp"),))] == 1.0
+        assert ("cdc_outbox_pending", ()) in m
+        assert ("cdc_outbox_oldest_pending_age_seconds", ()) in m
+        assert m[("cdc_nats_connected", ())] == 1.0
+        status = json.loads(get(base + "/status")[1])
+        assert status["adapters"]["erp"]["events"] == 50
+        assert status["adapters"]["erp"]["state"] == "running"
+
+        # NATS down: not ready (503, says why); back up: ready again
+        nats_server.stop()
+        wait_for(lambda: get(base + "/readyz")[0] == 503, what="/readyz 503", timeout_s=30)
+        body = json.loads(get(base + "/readyz")[1])
+        assert body["ready"] is False and body["nats"] == "disconnected"
+        assert get(base + "/healthz")[0] == 200  # alive all the same
+        nats_server.start()
+        wait_for(lambda: get(base + "/readyz")[0] == 200, what="ready after NATS is back",
+                 timeout_s=60)
+    finally:
+        code = bridge.terminate()
+    assert code == 0, bridge.log()
+    assert get(base + "/healthz")[0] == 0  # the endpoint goes away with the daemon
+    log = bridge.log()
+    assert "HTTP endpoint on http://127.0.0.1:" in log
+    assert "adapter erp: starting -> running" in log
