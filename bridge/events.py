@@ -18,6 +18,8 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import decimal
+import functools
+import hashlib
 import re
 import uuid
 from collections.abc import Mapping
@@ -58,9 +60,21 @@ def subject_token(value: str | None) -> str:
     return _TOKEN_BAD.sub("_", value)
 
 
+_NS_BYTES = ID_NAMESPACE.bytes
+
+
 def event_id(adapter: str, position: str, index: int = 0) -> str:
-    """Deterministic id of the change at ``position`` (``index``-th inside it)."""
-    return str(uuid.uuid5(ID_NAMESPACE, f"{adapter}\x1f{position}\x1f{index}"))
+    """Deterministic id of the change at ``position`` (``index``-th inside it).
+
+    Exactly ``uuid.uuid5(ID_NAMESPACE, "<adapter>\\x1f<position>\\x1f<index>")``, computed
+    without building UUID objects (this is on the hot path of every event).
+    """
+    name = f"{adapter}\x1f{position}\x1f{index}".encode()
+    digest = bytearray(hashlib.sha1(_NS_BYTES + name, usedforsecurity=False).digest()[:16])
+    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
+    digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
+    h = digest.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def change_subject(prefix: str, adapter: str, schema: str | None, table: str, op: str) -> str:
@@ -166,6 +180,7 @@ class ChangeEvent:
         return dumps(self.to_cloudevent())
 
 
+@functools.lru_cache(maxsize=4096)
 def _iso_ms(ts_ms: int) -> str:
     moment = dt.datetime.fromtimestamp(ts_ms / 1000, tz=dt.UTC)
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
@@ -196,6 +211,20 @@ class DeadLetter:
         hdrs["Cdc-Adapter"] = self.adapter
         hdrs["Cdc-Position"] = _header_safe(self.position)
         return hdrs
+
+
+@dataclass(frozen=True, slots=True)
+class RoutedMessage:
+    """A message whose subject the adapter chooses (the outbox-table router's events).
+
+    ``subject`` is relative to the subject prefix (``outbox.<aggregate>.<type>``);
+    ``body`` is final; ``id`` is deterministic (the ``Nats-Msg-Id``).
+    """
+
+    id: str
+    subject: str
+    body: bytes
+    headers: Mapping[str, str] | None = None
 
 
 def _header_safe(text: str, limit: int = 1024) -> str:

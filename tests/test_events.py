@@ -85,3 +85,13 @@ def test_decode_rejects_non_cloudevents() -> None:
 
     with pytest.raises(ValueError):
         decode_cloudevent(orjson.dumps({"hello": 1}))
+
+
+@given(st.text(max_size=20), st.text(max_size=40), st.integers(min_value=0, max_value=10**9))
+def test_event_id_is_standard_uuid5(adapter: str, position: str, index: int) -> None:
+    import uuid
+
+    from bridge.events import ID_NAMESPACE
+
+    expected = uuid.uuid5(ID_NAMESPACE, f"{adapter}\x1f{position}\x1f{index}")
+    assert event_id(adapter, position, index) == str(expected)
