@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
-from bridge.events import ChangeEvent, DeadLetter
+from bridge.events import ChangeEvent, DeadLetter, RoutedMessage
 from bridge.model import StrictModel
 
 Checkpoint = dict[str, Any]
@@ -33,9 +33,11 @@ class ChangeBatch:
     events: list[ChangeEvent] = field(default_factory=list)
     checkpoint: Checkpoint | None = None
     dead_letters: list[DeadLetter] = field(default_factory=list)
+    #: Messages with an adapter-chosen subject (e.g. ``type: outbox_table``), after events.
+    messages: list[RoutedMessage] = field(default_factory=list)
 
     def __len__(self) -> int:
-        return len(self.events) + len(self.dead_letters)
+        return len(self.events) + len(self.dead_letters) + len(self.messages)
 
 
 class AdapterConfig(StrictModel):

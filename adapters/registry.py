@@ -33,6 +33,9 @@ def _load() -> dict[str, AdapterType]:
     from adapters import sql_poll
 
     types = [sql_poll.ADAPTER_TYPE]
+    from adapters.files.adapter import ADAPTER_TYPE as files_type; types.append(files_type)  # noqa: E702, I001
+    from adapters.postgres.adapter import ADAPTER_TYPE as pg_type; types.append(pg_type)  # noqa: E702, I001
+    from adapters.outbox_table import ADAPTER_TYPE as outbox_table_type; types.append(outbox_table_type)  # noqa: E501, E702, I001
     return {t.name: t for t in types}
 
 

@@ -65,8 +65,14 @@ class NatsConfig(StrictModel):
     storage: str = Field(default="file", pattern="^(file|memory)$")
     max_age: Duration = 0.0
     max_bytes: int = -1
+    #: Largest message the stream accepts (-1: the server's max_payload); larger -> DLQ.
+    max_msg_size: int = -1
     connect_timeout: Duration = 5.0
     ack_timeout: Duration = 10.0
+    #: Longest back-off between publish/reconnect attempts (exponential with jitter).
+    retry_max: Duration = 5.0
+    #: Expected TLS server name when it differs from the URL's host.
+    tls_hostname: str | None = None
 
     @field_validator("subject_prefix")
     @classmethod
@@ -74,6 +80,16 @@ class NatsConfig(StrictModel):
         if not _TOKEN.match(value):
             raise ValueError("must be dot-separated tokens of [A-Za-z0-9_-], no wildcards")
         return value
+
+    @model_validator(mode="after")
+    def _window_covers_retries(self) -> NatsConfig:
+        from outbox.delivery import min_duplicate_window
+
+        least = min_duplicate_window(self.ack_timeout, self.retry_max)
+        if self.duplicate_window < least:
+            raise ValueError(f"duplicate_window must be at least 2 x (ack_timeout + retry_max)"
+                             f" = {least:g}s, so a retried publish is still deduplicated")
+        return self
 
     def servers(self) -> list[str]:
         if self.url is None:
@@ -90,6 +106,14 @@ class OutboxConfig(StrictModel):
     max_in_flight: int = Field(default=4000, ge=1, le=100_000)
     #: Idle relay re-checks the store this often even without a wake-up.
     poll_interval: Duration = 1.0
+
+
+class HttpConfig(StrictModel):
+    """The operations endpoint (/healthz, /readyz, /metrics, /status): off unless enabled."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = Field(default=9180, ge=0, le=65535)
 
 
 class LogConfig(StrictModel):
@@ -112,6 +136,7 @@ class BridgeConfig(StrictModel):
     nats: NatsConfig = NatsConfig()
     outbox: OutboxConfig = OutboxConfig()
     log: LogConfig = LogConfig()
+    http: HttpConfig = HttpConfig()
     adapters: list[AdapterConfigUnion] = Field(default_factory=list)  # type: ignore[valid-type]
     _secrets: frozenset[str] = PrivateAttr(default=frozenset())
 

@@ -1,54 +1,71 @@
-"""JetStream publisher: connection, stream set-up, and one pipelined batch publish.
+"""JetStream publisher: one connection, the stream, and pipelined publishes with PubAcks.
 
-:class:`Publisher` wraps nats-py so the rest of the bridge sees state and exceptions,
-not callbacks: connection state changes become log lines, transient failures become
-:class:`bridge.errors.PublishUnavailable`, and per-message rejections that retrying
-cannot fix (too large, rejected by the stream) are reported back as *poison* so the
-relay can dead-letter them and carry on.
+:class:`Publisher` wraps nats-py so the relay sees state and exceptions, not callbacks.
 
-:meth:`Publisher.publish_batch` sends a whole batch with ``publish_async`` (bounded
-in flight by nats-py's semaphore), then awaits every PubAck under one timeout and
-checks each one (stream name, duplicate flag). It returns how many leading messages
-are safely stored, so the relay only ever removes a contiguous prefix of the outbox.
+Connection. The client's own reconnect is switched off (``allow_reconnect=False``):
+nats-py would keep publishes made around a disconnect in its buffer and flush them on
+the new connection, after messages that were lost on the old one, which reorders a
+subject. Instead a lost connection closes the client, every publish awaiting its
+PubAck fails at once, and the relay reconnects with the shared back-off and
+republishes from its first unacknowledged row. Several server URLs, user/password,
+token, NKey seed, ``.creds`` file and TLS (CA, client certificate) come from
+:class:`bridge.config.NatsConfig`. NATS refusing the credentials is fatal (a person
+must fix it); everything else is retryable.
+
+Publishing. :meth:`Publisher.send` publishes one message with a reply subject of our
+own (``<inbox>.<n>``) and returns at once; a single subscription receives every PubAck
+and records it on the message's :class:`Slot` (stream, sequence, duplicate flag, or the
+JetStream error), then sets :attr:`Publisher.acked`. This is nats-py's
+``publish_async`` done with public calls and without its per-message costs (a random
+token, a future and callbacks, a JSON parse into a dataclass), which matters because
+the relay is CPU-bound in this process.
+
+Stream. :meth:`Publisher.ensure_stream` creates the stream or updates it to match the
+config (subjects, replicas, max age/bytes/message size, duplicate window); a storage
+type that differs cannot be changed in place and is reported as a configuration error.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+import time
 from typing import Any
 
 import nats
 import nats.errors
 import nats.js.errors
+import orjson
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 
+from bridge import metrics
 from bridge.config import NatsConfig
-from bridge.errors import ConfigError, PublishUnavailable
+from bridge.errors import ConfigError, FatalError, PublishUnavailable
 from outbox.base import OutboxMessage
+from outbox.delivery import DUPLICATE, OK, RETRY, parse_ack
 
 log = logging.getLogger("cdc_bridge.publisher")
 
-#: JetStream API error codes that retrying the same message cannot fix.
-POISON_ERR_CODES = frozenset({
-    10054,  # message size exceeds maximum allowed
-    10060,  # expected stream does not match
-    10077,  # message would exceed the stream's max bytes per message
-})
+PENDING = 0
+_AUTH_WORDS = ("authorization violation", "authentication", "user authentication expired")
 
 
-@dataclass(slots=True)
-class BatchResult:
-    """Outcome of one batch: ``stored`` leading messages are in the stream."""
+class Slot:
+    """One outbox row on its way: filled in by the PubAck (or a failure)."""
 
-    stored: int = 0
-    duplicates: int = 0
-    poison: list[tuple[int, str]] = field(default_factory=list)  # (index, reason)
-    error: BaseException | None = None
+    __slots__ = ("ack_seq", "message", "outcome", "reason", "sent_at", "seq")
+
+    def __init__(self, seq: int, message: OutboxMessage) -> None:
+        self.seq = seq
+        self.message = message
+        self.sent_at = 0.0
+        self.outcome = PENDING
+        self.reason = ""
+        self.ack_seq = 0
 
 
 def _tls_context(cfg: NatsConfig) -> ssl.SSLContext | None:
@@ -61,14 +78,19 @@ def _tls_context(cfg: NatsConfig) -> ssl.SSLContext | None:
     return ctx
 
 
-def connect_options(cfg: NatsConfig) -> dict[str, Any]:
-    """nats-py ``connect`` keyword arguments from the config (auth, TLS, reconnects)."""
+def connect_options(cfg: NatsConfig, *, reconnect: bool = True) -> dict[str, Any]:
+    """nats-py ``connect`` keyword arguments from the config (auth, TLS, timeouts).
+
+    With ``reconnect=False`` (the relay's publisher, see the module docstring) the client
+    does not reconnect by itself and tries each server of the list twice per connect;
+    other users (tail, init, replay) keep nats-py's endless reconnect.
+    """
     opts: dict[str, Any] = {
         "servers": cfg.servers(),
         "connect_timeout": max(1, int(cfg.connect_timeout)),
-        "allow_reconnect": True,
-        "max_reconnect_attempts": -1,
-        "reconnect_time_wait": 1,
+        "allow_reconnect": reconnect,
+        "max_reconnect_attempts": -1 if reconnect else 1,
+        "reconnect_time_wait": 1 if reconnect else 0.2,
         "name": "cdc-bridge",
         "pending_size": 64 * 1024 * 1024,
     }
@@ -84,7 +106,14 @@ def connect_options(cfg: NatsConfig) -> dict[str, Any]:
     tls = _tls_context(cfg)
     if tls is not None:
         opts["tls"] = tls
+        if cfg.tls_hostname:
+            opts["tls_hostname"] = cfg.tls_hostname
     return opts
+
+
+def _is_auth_error(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return any(w in text for w in _AUTH_WORDS)
 
 
 class Publisher:
@@ -93,42 +122,100 @@ class Publisher:
         self.nc: NATS | None = None
         self.js: JetStreamContext | None = None
         self.max_payload = 1024 * 1024
+        self.stream_subjects: list[str] = [f"{cfg.subject_prefix}.>"]
+        self.max_msg_size = cfg.max_msg_size
+        #: Set while connected; cleared on loss.
         self.connected = asyncio.Event()
+        #: Set by every PubAck or failure; the relay clears it before waiting.
+        self.acked = asyncio.Event()
+        #: Set when the connection is lost, until the next successful connect.
+        self.lost = asyncio.Event()
+        self._slots: dict[str, Slot] = {}
+        self._reply = ""
+        self._plen = 0
+        self._counter = 0
 
     # -- connection -------------------------------------------------------------------
 
-    async def _on_disconnected(self) -> None:
-        self.connected.clear()
-        log.warning("NATS disconnected; reconnecting")
+    @property
+    def is_connected(self) -> bool:
+        return self.nc is not None and self.nc.is_connected
 
-    async def _on_reconnected(self) -> None:
-        self.connected.set()
-        url = self.nc.connected_url.netloc if self.nc and self.nc.connected_url else "?"
-        log.info("NATS reconnected to %s", url)
+    async def _on_disconnected(self) -> None:
+        if self.connected.is_set():
+            log.warning("NATS disconnected; %d publishes awaiting PubAck will be retried",
+                        len(self._slots))
+        self._lost("connection to NATS lost")
 
     async def _on_error(self, exc: Exception) -> None:
         log.warning("NATS connection error: %s", exc)
 
-    async def connect(self, max_in_flight: int = 4000) -> None:
-        """Connect once (raises :class:`PublishUnavailable`) and make sure the stream exists."""
-        if self.nc is None or self.nc.is_closed:
-            try:
-                self.nc = await nats.connect(
-                    **connect_options(self.cfg),
-                    disconnected_cb=self._on_disconnected,
-                    reconnected_cb=self._on_reconnected,
-                    error_cb=self._on_error,
-                )
-            except (TimeoutError, OSError, nats.errors.Error) as e:
-                self.nc = None
-                raise PublishUnavailable(f"cannot connect to NATS: {type(e).__name__}") from e
-            self.js = self.nc.jetstream(publish_async_max_pending=max_in_flight,
-                                        timeout=self.cfg.ack_timeout)
-            self.max_payload = self.nc.max_payload
-            log.info("connected to NATS %s", self.nc.connected_url.netloc
-                     if self.nc.connected_url else "")
+    def _lost(self, reason: str) -> None:
+        self.connected.clear()
+        self.lost.set()
+        metrics.NATS_CONNECTED.set(0)
+        self.fail_all(reason)
+
+    def fail_all(self, reason: str) -> None:
+        """Fail every publish still awaiting its PubAck (their rows will be resent)."""
+        slots, self._slots = self._slots, {}
+        for slot in slots.values():
+            if slot.outcome == PENDING:
+                slot.outcome = RETRY
+                slot.reason = reason
+        self.acked.set()
+
+    def forget(self) -> None:
+        """Stop tracking in-flight publishes (after the relay gave up on them)."""
+        self._slots.clear()
+
+    async def connect(self, max_in_flight: int = 0) -> None:
+        """Connect (raises :class:`PublishUnavailable`), subscribe for PubAcks, check the stream."""
+        del max_in_flight  # bounded by the relay
+        if self.nc is not None and self.nc.is_connected:
+            await self.ensure_stream()  # e.g. the stream was deleted under us: recreate it
+            return
+        await self._drop()
+        try:
+            nc = await nats.connect(**connect_options(self.cfg, reconnect=False),
+                                    disconnected_cb=self._on_disconnected,
+                                    error_cb=self._on_error)
+        except (TimeoutError, OSError, nats.errors.Error) as e:
+            if _is_auth_error(e):
+                raise FatalError(f"NATS refused the credentials: {e}") from e
+            raise PublishUnavailable(f"cannot connect to NATS: {type(e).__name__}: {e}") from e
+        self.nc = nc
+        self.js = nc.jetstream(timeout=self.cfg.ack_timeout)
+        self.max_payload = nc.max_payload
+        self._reply = nc.new_inbox() + "."
+        self._plen = len(self._reply)
+        try:
+            await nc.subscribe(self._reply + "*", cb=self._on_ack,
+                               pending_msgs_limit=1_000_000, pending_bytes_limit=256 << 20)
+            await self.ensure_stream()
+        except BaseException:
+            await self._drop()
+            raise
+        self.lost.clear()
         self.connected.set()
-        await self.ensure_stream()
+        metrics.NATS_CONNECTED.set(1)
+        log.info("connected to NATS %s (max_payload %d)",
+                 nc.connected_url.netloc if nc.connected_url else "?", self.max_payload)
+
+    async def _drop(self) -> None:
+        nc, self.nc, self.js = self.nc, None, None
+        self.connected.clear()
+        if nc is not None and not nc.is_closed:
+            with contextlib.suppress(TimeoutError, nats.errors.Error, OSError):
+                await asyncio.wait_for(nc.close(), 5)
+
+    async def close(self) -> None:
+        """Close the connection (the relay has already waited for its PubAcks)."""
+        self.fail_all("publisher closed")
+        await self._drop()
+        metrics.NATS_CONNECTED.set(0)
+
+    # -- stream -----------------------------------------------------------------------
 
     def stream_config(self) -> api.StreamConfig:
         cfg = self.cfg
@@ -140,7 +227,20 @@ class Publisher:
             duplicate_window=cfg.duplicate_window,
             max_age=cfg.max_age or None,
             max_bytes=cfg.max_bytes,
+            max_msg_size=cfg.max_msg_size,
         )
+
+    @staticmethod
+    def _differs(have: api.StreamConfig, want: api.StreamConfig) -> list[str]:
+        out = []
+        if sorted(have.subjects or []) != sorted(want.subjects or []):
+            out.append("subjects")
+        for name in ("num_replicas", "duplicate_window", "max_bytes", "max_msg_size"):
+            if (getattr(have, name) or -1) != (getattr(want, name) or -1):
+                out.append(name)
+        if (have.max_age or 0) != (want.max_age or 0):
+            out.append("max_age")
+        return out
 
     async def ensure_stream(self) -> None:
         """Create the stream if missing, or update it to match the config."""
@@ -151,135 +251,109 @@ class Publisher:
                 info = await self.js.stream_info(self.cfg.stream)
             except nats.js.errors.NotFoundError:
                 await self.js.add_stream(wanted)
-                log.info("created stream %s for %s.>", self.cfg.stream, self.cfg.subject_prefix)
-                return
-            have = info.config
-            if (have.subjects != wanted.subjects or have.duplicate_window != wanted.duplicate_window
-                    or have.num_replicas != wanted.num_replicas
-                    or have.max_bytes != wanted.max_bytes
-                    or (have.max_age or None) != wanted.max_age):
-                await self.js.update_stream(wanted)
-                log.info("updated stream %s to match the config", self.cfg.stream)
+                log.info("created stream %s for %s.> (%s, replicas %d)", self.cfg.stream,
+                         self.cfg.subject_prefix, self.cfg.storage, self.cfg.replicas)
+                info = await self.js.stream_info(self.cfg.stream)
+            else:
+                have = info.config
+                have_storage = str(getattr(have.storage, "value", have.storage))
+                if have.storage is not None and have_storage != self.cfg.storage:
+                    raise ConfigError([
+                        f"nats.storage: stream {self.cfg.stream} exists with storage "
+                        f"{have_storage}; JetStream cannot change it in place"])
+                changed = self._differs(have, wanted)
+                if changed:
+                    info = await self.js.update_stream(wanted)
+                    log.info("updated stream %s to match the config (%s)", self.cfg.stream,
+                             ", ".join(changed))
         except nats.js.errors.BadRequestError as e:
             raise ConfigError([f"nats.stream: JetStream refused stream {self.cfg.stream}: "
                                f"{e.description}"]) from e
         except (TimeoutError, nats.errors.Error, OSError) as e:
             raise PublishUnavailable(f"JetStream not available: {type(e).__name__}: {e}") from e
-
-    async def close(self) -> None:
-        if self.nc is not None and not self.nc.is_closed:
-            try:
-                await asyncio.wait_for(self.nc.drain(), timeout=5)
-            except (TimeoutError, nats.errors.Error):
-                await self.nc.close()
-        self.nc = None
-        self.js = None
-        self.connected.clear()
+        self.stream_subjects = list(info.config.subjects or self.stream_subjects)
+        self.max_msg_size = info.config.max_msg_size or -1
 
     # -- publishing -------------------------------------------------------------------
 
-    def _headers(self, msg: OutboxMessage, extra: dict[str, str]) -> dict[str, str]:
-        hdrs = {"Nats-Msg-Id": msg.msg_id}
+    async def send(self, slot: Slot) -> None:
+        """Publish ``slot``'s message; its PubAck lands on the slot later."""
+        nc = self.nc
+        if nc is None or not nc.is_connected:
+            raise PublishUnavailable("not connected to NATS")
+        msg = slot.message
+        headers = {"Nats-Msg-Id": msg.msg_id}
         if msg.headers:
-            hdrs.update(msg.headers)
-        hdrs.update(extra)
-        return hdrs
-
-    async def publish_batch(
-        self, messages: Sequence[OutboxMessage], extra_headers: Sequence[dict[str, str]]
-    ) -> BatchResult:
-        """Publish ``messages`` pipelined; see the module docstring for the contract."""
-        if self.js is None or self.nc is None or self.nc.is_closed:
-            raise PublishUnavailable("not connected to NATS")
-        js = self.js
-        result = BatchResult()
-        futures: list[asyncio.Future[api.PubAck] | None] = []
-        for i, msg in enumerate(messages):
-            if len(msg.payload) > self.max_payload:
-                result.poison.append((i, f"payload of {len(msg.payload)} bytes exceeds the "
-                                         f"server's max_payload of {self.max_payload}"))
-                futures.append(None)
-                continue
-            try:
-                fut = await js.publish_async(msg.subject, msg.payload,
-                                             headers=self._headers(msg, extra_headers[i]))
-            except nats.errors.MaxPayloadError as e:
-                result.poison.append((i, f"payload too large: {e}"))
-                futures.append(None)
-                continue
-            except (nats.errors.Error, OSError) as e:
-                break_error = PublishUnavailable(f"publish failed: {type(e).__name__}: {e}")
-                return self._collect_partial(futures, result, break_error)
-            futures.append(fut)
-        pending = [f for f in futures if f is not None]
-        if pending:
-            done, _ = await asyncio.wait(pending, timeout=self.cfg.ack_timeout)
-        return self._collect(futures, result)
-
-    def _collect_partial(self, futures: list[asyncio.Future[api.PubAck] | None],
-                         result: BatchResult, error: BaseException) -> BatchResult:
-        for f in futures:
-            if f is not None and not f.done():
-                f.cancel()
-        result.error = error
-        return self._collect(futures, result, stop_error=error)
-
-    def _collect(self, futures: list[asyncio.Future[api.PubAck] | None], result: BatchResult,
-                 stop_error: BaseException | None = None) -> BatchResult:
-        poison_at = {i for i, _ in result.poison}
-        stored = 0
-        for i, fut in enumerate(futures):
-            if fut is None:
-                if i in poison_at:
-                    stored = i + 1
-                    continue
-                break
-            if not fut.done() or fut.cancelled():
-                result.error = result.error or PublishUnavailable(
-                    f"no PubAck within {self.cfg.ack_timeout}s")
-                break
-            exc = fut.exception()
-            if exc is None:
-                ack = fut.result()
-                if ack.stream != self.cfg.stream:
-                    result.poison.append((i, f"stored in unexpected stream {ack.stream}"))
-                if ack.duplicate:
-                    result.duplicates += 1
-                stored = i + 1
-                continue
-            if isinstance(exc, nats.js.errors.APIError) and exc.err_code in POISON_ERR_CODES:
-                result.poison.append((i, f"rejected by JetStream: {exc.description}"))
-                stored = i + 1
-                continue
-            result.error = PublishUnavailable(f"publish not acknowledged: {type(exc).__name__}: "
-                                              f"{exc}")
-            break
-        for fut in futures[stored:]:
-            if fut is not None and not fut.done():
-                fut.cancel()
-        result.stored = stored
-        if stop_error is not None and result.error is None:
-            result.error = stop_error
-        return result
-
-    async def publish_one(self, subject: str, payload: bytes, headers: dict[str, str]) -> None:
-        """Publish a single message awaiting its PubAck (used for dead letters)."""
-        if self.js is None:
-            raise PublishUnavailable("not connected to NATS")
+            headers.update(msg.headers)
+            headers["Nats-Msg-Id"] = msg.msg_id
+        self._counter += 1
+        token = str(self._counter)
+        self._slots[token] = slot
+        slot.sent_at = time.monotonic()
         try:
-            await self.js.publish(subject, payload, headers=headers, timeout=self.cfg.ack_timeout)
-        except (TimeoutError, nats.errors.Error, OSError) as e:
+            await nc.publish(msg.subject, msg.payload, reply=self._reply + token,
+                             headers=headers)
+        except (nats.errors.Error, OSError) as e:
+            self._slots.pop(token, None)
             raise PublishUnavailable(f"publish failed: {type(e).__name__}: {e}") from e
 
-    async def last_message_headers(self) -> dict[str, str] | None:
-        """Headers of the stream's last message (for restart reconciliation)."""
+    async def _on_ack(self, msg: Msg) -> None:
+        slot = self._slots.pop(msg.subject[self._plen:], None)
+        if slot is None:
+            return
+        hdrs = msg.headers
+        if not hdrs:
+            try:  # the fast path: a plain PubAck for our stream
+                body = orjson.loads(msg.data)
+                if "error" not in body and body.get("stream") == self.cfg.stream:
+                    slot.ack_seq = body["seq"]
+                    slot.outcome = DUPLICATE if body.get("duplicate") else OK
+                    self.acked.set()
+                    return
+            except (orjson.JSONDecodeError, KeyError, TypeError):
+                pass
+        result = parse_ack(msg.data, hdrs.get("Status") if hdrs else None, self.cfg.stream)
+        slot.ack_seq, slot.reason, slot.outcome = result.seq, result.reason, result.outcome
+        self.acked.set()
+
+    async def publish_one(self, subject: str, payload: bytes, headers: dict[str, str]) -> bool:
+        """Publish one message awaiting its PubAck (dead letters); ``True`` if a duplicate."""
         if self.js is None:
-            return None
+            raise PublishUnavailable("not connected to NATS")
+        try:
+            ack = await self.js.publish(subject, payload, headers=headers,
+                                        timeout=self.cfg.ack_timeout)
+        except nats.js.errors.APIError as e:
+            from outbox.delivery import POISON_ERR_CODES
+
+            if e.err_code in POISON_ERR_CODES:
+                raise FatalError(f"JetStream refuses the dead letter on {subject}: "
+                                 f"{e.description}") from e
+            raise PublishUnavailable(f"dead letter not stored: {e}") from e
+        except (TimeoutError, nats.errors.Error, OSError) as e:
+            raise PublishUnavailable(f"publish failed: {type(e).__name__}: {e}") from e
+        return bool(ack.duplicate)
+
+    async def last_messages(self, limit: int, since_ms: int) -> list[tuple[str, int]]:
+        """(``Nats-Msg-Id``, stored time ms) of up to ``limit`` last messages of the stream,
+        newest first, stopping at the first stored before ``since_ms``."""
+        if self.js is None:
+            return []
+        out: list[tuple[str, int]] = []
         try:
             info = await self.js.stream_info(self.cfg.stream)
-            if not info.state.last_seq:
-                return None
-            msg = await self.js.get_msg(self.cfg.stream, seq=info.state.last_seq)
-        except (TimeoutError, nats.errors.Error):
-            return None
-        return dict(msg.headers or {})
+            seq = info.state.last_seq
+            while seq >= max(1, info.state.first_seq) and len(out) < limit:
+                try:
+                    raw = await self.js.get_msg(self.cfg.stream, seq=seq)
+                except nats.js.errors.NotFoundError:
+                    seq -= 1
+                    continue
+                stored_ms = int(raw.time.timestamp() * 1000) if raw.time else 0
+                if stored_ms and stored_ms < since_ms:
+                    break
+                out.append(((raw.headers or {}).get("Nats-Msg-Id", ""), stored_ms))
+                seq -= 1
+        except (TimeoutError, nats.errors.Error, OSError) as e:
+            raise PublishUnavailable(f"cannot read the stream back: {e}") from e
+        return out

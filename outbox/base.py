@@ -2,20 +2,30 @@
 
 A store holds three things:
 
-- pending messages, each with a monotonically increasing ``seq`` (the relay publishes
-  in ``seq`` order, which keeps per-adapter source order, hence per-key order);
+- pending messages, each with a ``seq`` that increases by exactly one per message
+  (no gaps: a rolled-back append gives its numbers back), so the relay publishes in
+  ``seq`` order, which keeps per-adapter source order, hence per-key order;
 - one checkpoint per adapter, written in the SAME transaction as that batch's
   messages (:meth:`OutboxStore.append`), so a crash leaves both or neither;
-- nothing else for long: published rows are deleted (:meth:`OutboxStore.remove`).
+- nothing else for long: published rows are deleted (:meth:`OutboxStore.remove`),
+  always as a prefix (``seq <= n``), and :meth:`OutboxStore.compact` gives the space
+  back to the file system where the backend needs help for that.
+
+Because appends are serialised and ``seq`` is gap-free, a reader never sees ``seq``
+``n + 1`` committed while ``n`` is still to come, and the pending count is
+``last - first + 1`` (cheap, exact) rather than a table scan.
 
 Stores are synchronous; the daemon drives them from worker threads (see
-:mod:`outbox.runner`) so that a slow disk never stalls the event loop.
+:mod:`outbox.runner`) so that a slow disk never stalls the event loop. Each backend
+must pass :mod:`tests.test_outbox_conformance`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any, Protocol
+
+from bridge.errors import RetryableError
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +51,9 @@ class StoreStats:
     pending: int
     oldest_pending_ms: int | None
     size_bytes: int | None
+    #: ``seq`` of the first pending row and of the last row ever appended (0 if none).
+    first_seq: int = 0
+    last_seq: int = 0
 
 
 class OutboxStore(Protocol):
@@ -54,7 +67,7 @@ class OutboxStore(Protocol):
     ) -> int:
         """Append ``messages`` and set ``adapter``'s checkpoint in one transaction.
 
-        Returns the ``seq`` of the last message appended (or the current maximum).
+        Returns the ``seq`` of the last message appended (or the current last ``seq``).
         """
         ...
 
@@ -74,6 +87,14 @@ class OutboxStore(Protocol):
         """Delete published rows with ``seq <= up_to_seq``; returns how many."""
         ...
 
+    def compact(self) -> None:
+        """Give the space of removed rows back (cheap when there is nothing to do)."""
+        ...
+
     def stats(self) -> StoreStats: ...
 
     def close(self) -> None: ...
+
+
+class StoreUnavailable(RetryableError):
+    """The store's database cannot be reached right now (PostgreSQL down, cut, restarting)."""

@@ -48,6 +48,10 @@ class AsyncStore:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._relay, self.store.remove, up_to_seq)
 
+    async def compact(self) -> None:
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._relay, self.store.compact)
+
     async def stats(self) -> StoreStats:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._relay, self.store.stats)

@@ -1,9 +1,20 @@
 """SQLite outbox store: the embedded default.
 
-WAL mode so the relay reads while adapters append; ``synchronous=FULL`` so a commit
-that acknowledged a source position (a replication slot's flush LSN) survives power
-loss, not only ``kill -9``. ``seq`` is ``AUTOINCREMENT`` so it never goes back after
-deletes, which the relay's cursor and the restart reconciliation rely on.
+WAL mode so the relay reads while adapters append. Appends run with
+``synchronous=FULL`` so a commit that acknowledged a source position (a replication
+slot's flush LSN) survives power loss, not only ``kill -9``; deletes of published rows
+run with ``synchronous=NORMAL`` (a delete lost to power loss only means a republish,
+which the stream's duplicate window drops), which saves an fsync per relay round.
+
+``seq`` is ``AUTOINCREMENT``: it never goes back after deletes, and since appends are
+serialised (``BEGIN IMMEDIATE``), a rolled-back append gives its numbers back and
+deletes only ever take a prefix, the pending rows are exactly ``first..last``.
+
+Space: the database is created with ``auto_vacuum=INCREMENTAL`` and
+:meth:`SqliteStore.compact` frees the pages of deleted rows and truncates the WAL
+(``journal_size_limit`` also caps it after every checkpoint), so the files do not grow
+without bound. A database created without incremental vacuum is converted by one
+``VACUUM`` on open if it is small, otherwise left as is with a log line.
 
 Each thread gets its own connection (SQLite connections are not shared across
 threads); writers serialise on SQLite's lock with a generous busy timeout.
@@ -11,7 +22,9 @@ threads); writers serialise on SQLite's lock with a generous busy timeout.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import sqlite3
 import threading
@@ -21,6 +34,8 @@ from pathlib import Path
 from typing import Any
 
 from outbox.base import OutboxMessage, PendingRow, StoreStats
+
+log = logging.getLogger("cdc_bridge.outbox")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -38,6 +53,10 @@ CREATE TABLE IF NOT EXISTS checkpoints (
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
+#: Largest database converted to incremental vacuum on open (VACUUM rewrites the file).
+_CONVERT_LIMIT_BYTES = 256 * 1024 * 1024
+_WAL_LIMIT_BYTES = 64 * 1024 * 1024
+_VACUUM_PAGES_PER_CALL = 20_000
 
 
 class SqliteStore:
@@ -50,14 +69,21 @@ class SqliteStore:
         self._all: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
         conn = self._conn()
-        with conn:
-            conn.executescript(_SCHEMA)
+        self._ensure_incremental_vacuum(conn)
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for stmt in filter(str.strip, _SCHEMA.split(";")):
+                conn.execute(stmt)
             row = conn.execute("SELECT value FROM meta WHERE key='store_id'").fetchone()
             if row is None:
                 store_id = str(uuid.uuid4())
                 conn.execute("INSERT INTO meta(key, value) VALUES ('store_id', ?)", (store_id,))
             else:
                 store_id = row[0]
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
         self.store_id: str = store_id
 
     def _conn(self) -> sqlite3.Connection:
@@ -65,18 +91,39 @@ class SqliteStore:
         if conn is None:
             conn = sqlite3.connect(self.path, timeout=60.0, isolation_level=None,
                                    check_same_thread=False)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
             conn.execute("PRAGMA busy_timeout=60000")
+            conn.execute("PRAGMA auto_vacuum=INCREMENTAL")  # only a new file: before WAL
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute(f"PRAGMA journal_size_limit={_WAL_LIMIT_BYTES}")
+            conn.execute("PRAGMA synchronous=FULL")
             self._local.conn = conn
+            self._local.sync = "FULL"
             with self._lock:
                 self._all.append(conn)
         return conn
+
+    def _sync(self, conn: sqlite3.Connection, mode: str) -> None:
+        if self._local.sync != mode:
+            conn.execute(f"PRAGMA synchronous={mode}")
+            self._local.sync = mode
+
+    def _ensure_incremental_vacuum(self, conn: sqlite3.Connection) -> None:
+        if conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2:
+            return
+        size = os.path.getsize(self.path) if self.path.exists() else 0
+        if size > _CONVERT_LIMIT_BYTES:
+            log.warning("outbox %s (%d bytes) has no incremental vacuum; run VACUUM offline "
+                        "to let it shrink", self.path, size)
+            return
+        conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
+        conn.execute("VACUUM")
+        log.info("outbox %s converted to incremental vacuum", self.path)
 
     def append(
         self, adapter: str, messages: list[OutboxMessage], checkpoint: dict[str, Any] | None
     ) -> int:
         conn = self._conn()
+        self._sync(conn, "FULL")
         now = int(time.time() * 1000)
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -96,12 +143,17 @@ class SqliteStore:
                     " updated_ms=excluded.updated_ms",
                     (adapter, json.dumps(checkpoint), now),
                 )
-            last = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM outbox").fetchone()[0]
+            last = self._last_seq(conn)
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
             raise
-        return int(last)
+        return last
+
+    @staticmethod
+    def _last_seq(conn: sqlite3.Connection) -> int:
+        row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name='outbox'").fetchone()
+        return 0 if row is None else int(row[0])
 
     def checkpoint(self, adapter: str) -> dict[str, Any] | None:
         row = self._conn().execute(
@@ -120,32 +172,47 @@ class SqliteStore:
             (after_seq, limit),
         ).fetchall()
         return [
-            PendingRow(seq, OutboxMessage(mid, subj, bytes(body),
+            PendingRow(seq, OutboxMessage(mid, subj, body,
                                           json.loads(h) if h else None, created))
             for seq, mid, subj, body, h, created in rows
         ]
 
     def remove(self, up_to_seq: int) -> int:
-        cur = self._conn().execute("DELETE FROM outbox WHERE seq <= ?", (up_to_seq,))
+        conn = self._conn()
+        self._sync(conn, "NORMAL")
+        cur = conn.execute("DELETE FROM outbox WHERE seq <= ?", (up_to_seq,))
         return cur.rowcount
+
+    def compact(self) -> None:
+        conn = self._conn()
+        free = conn.execute("PRAGMA freelist_count").fetchone()[0]
+        if free:
+            # executescript steps the pragma to completion (execute() frees one page);
+            # bounded so that one call never holds the write lock for long.
+            conn.executescript(f"PRAGMA incremental_vacuum({_VACUUM_PAGES_PER_CALL});")
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
 
     def stats(self) -> StoreStats:
         conn = self._conn()
-        pending, oldest = conn.execute("SELECT COUNT(*), MIN(created_ms) FROM outbox").fetchone()
+        conn.execute("BEGIN")
+        try:
+            first = conn.execute(
+                "SELECT seq, created_ms FROM outbox ORDER BY seq LIMIT 1").fetchone()
+            last = self._last_seq(conn)
+        finally:
+            conn.execute("COMMIT")
         size = 0
         for suffix in ("", "-wal"):
-            try:
+            with contextlib.suppress(OSError):
                 size += os.path.getsize(f"{self.path}{suffix}")
-            except OSError:
-                pass
-        return StoreStats(int(pending), None if oldest is None else int(oldest), size)
+        if first is None:
+            return StoreStats(0, None, size, 0, last)
+        return StoreStats(last - first[0] + 1, int(first[1]), size, int(first[0]), last)
 
     def close(self) -> None:
         with self._lock:
             for conn in self._all:
-                try:
+                with contextlib.suppress(sqlite3.ProgrammingError):
                     conn.close()
-                except sqlite3.ProgrammingError:
-                    pass
             self._all.clear()
         self._local = threading.local()

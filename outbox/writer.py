@@ -21,6 +21,11 @@ def encode_batch(batch: ChangeBatch, prefix: str) -> list[OutboxMessage]:
         OutboxMessage(ev.id, ev.subject(prefix), ev.encode(), None, now) for ev in batch.events
     ]
     out.extend(
+        OutboxMessage(m.id, f"{prefix}.{m.subject}", m.body,
+                      dict(m.headers) if m.headers else None, now)
+        for m in batch.messages
+    )
+    out.extend(
         OutboxMessage(dl.id, dead_letter_subject(prefix, dl.adapter), dl.payload, dl.headers(), now)
         for dl in batch.dead_letters
     )

@@ -82,16 +82,17 @@ def test_rows_arrive_once_with_cloudevents_fields(tmp_path: Path, nats_server: N
         assert bridge.terminate() == 0, bridge.log()
     assert_exactly_once(msgs, range(1, 1201))
     first = msgs[0]
-    assert first.subject == "cdc.erp._.invoices.c"
+    # rows present before the first start arrive as the initial snapshot (op r)
+    assert first.subject == "cdc.erp._.invoices.r"
     ce = first.body
     assert ce["specversion"] == "1.0"
-    assert ce["type"] == "io.cdc-bridge.created"
+    assert ce["type"] == "io.cdc-bridge.read"
     assert ce["source"] == "/cdc-bridge/erp"
     assert ce["datacontenttype"] == "application/json"
     assert ce["id"] == event_id("erp", "invoices:1", 0)
     assert first.headers["Nats-Msg-Id"] == ce["id"]
     data = ce["data"]
-    assert data["op"] == "c"
+    assert data["op"] == "r"
     assert data["before"] is None
     assert data["key"] == {"id": 1}
     after = dict(data["after"])

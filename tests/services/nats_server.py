@@ -12,9 +12,12 @@ from tests.services.ports import free_port, wait_closed, wait_listening
 
 
 class NatsServer:
-    def __init__(self, store_dir: Path, port: int | None = None) -> None:
+    def __init__(self, store_dir: Path, port: int | None = None,
+                 config: str | None = None) -> None:
+        """``config``: optional nats-server config file text (auth, TLS, limits)."""
         self.store_dir = store_dir
         self.port = port or free_port()
+        self.config = config
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -24,8 +27,13 @@ class NatsServer:
     def start(self) -> None:
         self.store_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.store_dir / "server.log", "ab")  # noqa: SIM115
+        extra: list[str] = []
+        if self.config is not None:
+            conf = self.store_dir / "server.conf"
+            conf.write_text(self.config)
+            extra = ["-c", str(conf)]
         self.proc = subprocess.Popen(
-            [nats_server_binary(), "-a", "127.0.0.1", "-p", str(self.port), "-js",
+            [nats_server_binary(), *extra, "-a", "127.0.0.1", "-p", str(self.port), "-js",
              "-sd", str(self.store_dir)],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )

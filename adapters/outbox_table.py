@@ -1,0 +1,179 @@
+"""``type: outbox_table``: relay an application's outbox table (see :mod:`outbox.app`).
+
+Polls the table for rows not yet relayed, oldest ``seq`` first, and turns each into a
+CloudEvents message routed to ``<prefix>.outbox.<aggregate_type>.<event_type>`` (tokens
+sanitised), like Debezium's outbox event router: ``id`` is the row's id (also the
+``Nats-Msg-Id``), ``type`` the event type, ``subject`` the aggregate id, ``data`` the
+payload exactly as stored, extensions ``aggregatetype``/``aggregateid``; the row's
+headers become NATS headers.
+
+After the daemon has committed a batch to the bridge's outbox it calls
+:meth:`OutboxTableAdapter.acknowledge`, which deletes those rows (``on_publish:
+delete``, the default) or sets their ``published_at`` (``mark``: rows are kept for the
+application's own retention). The next poll starts only after that, so rows are read
+once; a crash between the commit and the delete re-reads them with the same ids, which
+the relay's deduplication drops.
+
+No cursor is kept: a poll reads whatever unrelayed rows are visible, so a transaction
+that commits late with a lower ``seq`` is picked up by the next poll instead of being
+skipped forever (the pitfall of cursor-based pollers). Order per aggregate is the
+order in which the application wrote them, given that it serialises writes per
+aggregate, as aggregates do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import re
+from collections.abc import AsyncIterator
+from typing import Any, Literal
+
+import orjson
+import psycopg
+from psycopg import sql
+from pydantic import Field
+
+from adapters.base import AdapterConfig, ChangeBatch, Checkpoint
+from adapters.registry import AdapterContext, AdapterType
+from bridge.errors import SourceSetupError, SourceUnavailable
+from bridge.events import RoutedMessage, subject_token
+from bridge.model import Duration
+from outbox.app import DEFAULT_TABLE, ddl, table_identifier
+
+log = logging.getLogger("cdc_bridge.adapter.outbox_table")
+
+#: The subject token after the prefix; ``outbox`` is reserved as an adapter name for it.
+OUTBOX_TOKEN = "outbox"
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+
+
+class OutboxTableConfig(AdapterConfig):
+    type: Literal["outbox_table"]
+    #: The application's PostgreSQL database.
+    dsn: str = Field(repr=False)
+    #: ``name`` or ``schema.name`` of the outbox table.
+    table: str = DEFAULT_TABLE
+    poll_interval: Duration = 1.0
+    batch_size: int = Field(default=1000, ge=1, le=50_000)
+    #: ``delete`` relayed rows, or ``mark`` them (``published_at``) and keep them.
+    on_publish: Literal["delete", "mark"] = "delete"
+
+
+def to_message(row: tuple[Any, ...], adapter: str) -> RoutedMessage:
+    """One outbox row -> its routed CloudEvents message (pure)."""
+    _seq, eid, agg_type, agg_id, ev_type, payload, headers, created = row
+    created_at: dt.datetime = created
+    ce = {
+        "specversion": "1.0",
+        "id": str(eid),
+        "source": f"/cdc-bridge/{adapter}",
+        "type": ev_type,
+        "subject": agg_id,
+        "datacontenttype": "application/json",
+        "time": created_at.astimezone(dt.UTC).isoformat(timespec="milliseconds")
+        .replace("+00:00", "Z"),
+        "aggregatetype": agg_type,
+        "aggregateid": agg_id,
+        "data": orjson.Fragment(payload.encode() if isinstance(payload, str) else payload),
+    }
+    hdrs = {str(k): " ".join(str(v).split()) for k, v in (headers or {}).items()
+            if _HEADER_NAME.match(str(k)) and str(k).lower() != "nats-msg-id"}
+    subject = f"{OUTBOX_TOKEN}.{subject_token(agg_type)}.{subject_token(ev_type)}"
+    return RoutedMessage(str(eid), subject, orjson.dumps(ce), hdrs or None)
+
+
+class OutboxTableAdapter:
+    def __init__(self, config: OutboxTableConfig, context: AdapterContext) -> None:
+        self.name = config.name
+        self.config = config
+        self.table = table_identifier(config.table)
+        self.conn: psycopg.Connection[Any] | None = None
+        self._unacked: list[int] = []
+
+    # -- blocking parts (run in a thread) ---------------------------------------------
+
+    def _open(self) -> None:
+        try:
+            self.conn = psycopg.connect(self.config.dsn, autocommit=True, connect_timeout=10,
+                                        application_name=f"cdc-bridge-{self.name}")
+        except psycopg.OperationalError as e:
+            raise SourceUnavailable(f"cannot reach the outbox database: {type(e).__name__}") \
+                from None
+        row = self.conn.execute("SELECT to_regclass(%s)", (self.config.table,)).fetchone()
+        if row is None or row[0] is None:
+            raise SourceSetupError(f"outbox table {self.config.table!r} does not exist "
+                                   "(create it with outbox.app.create_outbox_table or "
+                                   "cdc-bridge init)")
+
+    def _read(self) -> list[tuple[Any, ...]]:
+        assert self.conn is not None
+        where = "published_at IS NULL" if self.config.on_publish == "mark" else "true"
+        query = sql.SQL(
+            "SELECT seq, id, aggregate_type, aggregate_id, event_type, payload::text, headers,"
+            " created_at FROM {t} WHERE " + where + " ORDER BY seq LIMIT %s"
+        ).format(t=self.table)
+        rows: list[tuple[Any, ...]] = self._run(
+            lambda c: c.execute(query, (self.config.batch_size,)).fetchall())
+        return rows
+
+    def _settle(self, seqs: list[int]) -> None:
+        if self.config.on_publish == "delete":
+            query = sql.SQL("DELETE FROM {t} WHERE seq = ANY(%s)").format(t=self.table)
+        else:
+            query = sql.SQL("UPDATE {t} SET published_at = now() WHERE seq = ANY(%s)").format(
+                t=self.table)
+        self._run(lambda c: c.execute(query, (seqs,)))
+
+    def _run(self, fn: Any) -> Any:
+        assert self.conn is not None
+        try:
+            return fn(self.conn)
+        except psycopg.OperationalError as e:
+            raise SourceUnavailable(f"outbox database error: {type(e).__name__}") from None
+        except psycopg.Error as e:
+            raise SourceUnavailable(f"outbox query failed: {type(e).__name__}: {e}") from e
+
+    # -- the adapter protocol ---------------------------------------------------------
+
+    async def changes(self, checkpoint: Checkpoint | None) -> AsyncIterator[ChangeBatch]:
+        await asyncio.to_thread(self._open)
+        log.info("%s: relaying outbox table %s (%s after publish)", self.name,
+                 self.config.table, self.config.on_publish)
+        while True:
+            rows = await asyncio.to_thread(self._read)
+            if rows:
+                self._unacked = [int(r[0]) for r in rows]
+                yield ChangeBatch(messages=[to_message(r, self.name) for r in rows],
+                                  checkpoint={"seq": self._unacked[-1]})
+            if len(rows) < self.config.batch_size:
+                await asyncio.sleep(self.config.poll_interval)
+
+    async def acknowledge(self, checkpoint: Checkpoint | None) -> None:
+        """The batch is in the bridge's outbox: delete (or mark) its rows."""
+        seqs, self._unacked = self._unacked, []
+        if seqs:
+            await asyncio.to_thread(self._settle, seqs)
+
+    async def init(self) -> list[str]:
+        """``cdc-bridge init``: create the outbox table if it is missing."""
+        def create() -> None:
+            with psycopg.connect(self.config.dsn, autocommit=True) as conn:
+                for stmt in ddl(self.config.table):
+                    conn.execute(stmt)
+
+        await asyncio.to_thread(create)
+        return [f"outbox table {self.config.table} is ready"]
+
+    async def close(self) -> None:
+        if self.conn is not None:
+            await asyncio.to_thread(self.conn.close)
+
+
+def _factory(config: AdapterConfig, context: AdapterContext) -> OutboxTableAdapter:
+    assert isinstance(config, OutboxTableConfig)
+    return OutboxTableAdapter(config, context)
+
+
+ADAPTER_TYPE = AdapterType("outbox_table", OutboxTableConfig, _factory)

@@ -1,0 +1,48 @@
+"""``type: sql_poll`` — change capture by polling any SQL database through SQLAlchemy Core.
+
+For legacy databases that offer no log we can read. Modules:
+
+- :mod:`.config`: the strict config models (adapter block, one block per table);
+- :mod:`.source`: SQLAlchemy engine, reflection and keyset reads (the only SQL);
+- :mod:`.values`, :mod:`.window`, :mod:`.diff`: pure logic (cursor encoding, the
+  look-back window for out-of-order commits, row diffing);
+- :mod:`.cursor_mode`: ``incrementing``, ``timestamp``, ``timestamp+incrementing``;
+- :mod:`.diff_state`, :mod:`.diff_mode`: ``diff`` (hash state file, passes, deletes);
+- :mod:`.adapter`: scheduling, batches and checkpoints, error mapping.
+
+``mode: query`` polls a custom SELECT with any of the other modes.
+
+``ADAPTER_TYPE`` is built on first access: :mod:`adapters.registry` imports this package
+while it is itself being imported, so nothing here may import the registry eagerly.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from adapters.base import AdapterConfig
+from adapters.sql_poll.adapter import SqlPollAdapter
+from adapters.sql_poll.config import PollTable, SqlPollConfig
+
+if TYPE_CHECKING:
+    from adapters.registry import AdapterContext, AdapterType
+
+    ADAPTER_TYPE: AdapterType
+
+
+def _factory(config: AdapterConfig, context: AdapterContext) -> SqlPollAdapter:
+    assert isinstance(config, SqlPollConfig)
+    return SqlPollAdapter(config, context)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "ADAPTER_TYPE":
+        from adapters.registry import AdapterType
+
+        value = AdapterType("sql_poll", SqlPollConfig, _factory)
+        globals()["ADAPTER_TYPE"] = value
+        return value
+    raise AttributeError(name)
+
+
+__all__ = ["ADAPTER_TYPE", "PollTable", "SqlPollAdapter", "SqlPollConfig"]

@@ -1,0 +1,203 @@
+"""The ``sql_poll`` adapter: schedules the tables' polls and turns them into batches.
+
+Each configured table becomes a runner (:class:`~adapters.sql_poll.cursor_mode.CursorTable`
+or :class:`~adapters.sql_poll.diff_mode.DiffTable`). The loop runs one *unit* at a time
+(one page of a cursor poll, one step of a diff pass) in a worker thread, round-robin
+over the tables that are due, and yields one :class:`ChangeBatch` per unit carrying the
+checkpoint of every table. The daemon commits it before asking for the next, so the
+in-memory state of all tables always equals what is committed, plus the one batch in
+flight. A table with more to read (a full page, a pass in progress) stays due; others
+wait for their ``poll_interval``.
+
+Errors: connection problems become :class:`~bridge.errors.SourceUnavailable` (the
+daemon restarts the adapter from its checkpoint with back-off); a missing table or
+column becomes :class:`~bridge.errors.SourceSetupError` (fatal). The gauge
+``cdc_source_lag{unit="seconds"}`` is the age of the oldest table's last completed poll.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy.exc import SQLAlchemyError
+
+from adapters.base import ChangeBatch, Checkpoint
+from adapters.sql_poll.config import PollTable, SqlPollConfig
+from adapters.sql_poll.cursor_mode import CursorTable
+from adapters.sql_poll.diff_mode import DiffTable
+from adapters.sql_poll.diff_state import DiffState
+from adapters.sql_poll.source import TableSource, classify, create_engine
+from adapters.sql_poll.values import Cursor
+from bridge.errors import BridgeError
+from bridge.events import ChangeEvent
+from bridge.metrics import SOURCE_LAG
+
+if TYPE_CHECKING:
+    from adapters.registry import AdapterContext
+
+log = logging.getLogger("cdc_bridge.adapter.sql_poll")
+T = TypeVar("T")
+CHECKPOINT_VERSION = 2
+
+
+class _Slot:
+    """Scheduling state of one table."""
+
+    def __init__(self, spec: PollTable, runner: CursorTable | DiffTable, interval_s: float):
+        self.spec = spec
+        self.runner = runner
+        self.interval_s = interval_s
+        self.next_ms = 0
+        #: Cursor poll in progress: where the next page starts (``None`` = not polling).
+        self.page_after: Cursor | None = None
+        self.polling = False
+        self.last_done_ms = int(time.time() * 1000)
+
+
+class SqlPollAdapter:
+    def __init__(self, config: SqlPollConfig, context: AdapterContext) -> None:
+        self.name = config.name
+        self.config = config
+        self.context = context
+        self.engine: sa.Engine | None = None
+        self.state: DiffState | None = None
+        self.slots: list[_Slot] = []
+        self._inflight: asyncio.Future[Any] | None = None
+
+    @property
+    def state_path(self) -> Path:
+        return Path(self.context.state_dir) / "sql_poll" / f"{self.name}.db"
+
+    # --- set-up -----------------------------------------------------------------------
+
+    def _open(self, checkpoint: Checkpoint | None) -> None:
+        cfg = self.config
+        self.engine = create_engine(cfg.url)
+        saved: dict[str, Any] = dict((checkpoint or {}).get("tables", {}))
+        for spec in cfg.tables:
+            source = self._guard(lambda s=spec: TableSource(self.engine, s),  # type: ignore[misc]
+                                 f"table {spec.name!r}")
+            batch = spec.batch_size or cfg.batch_size
+            interval = spec.poll_interval if spec.poll_interval is not None else \
+                cfg.poll_interval
+            runner: CursorTable | DiffTable
+            if source.mode == "diff":
+                if self.state is None:
+                    self.state = DiffState(self.state_path)
+                runner = DiffTable(self.name, source, self.state, batch_size=batch,
+                                   progress_interval_s=cfg.progress_interval)
+                runner.load(saved.get(spec.name))
+            else:
+                lag = spec.lag_window if spec.lag_window is not None else cfg.lag_window
+                runner = CursorTable(self.name, source, batch_size=batch, lag_s=lag,
+                                     max_window_rows=cfg.max_window_rows,
+                                     progress_interval_s=cfg.progress_interval)
+                runner.load(saved.get(spec.name))
+            self.slots.append(_Slot(spec, runner, interval))
+        log.info("%s: polling %d table(s) on %s", self.name, len(self.slots),
+                 self.engine.dialect.name)
+
+    def _guard(self, fn: Callable[[], T], what: str) -> T:
+        try:
+            return fn()
+        except BridgeError:
+            raise
+        except (SQLAlchemyError, OSError) as e:
+            raise classify(e, f"{self.name}: {what}") from None
+
+    # --- the loop ---------------------------------------------------------------------
+
+    def checkpoint(self) -> Checkpoint:
+        return {"v": CHECKPOINT_VERSION,
+                "tables": {s.spec.name: s.runner.dump() for s in self.slots}}
+
+    async def changes(self, checkpoint: Checkpoint | None) -> AsyncIterator[ChangeBatch]:
+        await self._in_thread(lambda: self._open(checkpoint))
+        committed = self.checkpoint()
+        while True:
+            now_ms = int(time.time() * 1000)
+            due = [s for s in self.slots if s.next_ms <= now_ms]
+            for slot in due:
+                events = await self._in_thread(lambda s=slot: self._unit(s))  # type: ignore[misc]
+                current = self.checkpoint()
+                if events or current != committed:
+                    committed = current
+                    yield ChangeBatch(events, current)
+            self._update_lag()
+            if not due or all(s.next_ms > int(time.time() * 1000) for s in self.slots):
+                wake_ms = min(s.next_ms for s in self.slots)
+                delay = (wake_ms - int(time.time() * 1000)) / 1000
+                await asyncio.sleep(min(max(delay, 0.0), 1.0))
+
+    async def _in_thread(self, fn: Callable[[], T]) -> T:
+        """Run blocking work in a thread; if we are cancelled it still finishes before
+        :meth:`close` releases the connections and the state file it uses."""
+        fut = asyncio.get_running_loop().run_in_executor(None, fn)
+        self._inflight = fut
+        return await asyncio.shield(fut)
+
+    def _unit(self, slot: _Slot) -> list[ChangeEvent]:
+        """One page or one diff step of ``slot``'s table (blocking)."""
+        assert self.engine is not None
+        what = f"polling table {slot.spec.name!r}"
+        try:
+            with self.engine.connect() as conn:
+                if isinstance(slot.runner, DiffTable):
+                    return self._diff_unit(slot, slot.runner, conn)
+                return self._cursor_unit(slot, slot.runner, conn)
+        except BridgeError:
+            raise
+        except (SQLAlchemyError, OSError) as e:
+            raise classify(e, f"{self.name}: {what}") from None
+
+    def _cursor_unit(self, slot: _Slot, runner: CursorTable,
+                     conn: sa.Connection) -> list[ChangeEvent]:
+        now_ms = int(time.time() * 1000)
+        if not slot.polling:
+            slot.page_after = runner.begin_poll(conn, now_ms)
+            slot.polling = True
+            slot.poll_started_ms = now_ms  # type: ignore[attr-defined]
+        page = runner.page(conn, slot.page_after, now_ms)
+        slot.page_after = page.last
+        if not page.full:
+            slot.polling = False
+            slot.last_done_ms = slot.poll_started_ms  # type: ignore[attr-defined]
+            slot.next_ms = now_ms + int(slot.interval_s * 1000)
+        return page.events
+
+    def _diff_unit(self, slot: _Slot, runner: DiffTable,
+                   conn: sa.Connection) -> list[ChangeEvent]:
+        now_ms = int(time.time() * 1000)
+        if runner.phase == "idle" and runner.due_ms(slot.interval_s) > now_ms:
+            slot.next_ms = runner.due_ms(slot.interval_s)
+            return []
+        if runner.phase == "idle":
+            slot.poll_started_ms = now_ms  # type: ignore[attr-defined]
+        events = runner.step_once(conn, now_ms)
+        if runner.phase == "idle":
+            slot.last_done_ms = getattr(slot, "poll_started_ms", now_ms)
+            slot.next_ms = runner.due_ms(slot.interval_s)
+        return events
+
+    def _update_lag(self) -> None:
+        if self.slots:
+            oldest = min(s.last_done_ms for s in self.slots)
+            SOURCE_LAG.labels(self.name, "seconds").set(
+                max(0.0, time.time() - oldest / 1000))
+
+    async def acknowledge(self, checkpoint: Checkpoint | None) -> None:
+        return None
+
+    async def close(self) -> None:
+        if self._inflight is not None and not self._inflight.done():
+            await asyncio.wait([self._inflight])
+        if self.engine is not None:
+            await asyncio.to_thread(self.engine.dispose)
+        if self.state is not None:
+            self.state.close()

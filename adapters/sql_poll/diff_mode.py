@@ -1,0 +1,210 @@
+"""The ``diff`` mode: find inserts, updates and deletes by comparing with the last state.
+
+For tables without any usable change column. A *pass* walks the table in primary-key
+order, one keyset page per *step*: each page's rows are hashed (after column rules)
+and compared with the hashes in the :class:`~adapters.sql_poll.diff_state.DiffState`
+file; new keys become ``c`` (``r`` in the first, snapshot pass), changed ones ``u``
+with the last emitted row as ``before`` (or null with ``before_images: false``, which
+keeps only hashes). Every key read is marked as seen in that step. When the walk ends,
+a *sweep* pages through the state for keys not seen during the pass: those rows were
+deleted (``d``, with ``before``). Memory holds one page, whatever the table size.
+
+The table's checkpoint (pass, phase, last committed step, where the walk or sweep is)
+goes into the outbox with each step's events; the state file is rolled back to that
+step on start (see ``diff_state``), so a crash anywhere in a pass resumes it with no
+change lost or emitted twice. Event positions are ``<table>:<pass>:<key>``: one event
+per key per pass, the same ids if a step is redone.
+
+A row changed several times between two passes yields one event (its latest state); a
+row deleted and re-inserted with the same content between passes yields none.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from typing import Any
+
+import orjson
+import sqlalchemy as sa
+
+from adapters.sql_poll.diff import Change, SourceRow, deletes, diff_chunk
+from adapters.sql_poll.diff_state import DiffState
+from adapters.sql_poll.source import TableSource
+from adapters.sql_poll.values import decode_cursor, encode_cursor, key_text
+from adapters.transform import apply_rules, mask_value
+from bridge.events import ChangeEvent, Op, dumps
+
+log = logging.getLogger("cdc_bridge.adapter.sql_poll")
+
+
+class DiffTable:
+    def __init__(self, adapter: str, source: TableSource, state: DiffState, *,
+                 batch_size: int, progress_interval_s: float) -> None:
+        self.adapter = adapter
+        self.source = source
+        self.spec = source.spec
+        self.tbl = source.spec.name
+        self.state = state
+        self.batch_size = batch_size
+        self.progress_interval_s = progress_interval_s
+        self.pass_no = 0
+        self.phase = "idle"
+        self.step = 0
+        self.pass_start = 0
+        self.after: Any = None
+        self.sweep_after: str | None = None
+        self.idle_since_ms = 0
+        self.insert_op: Op = "c"
+        #: First pass with ``snapshot: none``: record the state, emit nothing.
+        self.silent = False
+        self.resnapshot = False
+        self.snap: dict[str, int] | None = None
+        self._counts: dict[str, int] = {}
+        self._pass_t0 = time.monotonic()
+        self._progress_at = 0.0
+
+    # --- checkpoint -------------------------------------------------------------------
+
+    def load(self, data: dict[str, Any] | None) -> None:
+        """Restore from the committed checkpoint; undo state steps the outbox never got."""
+        if data is None:
+            self.state.clear(self.tbl)
+            return
+        self.pass_no = int(data["pass"])
+        self.step = int(data["step"])
+        if data.get("state_id") != self.state.state_id:
+            log.warning("%s/%s: diff state file %s does not match the checkpoint (lost or "
+                        "replaced); re-snapshotting the table with op r", self.adapter,
+                        self.tbl, self.state.path)
+            self.state.clear(self.tbl)
+            self.resnapshot = True
+            self.step = 0
+            return
+        undone = self.state.rollback(self.tbl, self.step)
+        if undone:
+            log.info("%s/%s: rolled back %d uncommitted diff state rows after step %d",
+                     self.adapter, self.tbl, undone, self.step)
+        self.phase = data["phase"]
+        self.pass_start = int(data["pass_start"])
+        self.after = decode_cursor(data.get("after"))
+        self.sweep_after = data.get("sweep_after")
+        self.idle_since_ms = int(data.get("idle_since_ms", 0))
+        self.insert_op = data.get("insert_op", "c")
+        self.silent = bool(data.get("silent", False))
+        self.snap = data.get("snapshot")
+
+    def dump(self) -> dict[str, Any]:
+        return {"mode": "diff", "state_id": self.state.state_id, "pass": self.pass_no,
+                "phase": self.phase, "step": self.step, "pass_start": self.pass_start,
+                "after": encode_cursor(self.after), "sweep_after": self.sweep_after,
+                "idle_since_ms": self.idle_since_ms, "insert_op": self.insert_op,
+                "silent": self.silent, "snapshot": self.snap}
+
+    # --- passes -----------------------------------------------------------------------
+
+    def due_ms(self, interval_s: float) -> int:
+        """Wall time (ms) at which the next step may run."""
+        return 0 if self.phase != "idle" else self.idle_since_ms + int(interval_s * 1000)
+
+    def step_once(self, conn: sa.Connection, now_ms: int) -> list[ChangeEvent]:
+        """One step of the pass (starting a pass when idle); returns its events."""
+        if self.phase == "idle":
+            self._begin_pass(conn)
+        self.step += 1
+        changes = self._scan(conn) if self.phase == "scan" else self._sweep(now_ms)
+        if self.silent:
+            changes = []
+        for ch in changes:
+            self._counts[ch.op] = self._counts.get(ch.op, 0) + 1
+        if self.phase == "idle":
+            c = self._counts
+            log.info("%s/%s: diff pass %d done in %.1fs: %d rows read, %d c, %d r, %d u, "
+                     "%d d", self.adapter, self.tbl, self.pass_no,
+                     time.monotonic() - self._pass_t0, c.get("rows", 0), c.get("c", 0),
+                     c.get("r", 0), c.get("u", 0), c.get("d", 0))
+        return [self._event(ch, now_ms) for ch in changes]
+
+    def _begin_pass(self, conn: sa.Connection) -> None:
+        self.state.purge_tombstones(self.tbl, self.step)
+        first = self.pass_no == 0 or self.resnapshot
+        self.pass_no += 1
+        self.pass_start = self.step + 1
+        self.phase, self.after, self.sweep_after = "scan", None, None
+        self._counts = {"rows": 0, "c": 0, "u": 0, "d": 0, "r": 0}
+        self._pass_t0 = time.monotonic()
+        snapshot = self.spec.effective_snapshot if not self.resnapshot else "initial"
+        self.insert_op = "r" if first and snapshot == "initial" else "c"
+        self.silent = first and snapshot == "none"
+        self.resnapshot = False
+        if self.insert_op == "r":
+            self.snap = {"total": self.source.count(conn), "done": 0,
+                         "started_ms": int(time.time() * 1000)}
+            log.info("%s/%s: initial snapshot (diff) of %d rows", self.adapter, self.tbl,
+                     self.snap["total"])
+
+    def _scan(self, conn: sa.Connection) -> list[Change]:
+        rows = self.source.read_after(conn, self.after, self.batch_size)
+        src: list[SourceRow] = []
+        for row in rows:
+            image = dumps(apply_rules(row, self.spec.columns))
+            kt = key_text({k: row[k] for k in self.source.key_cols})
+            src.append(SourceRow(kt, _hash(image), image))
+        stored = self.state.lookup(self.tbl, [r.key for r in src])
+        changes, writes = diff_chunk(src, stored, insert_op=self.insert_op,
+                                     keep_images=self.spec.before_images)
+        self.state.apply(self.tbl, self.step, writes, [r.key for r in src])
+        self._counts["rows"] = self._counts.get("rows", 0) + len(rows)
+        if rows:
+            self.after = self.source.cursor_of(rows[-1])
+        if len(rows) < self.batch_size:
+            self.phase, self.sweep_after = "sweep", None
+        self._progress(len(rows))
+        return changes
+
+    def _sweep(self, now_ms: int) -> list[Change]:
+        unseen = self.state.unseen(self.tbl, self.pass_start, self.sweep_after,
+                                   self.batch_size)
+        changes, writes = deletes(unseen)
+        self.state.apply(self.tbl, self.step, writes, [])
+        if unseen:
+            self.sweep_after = unseen[-1][0]
+        if len(unseen) < self.batch_size:
+            self.phase, self.idle_since_ms = "idle", now_ms
+        return changes
+
+    def _progress(self, rows: int) -> None:
+        if self.snap is None:
+            return
+        self.snap["done"] += rows
+        done, total = self.snap["done"], max(self.snap["total"], 1)
+        elapsed_s = max(time.time() - self.snap["started_ms"] / 1000, 1e-3)
+        now = time.monotonic()
+        if self.phase != "scan":
+            log.info("%s/%s: snapshot done: %d rows in %.1fs (%.0f rows/s)", self.adapter,
+                     self.tbl, done, elapsed_s, done / elapsed_s)
+            self.snap = None
+        elif now - self._progress_at >= self.progress_interval_s:
+            self._progress_at = now
+            log.info("%s/%s: snapshot %d/%d rows (%.1f%%), %.0f rows/s", self.adapter,
+                     self.tbl, done, total, 100.0 * done / total, done / elapsed_s)
+
+    def _event(self, ch: Change, now_ms: int) -> ChangeEvent:
+        key: dict[str, Any] = orjson.loads(ch.key)
+        rules = self.spec.columns
+        if rules.mask:
+            key = {k: mask_value(v, rules.mask_salt) if k in rules.mask else v
+                   for k, v in key.items()}
+        return ChangeEvent(
+            adapter=self.adapter, schema=self.source.schema, table=self.source.table_name,
+            op=ch.op,  # type: ignore[arg-type]
+            position=f"{self.tbl}:{self.pass_no}:{ch.key}", key=key,
+            before=None if ch.before is None else orjson.loads(ch.before),
+            after=None if ch.after is None else orjson.loads(ch.after),
+            ts_ms=now_ms, source_extra={"mode": "diff", "pass": self.pass_no},
+        )
+
+
+def _hash(image: bytes) -> bytes:
+    return hashlib.blake2b(image, digest_size=16).digest()

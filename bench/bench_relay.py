@@ -1,0 +1,209 @@
+"""Benchmark: outbox append + relay to JetStream, against a bare nats-py publish loop.
+
+Starts its own nats-server (JetStream, file storage) from ``tests/services`` and, in the
+same run and on the same server, measures:
+
+1. ``bare``: a plain nats-py ``publish_async`` loop (``Nats-Msg-Id`` header, the same
+   payloads), waiting for every PubAck: the ceiling for one Python process.
+2. ``outbox+relay``: a producer appends the same messages to the outbox store in
+   batches (as the daemon's capture path does, on the store's capture thread) while
+   :class:`bridge.relay.Relay` publishes them; events/s from the first append to the
+   last PubAck.
+3. ``drain``: the relay alone emptying a pre-filled outbox (capture already done).
+4. ``latency``: append->PubAck p50/p99 at a steady rate (default 2,000 events/s, in
+   transactions of 20 events every 10 ms).
+
+Rounds alternate bare and relay so that a noisy neighbour hits both alike; the ratio
+printed uses the median of each.
+
+    .venv/bin/python bench/bench_relay.py [--events 100000] [--rounds 3] [--store sqlite]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import nats
+from nats.js import api
+
+from bridge import metrics
+from bridge.config import NatsConfig
+from bridge.events import ChangeEvent
+from bridge.publisher import Publisher
+from bridge.relay import Relay
+from outbox.base import OutboxMessage, OutboxStore
+from outbox.factory import open_store
+from outbox.runner import AsyncStore
+from tests.services.nats_server import NatsServer
+
+
+def make_messages(n: int, run: str) -> list[OutboxMessage]:
+    """Realistic CloudEvents bodies (~600 bytes) of inserts into one table."""
+    out = []
+    for i in range(n):
+        ev = ChangeEvent(adapter="erp", schema="public", table="invoices", op="c",
+                         position=f"{run}:{i}", key={"id": i},
+                         after={"id": i, "customer": f"cust-{i % 97}", "amount": f"{i}.25",
+                                "note": "lorem ipsum dolor sit amet " * 4, "status": "open"},
+                         ts_ms=1_795_000_000_000 + i)
+        out.append(OutboxMessage(ev.id, ev.subject("cdc"), ev.encode(), None, 0))
+    return out
+
+
+async def bare(url: str, msgs: list[OutboxMessage], stream: str) -> float:
+    nc = await nats.connect(url)
+    js = nc.jetstream(publish_async_max_pending=4000)
+    await js.add_stream(api.StreamConfig(name=stream, subjects=[f"{stream.lower()}.>"],
+                                         duplicate_window=600))
+    prefix = stream.lower()
+    subjects = [prefix + m.subject[3:] for m in msgs]
+    start = time.perf_counter()
+    for m, subject in zip(msgs, subjects, strict=True):
+        await js.publish_async(subject, m.payload, headers={"Nats-Msg-Id": m.msg_id})
+    await js.publish_async_completed()
+    elapsed = time.perf_counter() - start
+    await js.delete_stream(stream)
+    await nc.close()
+    return len(msgs) / elapsed
+
+
+def open_bench_store(kind: str, tmp: Path, pg_url: str | None) -> OutboxStore:
+    if kind == "postgres":
+        assert pg_url
+        return open_store(pg_url)
+    return open_store(f"sqlite:///{tmp / 'outbox.db'}")
+
+
+async def relay_run(url: str, store: OutboxStore, msgs: list[OutboxMessage], stream: str,
+                    batch: int, prefill: bool) -> float:
+    astore = AsyncStore(store)
+    cfg = NatsConfig(url=url, stream=stream, subject_prefix="cdc")
+    publisher = Publisher(cfg)
+    relay = Relay(astore, publisher, prefix="cdc", batch=batch, max_in_flight=4000)
+
+    async def produce() -> None:
+        for i in range(0, len(msgs), batch):
+            now = int(time.time() * 1000)
+            chunk = [OutboxMessage(m.msg_id, m.subject, m.payload, None, now)
+                     for m in msgs[i:i + batch]]
+            await astore.append("erp", chunk, {"pos": i})
+
+    if prefill:
+        await produce()
+    await publisher.connect()
+    start = time.perf_counter()
+    task = asyncio.create_task(relay.run())
+    if not prefill:
+        await produce()
+    while relay.stats.published + relay.stats.duplicates < len(msgs):
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.002)
+    elapsed = time.perf_counter() - start
+    relay.stop()
+    await task
+    assert publisher.js is not None
+    await publisher.js.delete_stream(stream)
+    await publisher.close()
+    astore.close()
+    return len(msgs) / elapsed
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.values: list[float] = []
+
+    def observe(self, value: float) -> None:
+        self.values.append(value)
+
+
+async def latency_run(url: str, store: OutboxStore, rate: int, seconds: float,
+                      stream: str) -> dict[str, float]:
+    recorder = Recorder()
+    original = metrics.PUBLISH_LATENCY
+    metrics.PUBLISH_LATENCY = recorder  # type: ignore[assignment]
+    astore = AsyncStore(store)
+    publisher = Publisher(NatsConfig(url=url, stream=stream, subject_prefix="cdc"))
+    relay = Relay(astore, publisher, prefix="cdc")
+    task = asyncio.create_task(relay.run())
+    per_tx = 20
+    interval = per_tx / rate
+    msgs = make_messages(int(rate * seconds), "lat")
+    try:
+        next_at = time.perf_counter()
+        for i in range(0, len(msgs), per_tx):
+            now = int(time.time() * 1000)
+            chunk = [OutboxMessage(m.msg_id, m.subject, m.payload, None, now)
+                     for m in msgs[i:i + per_tx]]
+            await astore.append("erp", chunk, None)
+            next_at += interval
+            await asyncio.sleep(max(0.0, next_at - time.perf_counter()))
+        while relay.stats.published < len(msgs):
+            await asyncio.sleep(0.01)
+    finally:
+        relay.stop()
+        await task
+        metrics.PUBLISH_LATENCY = original
+        await publisher.close()
+        astore.close()
+    ms = sorted(v * 1000 for v in recorder.values)
+    return {"n": len(ms), "p50_ms": ms[len(ms) // 2], "p99_ms": ms[int(len(ms) * 0.99)],
+            "max_ms": ms[-1]}
+
+
+async def main(args: argparse.Namespace) -> None:
+    logging.basicConfig(level=logging.WARNING)
+    tmp = Path(tempfile.mkdtemp(prefix="bench-relay-"))
+    server = NatsServer(tmp / "nats")
+    server.start()
+    results: dict[str, list[float]] = {"bare": [], "relay": [], "drain": []}
+    try:
+        print(f"nats-server {server.url}; {args.events} events of "
+              f"{len(make_messages(1, 'x')[0].payload)} bytes; store {args.store}")
+        for r in range(args.rounds):
+            msgs = make_messages(args.events, f"r{r}")
+            results["bare"].append(await bare(server.url, msgs, f"BARE{r}"))
+            store = open_bench_store(args.store, tmp / f"r{r}", args.pg_url)
+            results["relay"].append(await relay_run(server.url, store, msgs, f"RELAY{r}",
+                                                    args.batch, prefill=False))
+            store = open_bench_store(args.store, tmp / f"d{r}", args.pg_url)
+            results["drain"].append(await relay_run(server.url, store, msgs, f"DRAIN{r}",
+                                                    args.batch, prefill=True))
+            print(f"round {r + 1}: bare {results['bare'][-1]:,.0f}/s  "
+                  f"outbox+relay {results['relay'][-1]:,.0f}/s  "
+                  f"drain {results['drain'][-1]:,.0f}/s")
+        med = {k: statistics.median(v) for k, v in results.items()}
+        print(f"median: bare {med['bare']:,.0f}/s  outbox+relay {med['relay']:,.0f}/s "
+              f"(ratio {med['relay'] / med['bare']:.2f})  drain {med['drain']:,.0f}/s "
+              f"(ratio {med['drain'] / med['bare']:.2f})")
+        if args.latency_seconds > 0:
+            store = open_bench_store(args.store, tmp / "lat", args.pg_url)
+            lat: dict[str, Any] = await latency_run(server.url, store, args.rate,
+                                                    args.latency_seconds, "LAT")
+            print(f"latency at {args.rate}/s for {args.latency_seconds:g}s: "
+                  f"p50 {lat['p50_ms']:.1f} ms  p99 {lat['p99_ms']:.1f} ms  "
+                  f"max {lat['max_ms']:.1f} ms  ({lat['n']} events)")
+    finally:
+        server.stop()
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--events", type=int, default=100_000)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--batch", type=int, default=2000)
+    p.add_argument("--store", choices=["sqlite", "postgres"], default="sqlite")
+    p.add_argument("--pg-url", default=None, help="postgresql://... for --store postgres")
+    p.add_argument("--rate", type=int, default=2000)
+    p.add_argument("--latency-seconds", type=float, default=10.0)
+    asyncio.run(main(p.parse_args()))

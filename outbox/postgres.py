@@ -1,0 +1,215 @@
+"""PostgreSQL outbox store: for deployments that want the outbox in a shared, backed-up
+database (``outbox.url: postgresql://user@host/db``; ``?schema=name`` picks the schema,
+default ``cdc_bridge``).
+
+The schema and its tables are created on first start (under an advisory lock, so two
+daemons starting at once do not race). ``seq`` is not a PostgreSQL sequence: a
+sequence hands out numbers at insert time and leaves gaps on rollback, so a reader
+could see ``seq`` 11 committed while 10 is still to come. Instead every append first
+bumps the one row of ``store`` (``last_seq = last_seq + n``), which both serialises
+appends (row lock) and numbers the batch without gaps; a rollback gives the numbers
+back. Messages go in with ``COPY`` (one round trip per batch), then the checkpoint is
+upserted, all in one transaction.
+
+Published rows are deleted; autovacuum reclaims the space. A broken connection is
+closed and reopened on the next call; the failing call raises
+:class:`outbox.base.StoreUnavailable` (retryable).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any, TypeVar
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import psycopg
+from psycopg import sql
+
+from outbox.base import OutboxMessage, PendingRow, StoreStats, StoreUnavailable
+
+DEFAULT_SCHEMA = "cdc_bridge"
+_IDENT = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+_T = TypeVar("_T")
+
+_DDL = """
+CREATE SCHEMA IF NOT EXISTS {s};
+CREATE TABLE IF NOT EXISTS {s}.store (
+    one boolean PRIMARY KEY DEFAULT true CHECK (one),
+    store_id text NOT NULL,
+    last_seq bigint NOT NULL
+);
+CREATE TABLE IF NOT EXISTS {s}.outbox (
+    seq bigint PRIMARY KEY,
+    msg_id text NOT NULL,
+    subject text NOT NULL,
+    payload bytea NOT NULL,
+    headers jsonb,
+    created_ms bigint NOT NULL
+);
+CREATE TABLE IF NOT EXISTS {s}.checkpoints (
+    adapter text PRIMARY KEY,
+    value jsonb NOT NULL,
+    updated_ms bigint NOT NULL
+)
+"""
+
+
+def split_url(url: str) -> tuple[str, str]:
+    """``postgresql://...?schema=x&sslmode=y`` -> (libpq URL without ``schema``, ``x``)."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    schema = DEFAULT_SCHEMA
+    rest = []
+    for key, value in query:
+        if key == "schema":
+            schema = value
+        else:
+            rest.append((key, value))
+    if not _IDENT.match(schema):
+        raise ValueError("outbox.url: schema must be a lower-case identifier [a-z_][a-z0-9_]*")
+    return urlunsplit(parts._replace(query=urlencode(rest))), schema
+
+
+class PostgresStore:
+    """:class:`outbox.base.OutboxStore` on tables of one PostgreSQL schema."""
+
+    def __init__(self, url: str, connect_timeout_s: int = 10) -> None:
+        self._dsn, self.schema = split_url(url)
+        self._timeout = connect_timeout_s
+        self._s = sql.Identifier(self.schema)
+        self._local = threading.local()
+        self._all: list[psycopg.Connection[Any]] = []
+        self._lock = threading.Lock()
+        self.store_id: str = self._run(self._create)
+
+    # -- connections ------------------------------------------------------------------
+
+    def _conn(self) -> psycopg.Connection[Any]:
+        conn: psycopg.Connection[Any] | None = getattr(self._local, "conn", None)
+        if conn is None or conn.closed:
+            conn = psycopg.connect(self._dsn, autocommit=True, connect_timeout=self._timeout,
+                                   application_name="cdc-bridge-outbox")
+            self._local.conn = conn
+            with self._lock:
+                self._all.append(conn)
+        return conn
+
+    def _run(self, fn: Callable[[psycopg.Connection[Any]], _T]) -> _T:
+        """Run ``fn`` on this thread's connection; map connection loss to StoreUnavailable."""
+        try:
+            return fn(self._conn())
+        except psycopg.OperationalError as e:
+            conn = getattr(self._local, "conn", None)
+            if conn is not None:
+                conn.close()
+                self._local.conn = None
+            raise StoreUnavailable(f"outbox database unavailable: {type(e).__name__}") from e
+
+    def _q(self, text: str) -> sql.Composed:
+        return sql.SQL(text).format(s=self._s)
+
+    def _create(self, conn: psycopg.Connection[Any]) -> str:
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(hashtext('cdc_bridge.outbox.ddl'))")
+            for stmt in _DDL.split(";"):
+                conn.execute(self._q(stmt))
+            conn.execute(self._q("INSERT INTO {s}.store (store_id, last_seq) VALUES (%s, 0)"
+                                 " ON CONFLICT (one) DO NOTHING"), (str(uuid.uuid4()),))
+            row = conn.execute(self._q("SELECT store_id FROM {s}.store")).fetchone()
+        assert row is not None
+        return str(row[0])
+
+    # -- the protocol -----------------------------------------------------------------
+
+    def append(
+        self, adapter: str, messages: list[OutboxMessage], checkpoint: dict[str, Any] | None
+    ) -> int:
+        def do(conn: psycopg.Connection[Any]) -> int:
+            now = int(time.time() * 1000)
+            with conn.transaction(), conn.cursor() as cur:
+                cur.execute(self._q("UPDATE {s}.store SET last_seq = last_seq + %s"
+                                    " RETURNING last_seq"), (len(messages),))
+                row = cur.fetchone()
+                assert row is not None
+                last = int(row[0])
+                if messages:
+                    seq = last - len(messages)
+                    with cur.copy(self._q("COPY {s}.outbox (seq, msg_id, subject, payload,"
+                                          " headers, created_ms) FROM STDIN")) as copy:
+                        for m in messages:
+                            seq += 1
+                            copy.write_row((seq, m.msg_id, m.subject, m.payload,
+                                            json.dumps(m.headers) if m.headers else None,
+                                            m.created_ms or now))
+                if checkpoint is not None:
+                    cur.execute(self._q(
+                        "INSERT INTO {s}.checkpoints (adapter, value, updated_ms)"
+                        " VALUES (%s, %s::jsonb, %s) ON CONFLICT (adapter) DO UPDATE"
+                        " SET value = excluded.value, updated_ms = excluded.updated_ms"),
+                        (adapter, json.dumps(checkpoint), now))
+            return last
+
+        return self._run(do)
+
+    def checkpoint(self, adapter: str) -> dict[str, Any] | None:
+        def do(conn: psycopg.Connection[Any]) -> dict[str, Any] | None:
+            row = conn.execute(self._q("SELECT value FROM {s}.checkpoints WHERE adapter = %s"),
+                               (adapter,)).fetchone()
+            return None if row is None else dict(row[0])
+
+        return self._run(do)
+
+    def checkpoints(self) -> dict[str, dict[str, Any]]:
+        def do(conn: psycopg.Connection[Any]) -> dict[str, dict[str, Any]]:
+            rows = conn.execute(self._q("SELECT adapter, value FROM {s}.checkpoints")).fetchall()
+            return {str(a): dict(v) for a, v in rows}
+
+        return self._run(do)
+
+    def pending(self, after_seq: int, limit: int) -> list[PendingRow]:
+        def do(conn: psycopg.Connection[Any]) -> list[PendingRow]:
+            rows = conn.execute(self._q(
+                "SELECT seq, msg_id, subject, payload, headers, created_ms FROM {s}.outbox"
+                " WHERE seq > %s ORDER BY seq LIMIT %s"), (after_seq, limit)).fetchall()
+            return [PendingRow(seq, OutboxMessage(mid, subj, bytes(body), h, created))
+                    for seq, mid, subj, body, h, created in rows]
+
+        return self._run(do)
+
+    def remove(self, up_to_seq: int) -> int:
+        def do(conn: psycopg.Connection[Any]) -> int:
+            cur = conn.execute(self._q("DELETE FROM {s}.outbox WHERE seq <= %s"), (up_to_seq,))
+            return cur.rowcount
+
+        return self._run(do)
+
+    def compact(self) -> None:
+        """Nothing to do: autovacuum reclaims the space of deleted rows."""
+
+    def stats(self) -> StoreStats:
+        def do(conn: psycopg.Connection[Any]) -> StoreStats:
+            row = conn.execute(self._q(
+                "SELECT (SELECT last_seq FROM {s}.store),"
+                " (SELECT seq FROM {s}.outbox ORDER BY seq LIMIT 1),"
+                " (SELECT created_ms FROM {s}.outbox ORDER BY seq LIMIT 1),"
+                " pg_total_relation_size(%s)"), (f"{self.schema}.outbox",)).fetchone()
+            assert row is not None
+            last, first, oldest, size = row
+            if first is None:
+                return StoreStats(0, None, int(size), 0, int(last))
+            return StoreStats(int(last) - int(first) + 1, int(oldest), int(size), int(first),
+                              int(last))
+
+        return self._run(do)
+
+    def close(self) -> None:
+        with self._lock:
+            for conn in self._all:
+                conn.close()
+            self._all.clear()
+        self._local = threading.local()

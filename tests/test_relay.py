@@ -1,0 +1,387 @@
+"""The relay against a real nats-server and a real SQLite outbox, in process.
+
+Covers: order and ``Nats-Msg-Id``, deletion after PubAck, deduplication, poison events
+(client- and server-detected) dead-lettered while the rest flows in order, a killed and
+restarted nats-server, forced reconnects through a TCP proxy that cuts connections, and
+reconciliation after a downtime longer than the duplicate window.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import nats
+import nats.errors
+import nats.js.errors
+import pytest
+from nats.js import api
+
+from bridge import metrics
+from bridge.config import NatsConfig
+from bridge.publisher import Publisher
+from bridge.relay import Relay
+from outbox.base import OutboxMessage, OutboxStore
+from outbox.postgres import PostgresStore
+from outbox.runner import AsyncStore
+from outbox.sqlite import SqliteStore
+from tests.services.nats_server import NatsServer
+from tests.services.postgres import PostgresServer
+
+# -- helpers shared by the relay/publisher test modules ---------------------------------
+
+
+@dataclass
+class Stored:
+    seq: int
+    subject: str
+    headers: dict[str, str]
+    data: bytes
+
+
+async def read_all(url: str, stream: str = "CDC", subject: str = ">") -> list[Stored]:
+    """Every message of ``stream`` in stream order (an ordered, headers-and-body read)."""
+    nc = await nats.connect(url)
+    try:
+        js = nc.jetstream()
+        try:
+            info = await js.stream_info(stream)
+        except nats.js.errors.NotFoundError:
+            return []
+        if not info.state.messages:
+            return []
+        sub = await js.pull_subscribe(subject, stream=stream, config=api.ConsumerConfig(
+            ack_policy=api.AckPolicy.NONE, deliver_policy=api.DeliverPolicy.ALL))
+        out: list[Stored] = []
+        last = info.state.last_seq
+        while not out or out[-1].seq < last:
+            try:
+                batch = await sub.fetch(2000, timeout=2.0)
+            except (TimeoutError, nats.errors.TimeoutError):
+                if subject != ">":
+                    break
+                continue
+            out.extend(Stored(m.metadata.sequence.stream, m.subject, dict(m.headers or {}),
+                              m.data) for m in batch)
+        await sub.unsubscribe()
+        return out
+    finally:
+        await nc.close()
+
+
+def make_msgs(start: int, n: int, subjects: tuple[str, ...] = ("cdc.erp._.a.c",),
+              size: int = 200) -> list[OutboxMessage]:
+    now = int(time.time() * 1000)
+    pad = b"." * max(0, size - 20)
+    return [OutboxMessage(f"m-{i}", subjects[i % len(subjects)], b"%d|" % i + pad, None, now)
+            for i in range(start, start + n)]
+
+
+def numbers(msgs: list[Stored]) -> list[int]:
+    return [int(m.data.split(b"|", 1)[0]) for m in msgs]
+
+
+class RelayRunner:
+    """A relay on a real SQLite store, run as a task of the test's event loop."""
+
+    def __init__(self, path: Path, cfg: NatsConfig, store: OutboxStore | None = None,
+                 **relay_kw: Any) -> None:
+        self.raw = store or SqliteStore(path)
+        self.store = AsyncStore(self.raw)
+        self.publisher = Publisher(cfg)
+        self.relay = Relay(self.store, self.publisher, prefix=cfg.subject_prefix,
+                           poll_interval_s=0.2, **relay_kw)
+        self.task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self.task = asyncio.create_task(self.relay.run())
+
+    async def append(self, msgs: list[OutboxMessage], chunk: int = 500) -> None:
+        for i in range(0, len(msgs), chunk):
+            await self.store.append("erp", msgs[i:i + chunk], {"n": i})
+
+    async def drained(self, timeout_s: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while (await self.store.stats()).pending:
+            if self.task is not None and self.task.done():
+                self.task.result()
+            assert time.monotonic() < deadline, "outbox not drained"
+            await asyncio.sleep(0.05)
+
+    async def stop(self) -> None:
+        self.relay.stop()
+        if self.task is not None:
+            await asyncio.wait_for(self.task, 30)
+        await self.publisher.close()
+        self.store.close()
+
+
+def nats_cfg(url: str | list[str], **kw: Any) -> NatsConfig:
+    base: dict[str, Any] = {"url": url, "stream": "CDC", "subject_prefix": "cdc",
+                            "ack_timeout": "2s", "retry_max": "1s", "connect_timeout": "2s"}
+    base.update(kw)
+    return NatsConfig.model_validate(base)
+
+
+@contextlib.asynccontextmanager
+async def running(path: Path, cfg: NatsConfig, **kw: Any) -> AsyncIterator[RelayRunner]:
+    runner = RelayRunner(path, cfg, **kw)
+    runner.start()
+    try:
+        yield runner
+    finally:
+        await runner.stop()
+
+
+def assert_once_in_order(stored: list[Stored], expected: range) -> None:
+    got = numbers([m for m in stored if "._dlq." not in m.subject])
+    assert len(got) == len(set(got)), f"{len(got) - len(set(got))} duplicates"
+    assert set(got) == set(expected), f"missing {sorted(set(expected) - set(got))[:5]}"
+    by_subject: dict[str, list[int]] = {}
+    for m in stored:
+        if "._dlq." in m.subject:
+            continue
+        by_subject.setdefault(m.subject, []).append(numbers([m])[0])
+    for subject, seq in by_subject.items():
+        assert seq == sorted(seq), f"order broken on {subject}"
+
+
+# -- tests --------------------------------------------------------------------------------
+
+
+async def test_publishes_in_order_with_msg_ids_then_deletes(tmp_path: Path,
+                                                            nats_server: NatsServer) -> None:
+    subjects = ("cdc.erp._.a.c", "cdc.erp._.b.u", "cdc.shop.public.c.d")
+    before = metrics.EVENTS_PUBLISHED._value.get()
+    async with running(tmp_path / "o.db", nats_cfg(nats_server.url)) as r:
+        await r.append(make_msgs(0, 5000, subjects))
+        await r.drained()
+        assert r.relay.stats.published == 5000
+    stored = await read_all(nats_server.url)
+    assert len(stored) == 5000
+    assert numbers(stored) == list(range(5000))  # one connection: stream order = outbox order
+    assert [m.headers["Nats-Msg-Id"] for m in stored[:3]] == ["m-0", "m-1", "m-2"]
+    assert [m.subject for m in stored[:3]] == list(subjects)
+    assert metrics.EVENTS_PUBLISHED._value.get() - before == 5000
+
+
+async def test_republished_rows_are_dropped_as_duplicates(tmp_path: Path,
+                                                          nats_server: NatsServer) -> None:
+    async with running(tmp_path / "o.db", nats_cfg(nats_server.url)) as r:
+        await r.append(make_msgs(0, 300))
+        await r.drained()
+        await r.append(make_msgs(0, 300))  # the same ids again (a re-capture after a crash)
+        await r.drained()
+        assert (r.relay.stats.published, r.relay.stats.duplicates) == (300, 300)
+    assert len(await read_all(nats_server.url)) == 300
+
+
+async def test_poison_events_are_dead_lettered_and_the_rest_flows(
+        tmp_path: Path, nats_server: NatsServer) -> None:
+    good = make_msgs(0, 400, ("cdc.erp._.a.c", "cdc.erp._.b.c"))
+    poison = {
+        100: OutboxMessage("big", "cdc.erp._.a.c", b"x" * (1024 * 1024 + 10), None, 1),
+        150: OutboxMessage("spaced", "cdc.erp._.a b.c", b"{}", None, 1),
+        200: OutboxMessage("elsewhere", "other.erp._.a.c", b"{}", None, 1),
+        250: OutboxMessage("wild", "cdc.erp._.*.c", b"{}", {"Cdc-Extra": "kept"}, 1),
+    }
+    batch: list[OutboxMessage] = []
+    for i, m in enumerate(good):
+        if i in poison:
+            batch.append(poison[i])
+        batch.append(m)
+    async with running(tmp_path / "o.db", nats_cfg(nats_server.url)) as r:
+        await r.append(batch)
+        await r.drained()
+        # the stream's max_msg_size shrinks behind the relay's back: the server rejects
+        nc = await nats.connect(nats_server.url)
+        js = nc.jetstream()
+        cfg = (await js.stream_info("CDC")).config
+        cfg.max_msg_size = 2000
+        await js.update_stream(cfg)
+        await nc.close()
+        await r.append([*make_msgs(400, 5), OutboxMessage("huge-ish", "cdc.erp._.a.c",
+                                                          b"y" * 3000, None, 1),
+                        *make_msgs(405, 5)])
+        await r.drained()
+        assert r.relay.stats.dead_lettered == 5
+    stored = await read_all(nats_server.url)
+    assert_once_in_order(stored, range(410))
+    assert numbers([m for m in stored if "._dlq." not in m.subject]) == list(range(410))
+    dlq = {m.headers["Cdc-Original-Id"]: m for m in stored if m.subject == "cdc._dlq.erp"
+           or m.subject == "cdc._dlq._unknown"}
+    assert set(dlq) == {"big", "spaced", "elsewhere", "wild", "huge-ish"}
+    assert "max_payload" in dlq["big"].headers["Cdc-Reason"]
+    assert dlq["big"].data == b""
+    assert dlq["big"].headers["Cdc-Original-Size"] == str(1024 * 1024 + 10)
+    assert "invalid subject" in dlq["spaced"].headers["Cdc-Reason"]
+    assert "not bound to the stream" in dlq["elsewhere"].headers["Cdc-Reason"]
+    assert dlq["elsewhere"].subject == "cdc._dlq._unknown"
+    assert dlq["wild"].headers["Cdc-Extra"] == "kept"
+    assert dlq["wild"].data == b"{}"
+    assert "10054" in dlq["huge-ish"].headers["Cdc-Reason"]
+    assert dlq["huge-ish"].headers["Nats-Msg-Id"] == "dlq-huge-ish"
+
+
+async def test_nats_killed_and_restarted_mid_stream(tmp_path: Path, nats_server: NatsServer,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="cdc_bridge")
+    total = 30_000
+    subjects = ("cdc.erp._.a.c", "cdc.erp._.b.c", "cdc.erp._.c.c")
+    async with running(tmp_path / "o.db", nats_cfg(nats_server.url)) as r:
+        await r.append(make_msgs(0, total, subjects), chunk=2000)
+        while r.relay.stats.published < 4000:
+            await asyncio.sleep(0.01)
+        nats_server.kill()
+        await asyncio.sleep(1.5)
+        await r.append(make_msgs(total, 1000, subjects))  # capture goes on meanwhile
+        nats_server.start()
+        await r.drained(timeout_s=90)
+    stored = await read_all(nats_server.url)
+    assert_once_in_order(stored, range(total + 1000))
+    text = caplog.text
+    assert "JetStream unavailable" in text
+    assert "retrying in" in text
+    assert "JetStream recovered after" in text and "draining" in text
+    assert r.relay.stats.reconnects >= 1
+
+
+class CuttingProxy:
+    """A TCP proxy in front of nats-server whose live connections can be cut at will."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.writers: set[asyncio.StreamWriter] = set()
+        self.server: asyncio.Server | None = None
+        self.port = 0
+
+    async def start(self) -> None:
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(Exception):
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        writer.close()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        self.writers |= {writer, up_writer}
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
+
+    def cut(self) -> None:
+        for w in list(self.writers):
+            w.transport.abort()  # RST: whatever is in flight is lost
+        self.writers.clear()
+
+    async def close(self) -> None:
+        self.cut()
+        if self.server is not None:
+            self.server.close()
+
+
+async def test_order_per_subject_kept_across_forced_reconnects(
+        tmp_path: Path, nats_server: NatsServer) -> None:
+    proxy = CuttingProxy(nats_server.port)
+    await proxy.start()
+    total = 40_000
+    subjects = tuple(f"cdc.erp._.t{i}.c" for i in range(4))
+    url = f"nats://127.0.0.1:{proxy.port}"
+    try:
+        async with running(tmp_path / "o.db", nats_cfg(url)) as r:
+            await r.append(make_msgs(0, total, subjects), chunk=2000)
+            cuts = 0
+            for threshold in (5000, 12000, 20000):
+                while (r.relay.stats.published < threshold or not proxy.writers
+                       or not r.publisher.connected.is_set()):
+                    await asyncio.sleep(0.002)
+                proxy.cut()  # mid-pipeline: thousands of publishes are in flight
+                cuts += 1
+                while r.relay.stats.reconnects < cuts:
+                    await asyncio.sleep(0.01)
+            await r.drained(timeout_s=90)
+            assert r.relay.stats.reconnects >= cuts
+            # a cut while idle is noticed at once, not at the next publish
+            while not proxy.writers or not r.publisher.connected.is_set():
+                await asyncio.sleep(0.01)
+            proxy.cut()
+            while r.relay.stats.reconnects < cuts + 1:
+                await asyncio.sleep(0.01)
+            await r.append(make_msgs(total, 1000, subjects))
+            await r.drained(timeout_s=30)
+            assert r.relay.stats.reordered == 0
+    finally:
+        await proxy.close()
+    stored = await read_all(nats_server.url)
+    assert_once_in_order(stored, range(total + 1000))
+
+
+class NoDeleteStore(SqliteStore):
+    """A store that forgets to delete: as if the relay crashed after every PubAck."""
+
+    def remove(self, up_to_seq: int) -> int:
+        return 0
+
+
+async def test_rows_stored_longer_ago_than_the_window_are_not_published_again(
+        tmp_path: Path, nats_server: NatsServer) -> None:
+    cfg = nats_cfg(nats_server.url, duplicate_window="4s", ack_timeout="1s", retry_max="1s")
+    path = tmp_path / "o.db"
+    first = RelayRunner(path, cfg, store=NoDeleteStore(path))
+    first.start()
+    await first.append(make_msgs(0, 500))
+    while first.relay.stats.published < 500:
+        await asyncio.sleep(0.05)
+    await first.stop()
+    await asyncio.sleep(4.5)  # the duplicate window has passed: JetStream would accept them
+    async with running(path, cfg) as second:
+        await second.append(make_msgs(500, 100))
+        await second.drained()
+        assert second.relay.stats.reconciled == 500
+        assert second.relay.stats.published == 100
+    stored = await read_all(nats_server.url)
+    assert_once_in_order(stored, range(600))
+    assert len(stored) == 600
+
+
+async def test_relay_on_the_postgresql_store(tmp_path: Path, nats_server: NatsServer,
+                                             postgres_server: PostgresServer) -> None:
+    store = PostgresStore(f"{postgres_server.dsn}?schema=relay_{int(time.time() * 1000)}")
+    subjects = ("cdc.erp._.a.c", "cdc.erp._.b.c")
+    async with running(tmp_path / "unused.db", nats_cfg(nats_server.url), store=store) as r:
+        await r.append(make_msgs(0, 6000, subjects), chunk=1000)
+        await r.drained()
+        assert r.relay.stats.published == 6000
+    stored = await read_all(nats_server.url)
+    assert numbers(stored) == list(range(6000))
+
+
+def test_order_window_is_detected_only_for_a_later_stored_message_on_the_same_subject(
+        tmp_path: Path) -> None:
+    from collections import deque
+
+    from bridge.publisher import Slot
+    from outbox.delivery import OK, RETRY
+
+    relay = Relay(AsyncStore(SqliteStore(tmp_path / "o.db")),
+                  Publisher(nats_cfg("nats://127.0.0.1:1")), prefix="cdc")
+    failed = Slot(1, OutboxMessage("a", "cdc.x.y.z.c", b""))
+    failed.outcome, failed.reason = RETRY, "no responders"
+    other = Slot(2, OutboxMessage("b", "cdc.x.y.w.c", b""))
+    other.outcome = OK
+    relay._check_order_window(failed, deque([failed, other]))
+    assert relay.stats.reordered == 0  # a later message on another subject: order holds
+    same = Slot(3, OutboxMessage("c", "cdc.x.y.z.c", b""))
+    same.outcome = OK
+    relay._check_order_window(failed, deque([failed, other, same]))
+    assert relay.stats.reordered == 1
+    relay.store.close()
