@@ -87,7 +87,7 @@ async def run_init(config: BridgeConfig, say: Say) -> bool:
 async def _init_stream_checked(config: BridgeConfig, say: Say) -> None:
     """Create or update the stream; report whether it was created, updated or fine."""
     try:
-        nc = await nats.connect(**connect_options(config.nats))
+        nc = await nats.connect(**connect_options(config.nats, reconnect=False))
     except (TimeoutError, OSError, nats.errors.Error) as e:
         raise PublishUnavailable(f"cannot connect to NATS at {', '.join(config.nats.servers())}"
                                  f": {type(e).__name__}") from e

@@ -137,7 +137,7 @@ async def replay(config: BridgeConfig, opts: ReplayOptions,
                  ) -> ReplayResult:
     """Replay per ``opts``; ``progress(done, total)`` after each batch."""
     try:
-        nc = await nats.connect(**connect_options(config.nats))
+        nc = await nats.connect(**connect_options(config.nats, reconnect=False))
     except (TimeoutError, OSError, nats.errors.Error) as e:
         raise PublishUnavailable(f"cannot connect to NATS at {', '.join(config.nats.servers())}"
                                  f": {type(e).__name__}") from e

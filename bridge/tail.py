@@ -20,6 +20,7 @@ import nats
 import nats.errors
 import nats.js.errors
 import orjson
+from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import api
 
@@ -63,12 +64,34 @@ def format_event(subject: str, body: bytes, seq: int | None = None,
     return f"{lead}{when}{subject} {shown} key={key} {orjson.dumps(image).decode()}{extra}"
 
 
+async def _quiet(_: Exception) -> None:
+    return None
+
+
+async def _connect(opts: TailOptions) -> NATS:
+    """Connect, waiting (with one notice) while NATS is not up yet, e.g. the bridge starting.
+
+    The connection does not reconnect by itself: when the server goes away, tail ends.
+    """
+    kwargs = {**opts.connect, "servers": opts.servers, "connect_timeout": 5,
+              "allow_reconnect": False, "max_reconnect_attempts": 0, "error_cb": _quiet}
+    waiting = False
+    while True:
+        try:
+            return await nats.connect(**kwargs)
+        except (TimeoutError, OSError, nats.errors.NoServersError) as e:
+            if not waiting:
+                sys.stderr.write(f"waiting for NATS at {', '.join(opts.servers)} "
+                                 f"({type(e).__name__}); Ctrl-C to stop\n")
+                waiting = True
+            await asyncio.sleep(1.0)
+        except nats.errors.Error as e:
+            raise FatalError(f"cannot connect to NATS at {', '.join(opts.servers)}: "
+                             f"{type(e).__name__}") from e
+
+
 async def tail_events(opts: TailOptions) -> None:
-    try:
-        nc = await nats.connect(**{"servers": opts.servers, "connect_timeout": 5,
-                                   "max_reconnect_attempts": -1, **opts.connect})
-    except (TimeoutError, OSError, nats.errors.Error) as e:
-        raise FatalError(f"cannot connect to NATS at {', '.join(opts.servers)}") from e
+    nc = await _connect(opts)
     js = nc.jetstream()
     seen = 0
     done = asyncio.Event()
@@ -106,6 +129,9 @@ async def tail_events(opts: TailOptions) -> None:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(done.wait(), 0.5)
             if opts.idle_exit_s and asyncio.get_running_loop().time() - last > opts.idle_exit_s:
+                break
+            if nc.is_closed or not nc.is_connected:
+                sys.stderr.write("NATS connection closed; tail stops\n")
                 break
     finally:
         with contextlib.suppress(Exception):

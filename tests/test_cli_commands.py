@@ -118,7 +118,7 @@ def test_tail_raw_pretty_count_and_new(running: Any, nats_server: NatsServer) ->
     pretty = cli("tail", "-s", nats_server.url, "cdc.>", "-n", "2", "--headers")
     lines = pretty.stdout.splitlines()
     assert len(lines) == 2
-    assert lines[0].startswith("#1 ") and "cdc.erp._.invoices.c op=c key={\"id\":1}" in lines[0]
+    assert lines[0].startswith("#1 ") and "cdc.erp._.invoices.r op=r key={\"id\":1}" in lines[0]
     assert "Nats-Msg-Id=" in lines[0]
     # --new: only what arrives after the tail started (rows keep coming until it has 3)
     proc = subprocess.Popen([sys.executable, "-m", "bridge.cli", "tail", "-c", str(cfg),
