@@ -1,0 +1,255 @@
+"""``type: postgres``: the adapter the daemon runs; wires set-up, snapshot and stream.
+
+:meth:`PostgresAdapter.changes` decides, from the committed checkpoint and the slot's
+state, what to do (``snapshot`` mode in brackets):
+
+================================  ==================================================
+no checkpoint, no slot            create the slot; [initial, when_needed] copy from its
+                                  exported snapshot, then stream; [never] stream
+no checkpoint, slot exists        [never] stream from the slot; [initial, when_needed]
+                                  copy under a fresh snapshot + filter, then stream
+checkpoint, snapshot unfinished   resume the copy (fresh snapshot + filter), then stream
+checkpoint, slot exists           stream from the checkpoint
+checkpoint, slot missing          [when_needed] new slot and a new snapshot generation;
+                                  otherwise a SourceSetupError: changes were lost
+================================  ==================================================
+
+Failures of the source (connection refused or cut, server restart) raise
+:class:`bridge.errors.SourceUnavailable`; the daemon's supervisor backs off (the shared
+policy of :mod:`bridge.backoff`) and builds a new adapter from the last committed
+checkpoint. What a person must fix raises :class:`bridge.errors.SourceSetupError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import psycopg
+
+from adapters.base import AdapterConfig, ChangeBatch, Checkpoint
+from adapters.postgres import pgoutput as po
+from adapters.postgres.changes import EventBuilder
+from adapters.postgres.config import PostgresConfig
+from adapters.postgres.heartbeat import run_heartbeat
+from adapters.postgres.position import Position, SnapshotProgress
+from adapters.postgres.replication import ReplicationConnection
+from adapters.postgres.setup import (
+    SourceInfo,
+    TableInfo,
+    check_server,
+    check_slot,
+    ensure_publication,
+    resolve_tables,
+    slot_info,
+)
+from adapters.postgres.snapshot import SnapshotReader, fresh_snapshot, import_snapshot
+from adapters.postgres.stream import StreamReader
+from adapters.postgres.values import ValueDecoder
+from adapters.registry import AdapterContext, AdapterType
+from bridge.errors import SourceSetupError, SourceUnavailable
+from bridge.metrics import ADAPTER_UP
+
+log = logging.getLogger("cdc_bridge.adapter.postgres")
+
+SqlConn = psycopg.AsyncConnection[tuple[Any, ...]]
+
+
+class PostgresAdapter:
+    def __init__(self, config: PostgresConfig, context: AdapterContext) -> None:
+        self.name = config.name
+        self.config = config
+        self.context = context
+        self._sql: SqlConn | None = None
+        self._copy: SqlConn | None = None
+        self._repl: ReplicationConnection | None = None
+        self._stream: StreamReader | None = None
+        self._heartbeat: asyncio.Task[None] | None = None
+        self._values: ValueDecoder | None = None
+
+    # ---------------------------------------------------------------- set-up
+
+    async def _connect(self) -> SqlConn:
+        try:
+            conn: SqlConn = await psycopg.AsyncConnection.connect(
+                self.config.dsn, autocommit=True,
+                connect_timeout=max(1, int(self.config.connect_timeout)),
+                application_name="cdc-bridge")
+        except psycopg.OperationalError as e:
+            raise SourceUnavailable(f"{self.name}: cannot connect to PostgreSQL: "
+                                    f"{_first_line(e)}") from None
+        return conn
+
+    async def _setup(self) -> SourceInfo:
+        self._sql = sql = await self._connect()
+        user, database = await check_server(sql)
+        tables = await resolve_tables(sql, self.config, user)
+        info = SourceInfo(tables, user, database)
+        info.actions += await ensure_publication(sql, self.config, tables, user)
+        for line in info.actions:
+            log.info("%s: %s", self.name, line)
+        self._values = ValueDecoder(sql)
+        await self._values.ensure_types(sql, {c.type_oid for t in tables for c in t.columns})
+        return info
+
+    async def init(self) -> list[str]:
+        """``cdc-bridge init``: publication and slot, without snapshot or streaming."""
+        try:
+            info = await self._setup()
+            assert self._sql is not None
+            slot = self.config.slot_name()
+            existing = await slot_info(self._sql, slot)
+            if existing is not None:
+                check_slot(existing, slot, info.database)
+                return [*info.actions, f"replication slot {slot} exists "
+                        f"(confirmed_flush_lsn {existing.confirmed_flush_lsn})"]
+            repl = ReplicationConnection(self.config.dsn, self.config.connect_timeout)
+            await repl.connect()
+            try:
+                created = await repl.create_slot(slot, export_snapshot=False)
+            finally:
+                repl.close()
+            return [*info.actions, f"created replication slot {slot} at "
+                    f"{created.consistent_point} (the snapshot, if any, runs on first start)"]
+        finally:
+            await self.close()
+
+    async def _plan(self, pos: Position | None, info: SourceInfo) -> Position:
+        """Decide snapshot/stream (module docstring) and open what the copy needs."""
+        cfg = self.config
+        assert self._sql is not None
+        slot = cfg.slot_name()
+        existing = await slot_info(self._sql, slot)
+        if existing is not None:
+            check_slot(existing, slot, info.database)
+        names = [t.qualified for t in info.tables]
+        wants = cfg.snapshot != "never"
+        if existing is None:
+            if not cfg.create_slot:
+                raise SourceSetupError(f"replication slot {slot} does not exist (create_slot: "
+                                       "false): create it or set create_slot: true")
+            if pos is not None and cfg.snapshot != "when_needed":
+                raise SourceSetupError(
+                    f"replication slot {slot} is missing but capture ran before (checkpoint "
+                    f"at {po.lsn_to_str(pos.lsn)}): changes since then may be lost. Set "
+                    "snapshot: when_needed to take a new snapshot, or remove the "
+                    "adapter's checkpoint to start afresh")
+            fresh = pos is None or cfg.snapshot == "when_needed"
+            return await self._create_slot(slot, names, (pos.gen if pos else 0) + 1,
+                                           wants and fresh)
+        if pos is None:
+            pos = Position()
+            if wants:
+                pos.gen = 1
+                pos.snapshot = SnapshotProgress(1, 0, names)
+        if pos.snapshot is not None:
+            self._copy = await self._connect()
+            assert self._values is not None
+            await fresh_snapshot(self._copy, pos, self._tables, self._builder())
+        return pos
+
+    async def _create_slot(self, slot: str, names: list[str], gen: int,
+                           snapshot: bool) -> Position:
+        repl = ReplicationConnection(self.config.dsn, self.config.connect_timeout)
+        await repl.connect()
+        try:
+            created = await repl.create_slot(slot, export_snapshot=snapshot)
+            log.info("%s: created replication slot %s at %s", self.name, slot,
+                     created.consistent_point)
+            pos = Position(lsn=po.str_to_lsn(created.consistent_point))
+            if snapshot and created.snapshot_name:
+                self._copy = await self._connect()
+                await import_snapshot(self._copy, created.snapshot_name)
+                pos.gen = gen
+                pos.snapshot = SnapshotProgress(gen, 0, names)
+            return pos
+        finally:
+            repl.close()  # the importing transaction now holds the snapshot
+
+    # ---------------------------------------------------------------- Adapter
+
+    async def changes(self, checkpoint: Checkpoint | None) -> AsyncIterator[ChangeBatch]:
+        try:
+            async for batch in self._changes(checkpoint):
+                yield batch
+        except psycopg.OperationalError as e:
+            raise SourceUnavailable(f"{self.name}: PostgreSQL failed: {_first_line(e)}"
+                                    ) from None
+
+    async def _changes(self, checkpoint: Checkpoint | None) -> AsyncIterator[ChangeBatch]:
+        pos = Position.from_checkpoint(checkpoint)
+        info = await self._setup()
+        self._tables = info.by_name()
+        pos = await self._plan(pos, info)
+        builder = self._builder()
+        if pos.snapshot is not None:
+            assert self._copy is not None
+            reader = SnapshotReader(self._copy, builder, self._tables, pos,
+                                    self.config.snapshot_chunk_size)
+            async for batch in reader.batches():
+                yield batch
+            await self._copy.close()
+            self._copy = None
+        self._repl = ReplicationConnection(self.config.dsn, self.config.connect_timeout)
+        await self._repl.connect()
+        self._stream = stream = StreamReader(self.config, self._repl, builder, pos,
+                                             self._prepare_relation)
+        if self.config.heartbeat_interval > 0:
+            self._heartbeat = asyncio.create_task(run_heartbeat(
+                self.name, self.config.dsn, self.config.heartbeat_interval, stream.idle_s))
+        ADAPTER_UP.labels(adapter=self.name).set(1)
+        async for batch in stream.batches():
+            yield batch
+
+    async def acknowledge(self, checkpoint: Checkpoint | None) -> None:
+        if checkpoint is not None and self._stream is not None:
+            self._stream.acknowledge(po.str_to_lsn(checkpoint["lsn"]))
+
+    async def close(self) -> None:
+        ADAPTER_UP.labels(adapter=self.name).set(0)
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            with contextlib.suppress(BaseException):
+                await self._heartbeat
+            self._heartbeat = None
+        if self._repl is not None:
+            self._repl.close()
+            self._repl = None
+        for conn in (self._copy, self._sql):
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    await conn.close()
+        self._copy = self._sql = None
+
+    # ---------------------------------------------------------------- helpers
+
+    _tables: dict[str, TableInfo]
+
+    def _builder(self) -> EventBuilder:
+        assert self._values is not None
+        return EventBuilder(self.name, self._tables, self._values)
+
+    async def _prepare_relation(self, rel: po.Relation) -> None:
+        assert self._values is not None and self._sql is not None
+        oids = {c.type_oid for c in rel.columns}
+        if self._values.missing(oids):
+            try:
+                await self._values.ensure_types(self._sql, oids)
+            except psycopg.OperationalError as e:
+                raise SourceUnavailable(f"{self.name}: type lookup failed: "
+                                        f"{_first_line(e)}") from None
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
+def _factory(config: AdapterConfig, context: AdapterContext) -> PostgresAdapter:
+    assert isinstance(config, PostgresConfig)
+    return PostgresAdapter(config, context)
+
+
+ADAPTER_TYPE = AdapterType("postgres", PostgresConfig, _factory)

@@ -1,0 +1,212 @@
+"""pgoutput messages and snapshot rows -> canonical change events. Pure, no I/O.
+
+:class:`EventBuilder` keeps the relation cache (pgoutput sends a Relation message before
+the first change of a table in each session and after each schema change) and turns one
+decoded Insert/Update/Delete/Truncate into events:
+
+* ``key``: the primary key (the replica identity's key columns; for REPLICA IDENTITY
+  FULL, the primary key from the catalogue); ``None`` for tables without one (order is
+  then per table).
+* ``before``: updates and deletes carry what the replica identity gives: the whole old
+  row with REPLICA IDENTITY FULL, otherwise the key columns only (taken from the new row
+  when the key did not change).
+* An unchanged TOASTed value, which the server does not send, becomes the string
+  :data:`UNCHANGED_TOAST_PLACEHOLDER` (never ``null``, which would be a lie); masking
+  leaves it as is.
+* Column rules (exclude, mask) come from :mod:`adapters.transform`.
+
+The event id is (commit LSN of the transaction, ordinal of the change in it): the same
+after any redelivery, since the server resends a transaction whole and in order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from adapters.postgres.pgoutput import UNCHANGED_TOAST, Delete, Insert, Relation, Truncate, Update
+from adapters.postgres.position import orderable, sort_key
+from adapters.postgres.setup import TableInfo
+from adapters.transform import ColumnRules, apply_rules, mask_value
+from bridge.errors import DecodeError
+from bridge.events import ChangeEvent, Op
+
+#: Stands for an unchanged TOASTed column value the server did not send.
+UNCHANGED_TOAST_PLACEHOLDER = "__cdc_bridge_unchanged_toast__"
+
+
+class ValueConverter(Protocol):
+    def decode(self, type_oid: int, text: str, type_modifier: int = -1) -> Any: ...
+
+
+@dataclass(frozen=True, slots=True)
+class TxMeta:
+    """The transaction a change belongs to."""
+
+    position: str
+    xid: int
+    ts_ms: int
+
+
+@dataclass(slots=True)
+class RelationState:
+    schema: str
+    table: str
+    qualified: str
+    names: tuple[str, ...]
+    oids: tuple[int, ...]
+    mods: tuple[int, ...]
+    key_idx: tuple[int, ...]
+    rules: ColumnRules | None
+    captured: bool
+
+    @property
+    def key_oids(self) -> tuple[int, ...]:
+        return tuple(self.oids[i] for i in self.key_idx)
+
+    def key_orderable(self) -> bool:
+        return orderable(self.key_oids)
+
+
+class EventBuilder:
+    def __init__(self, adapter: str, tables: Mapping[str, TableInfo],
+                 values: ValueConverter) -> None:
+        self.adapter = adapter
+        self.tables = tables
+        self.values = values
+        self.relations: dict[int, RelationState] = {}
+
+    # ---------------------------------------------------------------- relations
+
+    def relation(self, msg: Relation) -> RelationState:
+        qualified = f"{msg.namespace}.{msg.name}"
+        info = self.tables.get(qualified)
+        names = tuple(c.name for c in msg.columns)
+        if msg.replica_identity == "f" or not any(c.is_key for c in msg.columns):
+            pk = info.primary_key if info else []
+            key_idx = tuple(names.index(k) for k in pk if k in names)
+        else:
+            key_idx = tuple(i for i, c in enumerate(msg.columns) if c.is_key)
+        state = RelationState(
+            msg.namespace, msg.name, qualified, names,
+            tuple(c.type_oid for c in msg.columns), tuple(c.type_modifier for c in msg.columns),
+            key_idx, info.rules if info else None, info is not None)
+        self.relations[msg.oid] = state
+        return state
+
+    def table_state(self, info: TableInfo) -> RelationState:
+        """The same shape for a snapshot of ``info`` (columns from the catalogue)."""
+        names = tuple(c.name for c in info.columns)
+        return RelationState(
+            info.schema, info.name, info.qualified, names,
+            tuple(c.type_oid for c in info.columns), tuple(c.type_modifier for c in info.columns),
+            tuple(names.index(k) for k in info.primary_key), info.rules, True)
+
+    def rel(self, oid: int) -> RelationState:
+        try:
+            return self.relations[oid]
+        except KeyError:
+            raise DecodeError(f"pgoutput: change for relation {oid} before its Relation "
+                              "message") from None
+
+    # ---------------------------------------------------------------- rows
+
+    def decode_row(self, rel: RelationState, values: Sequence[Any]) -> dict[str, Any]:
+        if len(values) != len(rel.names):
+            raise DecodeError(f"{rel.qualified}: tuple has {len(values)} columns, relation "
+                              f"has {len(rel.names)}")
+        dec = self.values.decode
+        out: dict[str, Any] = {}
+        for name, oid, mod, v in zip(rel.names, rel.oids, rel.mods, values, strict=True):
+            if v is None:
+                out[name] = None
+            elif v is UNCHANGED_TOAST:
+                out[name] = UNCHANGED_TOAST_PLACEHOLDER
+            else:
+                out[name] = dec(oid, v if isinstance(v, str) else bytes(v).decode(), mod)
+        return out
+
+    def _shape(self, rel: RelationState, row: dict[str, Any] | None) -> dict[str, Any] | None:
+        if row is None or rel.rules is None:
+            return row
+        shaped = apply_rules(row, rel.rules)
+        assert shaped is not None
+        for name in rel.rules.mask:
+            if row.get(name) == UNCHANGED_TOAST_PLACEHOLDER and name in shaped:
+                shaped[name] = UNCHANGED_TOAST_PLACEHOLDER
+        return shaped
+
+    def _key(self, rel: RelationState, row: dict[str, Any] | None) -> dict[str, Any] | None:
+        if row is None or not rel.key_idx:
+            return None
+        key = {rel.names[i]: row[rel.names[i]] for i in rel.key_idx}
+        if rel.rules is not None and rel.rules.mask:
+            masked = set(rel.rules.mask)
+            key = {k: mask_value(v, rel.rules.mask_salt) if k in masked else v
+                   for k, v in key.items()}
+        return key
+
+    def _key_only(self, rel: RelationState, row: dict[str, Any]) -> dict[str, Any]:
+        return {rel.names[i]: row[rel.names[i]] for i in rel.key_idx}
+
+    def key_texts(self, rel: RelationState, values: Sequence[Any]) -> tuple[Any, ...] | None:
+        """Comparable primary key of a raw tuple (snapshot-resume filters), if orderable."""
+        if not rel.key_idx or not rel.key_orderable():
+            return None
+        return sort_key(rel.key_oids, [values[i] for i in rel.key_idx])
+
+    # ---------------------------------------------------------------- events
+
+    def event(self, rel: RelationState, op: Op, tx: TxMeta, index: int,
+              before: dict[str, Any] | None, after: dict[str, Any] | None,
+              extra: dict[str, Any]) -> ChangeEvent:
+        return ChangeEvent(
+            adapter=self.adapter, schema=rel.schema, table=rel.table, op=op,
+            position=tx.position, index=index,
+            key=self._key(rel, after if after is not None else before),
+            before=self._shape(rel, before), after=self._shape(rel, after),
+            txid=tx.xid, ts_ms=tx.ts_ms, source_extra=extra)
+
+    def change(self, msg: Insert | Update | Delete, rel: RelationState, tx: TxMeta,
+               index: int, extra: dict[str, Any]) -> ChangeEvent:
+        if isinstance(msg, Insert):
+            return self.event(rel, "c", tx, index, None, self.decode_row(rel, msg.new.values),
+                              extra)
+        if isinstance(msg, Update):
+            after = self.decode_row(rel, msg.new.values)
+            if msg.old is not None:
+                before: dict[str, Any] = self.decode_row(rel, msg.old.values)
+            elif msg.key is not None:
+                before = self._key_only(rel, self.decode_row(rel, msg.key.values))
+            else:
+                before = self._key_only(rel, after)
+            return self.event(rel, "u", tx, index, before, after, extra)
+        old = msg.old if msg.old is not None else msg.key
+        if old is None:
+            raise DecodeError(f"{rel.qualified}: delete without old key")
+        before = self.decode_row(rel, old.values)
+        if msg.old is None:
+            before = self._key_only(rel, before)
+        return self.event(rel, "d", tx, index, before, None, extra)
+
+    def truncates(self, msg: Truncate, tx: TxMeta, first_index: int,
+                  extra: dict[str, Any]) -> list[tuple[int, ChangeEvent | None]]:
+        """One ``t`` event per captured table (``None`` for tables not captured)."""
+        out: list[tuple[int, ChangeEvent | None]] = []
+        for i, oid in enumerate(msg.relation_oids):
+            rel = self.rel(oid)
+            ev = (self.event(rel, "t", tx, first_index + i, None, None,
+                             {**extra, "cascade": msg.cascade,
+                              "restart_identity": msg.restart_identity})
+                  if rel.captured else None)
+            out.append((first_index + i, ev))
+        return out
+
+    def snapshot_event(self, rel: RelationState, texts: Sequence[str | None], position: str,
+                       ts_ms: int, extra: dict[str, Any]) -> ChangeEvent:
+        after = self.decode_row(rel, texts)
+        return ChangeEvent(
+            adapter=self.adapter, schema=rel.schema, table=rel.table, op="r",
+            position=position, index=0, key=self._key(rel, after), before=None,
+            after=self._shape(rel, after), txid=None, ts_ms=ts_ms, source_extra=extra)

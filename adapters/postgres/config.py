@@ -1,0 +1,104 @@
+"""Config model of ``type: postgres`` (strict, frozen; unknown keys are errors).
+
+```yaml
+- name: shop
+  type: postgres
+  dsn: postgresql://cdc:${PG_PASSWORD}@db/shop
+  tables:                         # "schema.table", "table" (= public.table), "schema.*"
+    - public.orders
+    - {name: public.customers, columns: {exclude: [notes], mask: [email], mask_salt: ${SALT}}}
+  exclude_tables: [public.orders_archive]
+  snapshot: initial               # initial | never | when_needed
+  slot: cdc_bridge_shop           # default: cdc_bridge_<name>
+  publication: cdc_bridge_shop    # default: cdc_bridge_<name>
+  publication_mode: managed       # managed: create / keep in sync; existing: use as is
+  heartbeat_interval: 10s         # 0 disables
+```
+
+Durations accept ``250ms``, ``5s``... (see :mod:`bridge.model`). The slot and publication
+names are checked here so they can be quoted safely later.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from adapters.base import AdapterConfig
+from adapters.transform import ColumnRules
+from bridge.model import Duration, StrictModel
+
+_IDENT = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+#: Prefix of the logical messages the heartbeat writes (never emitted as events).
+HEARTBEAT_PREFIX = "cdc-bridge-heartbeat"
+
+
+class PgTable(StrictModel):
+    #: ``schema.table``, ``table`` (schema ``public``) or ``schema.*``.
+    name: str
+    columns: ColumnRules | None = None
+
+
+class PostgresConfig(AdapterConfig):
+    type: Literal["postgres"]
+    #: libpq connection string or URI; the same role is used for replication.
+    dsn: str = Field(repr=False)
+    tables: list[str | PgTable] = Field(min_length=1)
+    exclude_tables: list[str] = Field(default_factory=list)
+    snapshot: Literal["initial", "never", "when_needed"] = "initial"
+    slot: str | None = None
+    publication: str | None = None
+    #: ``managed``: create the publication if missing and keep its table list equal to
+    #: the configured tables; ``existing``: it must exist and is used unchanged.
+    publication_mode: Literal["managed", "existing"] = "managed"
+    #: ``true``: create the slot if missing; ``false``: it must exist.
+    create_slot: bool = True
+    #: Events per batch committed to the outbox (also inside one large transaction).
+    batch_size: int = Field(default=2000, ge=1, le=100_000)
+    #: A partial batch is committed at the latest this long after its first event.
+    max_batch_delay: Duration = 0.02
+    #: Rows per snapshot chunk (one outbox commit and one checkpoint per chunk).
+    snapshot_chunk_size: int = Field(default=5000, ge=1, le=1_000_000)
+    #: Standby status updates are sent at least this often.
+    status_interval: Duration = 10.0
+    #: Idle heartbeat (pg_logical_emit_message) so the slot advances; 0 disables.
+    heartbeat_interval: Duration = 10.0
+    #: Prefixes of pg_logical_emit_message messages to emit as events (see README).
+    messages: list[str] = Field(default_factory=list)
+    connect_timeout: Duration = 10.0
+
+    @field_validator("slot", "publication")
+    @classmethod
+    def _identifier(cls, value: str | None) -> str | None:
+        if value is not None and not _IDENT.match(value):
+            raise ValueError("must match [a-z_][a-z0-9_]* (at most 63 characters)")
+        return value
+
+    @field_validator("messages")
+    @classmethod
+    def _no_heartbeat(cls, value: list[str]) -> list[str]:
+        if HEARTBEAT_PREFIX in value:
+            raise ValueError(f"{HEARTBEAT_PREFIX!r} is reserved for heartbeats")
+        return value
+
+    def slot_name(self) -> str:
+        return self.slot or _default_ident(self.name)
+
+    def publication_name(self) -> str:
+        return self.publication or _default_ident(self.name)
+
+    def table_specs(self) -> list[PgTable]:
+        return [t if isinstance(t, PgTable) else PgTable(name=t) for t in self.tables]
+
+
+def _default_ident(adapter: str) -> str:
+    return ("cdc_bridge_" + re.sub(r"[^a-z0-9_]", "_", adapter))[:63]
+
+
+def split_name(name: str) -> tuple[str, str]:
+    """``"s.t"`` -> ``("s", "t")``; ``"t"`` -> ``("public", "t")``."""
+    schema, dot, table = name.partition(".")
+    return (schema, table) if dot else ("public", schema)

@@ -1,0 +1,236 @@
+"""Source-side checks and set-up for ``type: postgres``, on an ordinary SQL connection.
+
+Everything a person must fix is reported as :class:`bridge.errors.SourceSetupError`
+with the exact statement that fixes it: ``wal_level`` not ``logical``, a role without
+the REPLICATION attribute, a missing SELECT privilege, a table that is missing or would
+break the application's UPDATEs once published (no primary key and REPLICA IDENTITY
+DEFAULT), a publication we may not create, a slot of the wrong plugin or database.
+
+Configured names are resolved against the catalogue once (``schema.*`` expands to the
+schema's tables, ``exclude_tables`` removes some) into :class:`TableInfo` records that
+the snapshot and the stream share: primary key, columns with type OIDs, row estimate
+and column rules. Identifiers only ever reach SQL through :mod:`psycopg.sql`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from adapters.postgres.config import PgTable, PostgresConfig, split_name
+from adapters.transform import ColumnRules
+from bridge.errors import SourceSetupError
+
+log = logging.getLogger("cdc_bridge.adapter.postgres")
+
+
+@dataclass(frozen=True, slots=True)
+class ColumnInfo:
+    name: str
+    type_oid: int
+    type_modifier: int
+
+
+@dataclass(slots=True)
+class TableInfo:
+    oid: int
+    schema: str
+    name: str
+    columns: list[ColumnInfo]
+    primary_key: list[str]
+    replica_identity: str
+    estimated_rows: int
+    rules: ColumnRules | None = None
+
+    @property
+    def qualified(self) -> str:
+        return f"{self.schema}.{self.name}"
+
+    def ident(self) -> sql.Composable:
+        return sql.Identifier(self.schema, self.name)
+
+
+@dataclass(frozen=True, slots=True)
+class SlotInfo:
+    plugin: str | None
+    database: str | None
+    confirmed_flush_lsn: str | None
+    active: bool
+    wal_status: str | None
+
+
+@dataclass(slots=True)
+class SourceInfo:
+    tables: list[TableInfo]
+    user: str
+    database: str
+    actions: list[str] = field(default_factory=list)
+
+    def by_name(self) -> dict[str, TableInfo]:
+        return {t.qualified: t for t in self.tables}
+
+
+async def check_server(conn: psycopg.AsyncConnection[tuple[Any, ...]]) -> tuple[str, str]:
+    """wal_level and the role's REPLICATION attribute; returns (user, database)."""
+    cur = await conn.execute("SELECT current_setting('wal_level'), current_user, "
+                             "current_database(), r.rolreplication, r.rolsuper "
+                             "FROM pg_roles r WHERE r.rolname = current_user")
+    row = await cur.fetchone()
+    assert row is not None
+    wal_level, user, database, can_replicate, is_super = row
+    if wal_level != "logical":
+        raise SourceSetupError(
+            f"wal_level is '{wal_level}' on the source server, logical replication needs "
+            "'logical': run ALTER SYSTEM SET wal_level = logical; as a superuser, then "
+            "restart PostgreSQL")
+    if not (can_replicate or is_super):
+        raise SourceSetupError(
+            f"role '{user}' lacks the REPLICATION attribute needed for a replication "
+            f"connection: run ALTER ROLE \"{user}\" REPLICATION; as a superuser")
+    return str(user), str(database)
+
+
+_TABLES_SQL = """
+SELECT c.oid, n.nspname, c.relname, c.relreplident, c.reltuples::bigint,
+       has_table_privilege(c.oid, 'SELECT'), pg_has_role(c.relowner, 'USAGE'),
+       (SELECT array_agg(a.attname ORDER BY array_position(i.indkey, a.attnum))
+          FROM pg_index i JOIN pg_attribute a
+            ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
+         WHERE i.indrelid = c.oid AND i.indisprimary)
+  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+ WHERE c.relkind IN ('r', 'p') AND n.nspname = %s AND (%s OR c.relname = %s)
+ ORDER BY n.nspname, c.relname
+"""
+
+_COLUMNS_SQL = """
+SELECT attname, atttypid, atttypmod FROM pg_attribute
+ WHERE attrelid = %s AND attnum > 0 AND NOT attisdropped AND attgenerated = ''
+ ORDER BY attnum
+"""
+
+
+async def resolve_tables(conn: psycopg.AsyncConnection[tuple[Any, ...]],
+                         config: PostgresConfig, user: str) -> list[TableInfo]:
+    excluded = {".".join(split_name(n)) for n in config.exclude_tables}
+    found: dict[str, TableInfo] = {}
+    for spec in config.table_specs():
+        schema, name = split_name(spec.name)
+        wildcard = name == "*"
+        cur = await conn.execute(_TABLES_SQL, (schema, wildcard, name))
+        rows = await cur.fetchall()
+        if not rows and not wildcard:
+            raise SourceSetupError(f"table {schema}.{name} (tables: {spec.name}) not found "
+                                   "in the source database")
+        for row in rows:
+            info = await _table_info(conn, row, spec, user)
+            if info.qualified not in excluded:
+                found.setdefault(info.qualified, info)
+    if not found:
+        raise SourceSetupError("no table to capture: the configured tables and exclude_tables "
+                               "leave nothing")
+    return list(found.values())
+
+
+async def _table_info(conn: psycopg.AsyncConnection[tuple[Any, ...]],
+                      row: tuple[Any, ...], spec: PgTable, user: str) -> TableInfo:
+    oid, schema, name, ident, estimate, can_select, _owner, pk = row
+    qualified = f"{schema}.{name}"
+    if not can_select:
+        raise SourceSetupError(
+            f"role '{user}' has no SELECT privilege on {qualified} (needed for the snapshot): "
+            f"run GRANT SELECT ON {qualified} TO \"{user}\";")
+    if not pk and ident in ("d", "n"):
+        raise SourceSetupError(
+            f"table {qualified} has no primary key and REPLICA IDENTITY "
+            f"{'DEFAULT' if ident == 'd' else 'NOTHING'}: once published, UPDATE and DELETE "
+            f"on it would fail in the application. Run ALTER TABLE {qualified} REPLICA "
+            "IDENTITY FULL; (or add a primary key)")
+    cur = await conn.execute(_COLUMNS_SQL, (oid,))
+    columns = [ColumnInfo(str(n), int(t), int(m)) for n, t, m in await cur.fetchall()]
+    return TableInfo(int(oid), str(schema), str(name), columns, list(pk or []), str(ident),
+                     max(int(estimate), 0), spec.columns)
+
+
+async def ensure_publication(conn: psycopg.AsyncConnection[tuple[Any, ...]],
+                             config: PostgresConfig, tables: list[TableInfo],
+                             user: str) -> list[str]:
+    """Create or sync the publication (managed) or check it (existing); returns actions."""
+    pub = config.publication_name()
+    cur = await conn.execute("SELECT puballtables FROM pg_publication WHERE pubname = %s",
+                             (pub,))
+    row = await cur.fetchone()
+    wanted = {t.qualified for t in tables}
+    if row is None:
+        if config.publication_mode == "existing":
+            raise SourceSetupError(
+                f"publication {pub} does not exist (publication_mode: existing): create it "
+                "with CREATE PUBLICATION ... FOR TABLE ..., or set publication_mode: managed")
+        await _check_owner(conn, tables, user, pub)
+        await conn.execute(sql.SQL("CREATE PUBLICATION {} FOR TABLE {}").format(
+            sql.Identifier(pub), sql.SQL(", ").join(t.ident() for t in tables)))
+        return [f"created publication {pub} for {len(tables)} table(s): {', '.join(wanted)}"]
+    if row[0]:
+        return [f"publication {pub} exists (FOR ALL TABLES), used as is"]
+    cur = await conn.execute("SELECT schemaname || '.' || tablename FROM pg_publication_tables "
+                             "WHERE pubname = %s", (pub,))
+    have = {str(r[0]) for r in await cur.fetchall()}
+    if have >= wanted and (have == wanted or config.publication_mode == "existing"):
+        return [f"publication {pub} exists and covers the configured tables"]
+    if config.publication_mode == "existing":
+        missing = ", ".join(sorted(wanted - have))
+        raise SourceSetupError(
+            f"publication {pub} does not include {missing} (publication_mode: existing): "
+            f"run ALTER PUBLICATION {pub} ADD TABLE {missing};")
+    await _check_owner(conn, tables, user, pub)
+    await conn.execute(sql.SQL("ALTER PUBLICATION {} SET TABLE {}").format(
+        sql.Identifier(pub), sql.SQL(", ").join(t.ident() for t in tables)))
+    return [f"publication {pub}: table list set to {', '.join(sorted(wanted))} "
+            f"(was {', '.join(sorted(have)) or 'empty'})"]
+
+
+async def _check_owner(conn: psycopg.AsyncConnection[tuple[Any, ...]],
+                       tables: list[TableInfo], user: str, pub: str) -> None:
+    cur = await conn.execute(
+        "SELECT c.oid::regclass::text FROM pg_class c WHERE c.oid = ANY(%s) "
+        "AND NOT pg_has_role(c.relowner, 'USAGE')", ([t.oid for t in tables],))
+    not_owned = [str(r[0]) for r in await cur.fetchall()]
+    cur = await conn.execute("SELECT has_database_privilege(current_database(), 'CREATE')")
+    row = await cur.fetchone()
+    if not_owned or not (row and row[0]):
+        what = (f"must own {', '.join(not_owned)}" if not_owned
+                else "needs the CREATE privilege on the database")
+        raise SourceSetupError(
+            f"role '{user}' {what} to manage publication {pub}: have the table owner run "
+            f"CREATE PUBLICATION {pub} FOR TABLE ...; and set publication_mode: existing")
+
+
+async def slot_info(conn: psycopg.AsyncConnection[tuple[Any, ...]],
+                    slot: str) -> SlotInfo | None:
+    cur = await conn.execute(
+        "SELECT plugin, database, confirmed_flush_lsn::text, active, wal_status "
+        "FROM pg_replication_slots WHERE slot_name = %s", (slot,))
+    row = await cur.fetchone()
+    if row is None:
+        return None
+    info = SlotInfo(*(None if v is None else (v if isinstance(v, bool) else str(v))
+                      for v in row))  # type: ignore[arg-type]
+    return info
+
+
+def check_slot(info: SlotInfo, slot: str, database: str) -> None:
+    if info.plugin != "pgoutput":
+        raise SourceSetupError(f"replication slot {slot} uses plugin {info.plugin}, not "
+                               "pgoutput: drop it or configure another slot name")
+    if info.database != database:
+        raise SourceSetupError(f"replication slot {slot} belongs to database {info.database}, "
+                               f"not {database}: configure another slot name")
+    if info.wal_status == "lost":
+        raise SourceSetupError(
+            f"replication slot {slot} was invalidated (wal_status lost: the server removed "
+            "WAL it needed, max_slot_wal_keep_size). Changes were lost: run "
+            f"SELECT pg_drop_replication_slot('{slot}'); and restart with snapshot: "
+            "when_needed to re-snapshot")
