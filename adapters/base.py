@@ -16,8 +16,9 @@ supervisor restarts them with back-off from the last checkpoint) and
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from bridge.events import ChangeEvent, DeadLetter, RoutedMessage
@@ -64,6 +65,23 @@ class Adapter(Protocol):
     async def close(self) -> None:
         """Release connections and files."""
         ...
+
+
+@dataclass(frozen=True, slots=True)
+class AdapterContext:
+    """What the daemon hands every adapter besides its own config."""
+
+    state_dir: Path
+    subject_prefix: str = "cdc"
+
+
+@dataclass(frozen=True, slots=True)
+class AdapterType:
+    """A source type as registered in :mod:`adapters.registry` under its YAML ``type``."""
+
+    name: str
+    config_model: type[AdapterConfig]
+    factory: Callable[[AdapterConfig, AdapterContext], Adapter]
 
 
 class AdapterFactory(Protocol):

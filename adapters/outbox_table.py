@@ -35,8 +35,7 @@ import psycopg
 from psycopg import sql
 from pydantic import Field
 
-from adapters.base import AdapterConfig, ChangeBatch, Checkpoint
-from adapters.registry import AdapterContext, AdapterType
+from adapters.base import AdapterConfig, AdapterContext, AdapterType, ChangeBatch, Checkpoint
 from bridge.errors import SourceSetupError, SourceUnavailable
 from bridge.events import RoutedMessage, subject_token
 from bridge.model import Duration

@@ -13,13 +13,12 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Protocol
 
-from adapters.base import AdapterConfig, ChangeBatch, Checkpoint
+from adapters.base import AdapterConfig, AdapterContext, AdapterType, ChangeBatch, Checkpoint
 from adapters.files.config import FilesConfig
 from adapters.files.identity import header_safe_name
 from adapters.files.modes.drop import DropMode
 from adapters.files.modes.snapshot import SnapshotMode
 from adapters.files.modes.tail import TailMode
-from adapters.registry import AdapterContext, AdapterType
 from bridge.errors import FatalError, SourceUnavailable
 from bridge.metrics import ADAPTER_UP
 

@@ -30,7 +30,7 @@ from typing import Any
 
 import psycopg
 
-from adapters.base import AdapterConfig, ChangeBatch, Checkpoint
+from adapters.base import AdapterConfig, AdapterContext, AdapterType, ChangeBatch, Checkpoint
 from adapters.postgres import pgoutput as po
 from adapters.postgres.changes import EventBuilder
 from adapters.postgres.config import PostgresConfig
@@ -49,7 +49,6 @@ from adapters.postgres.setup import (
 from adapters.postgres.snapshot import SnapshotReader, fresh_snapshot, import_snapshot
 from adapters.postgres.stream import StreamReader
 from adapters.postgres.values import ValueDecoder
-from adapters.registry import AdapterContext, AdapterType
 from bridge.errors import SourceSetupError, SourceUnavailable
 from bridge.metrics import ADAPTER_UP
 

@@ -12,22 +12,13 @@ For legacy databases that offer no log we can read. Modules:
 
 ``mode: query`` polls a custom SELECT with any of the other modes.
 
-``ADAPTER_TYPE`` is built on first access: :mod:`adapters.registry` imports this package
-while it is itself being imported, so nothing here may import the registry eagerly.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
-from adapters.base import AdapterConfig
+from adapters.base import AdapterConfig, AdapterContext, AdapterType
 from adapters.sql_poll.adapter import SqlPollAdapter
 from adapters.sql_poll.config import PollTable, SqlPollConfig
-
-if TYPE_CHECKING:
-    from adapters.registry import AdapterContext, AdapterType
-
-    ADAPTER_TYPE: AdapterType
 
 
 def _factory(config: AdapterConfig, context: AdapterContext) -> SqlPollAdapter:
@@ -35,14 +26,6 @@ def _factory(config: AdapterConfig, context: AdapterContext) -> SqlPollAdapter:
     return SqlPollAdapter(config, context)
 
 
-def __getattr__(name: str) -> Any:
-    if name == "ADAPTER_TYPE":
-        from adapters.registry import AdapterType
-
-        value = AdapterType("sql_poll", SqlPollConfig, _factory)
-        globals()["ADAPTER_TYPE"] = value
-        return value
-    raise AttributeError(name)
-
+ADAPTER_TYPE = AdapterType("sql_poll", SqlPollConfig, _factory)
 
 __all__ = ["ADAPTER_TYPE", "PollTable", "SqlPollAdapter", "SqlPollConfig"]

@@ -39,7 +39,7 @@ from bridge.events import ChangeEvent
 from bridge.metrics import SOURCE_LAG
 
 if TYPE_CHECKING:
-    from adapters.registry import AdapterContext
+    from adapters.base import AdapterContext
 
 log = logging.getLogger("cdc_bridge.adapter.sql_poll")
 T = TypeVar("T")

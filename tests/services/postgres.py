@@ -8,6 +8,7 @@ restart it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -28,6 +29,19 @@ def _as_postgres(cmd: list[str]) -> list[str]:
     if os.geteuid() == 0:
         return ["runuser", "-u", "postgres", "--", *cmd]
     return cmd
+
+
+def _children(pid: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True)
+    return [int(x) for x in out.stdout.split()]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1][0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
 
 
 class PostgresServer:
@@ -83,11 +97,27 @@ class PostgresServer:
         wait_closed(self.port)
 
     def kill9(self) -> None:
+        """Crash the whole server: SIGKILL the postmaster and every backend it started.
+
+        Killing only the postmaster leaves backends holding shared memory for a while, and
+        an immediate start then fails; a real crash (OOM killer, power) takes them all.
+        """
         pidfile = self.datadir / "postmaster.pid"
         pid = int(pidfile.read_text().splitlines()[0])
-        os.kill(pid, signal.SIGKILL)
-        time.sleep(0.5)
+        children = _children(pid)
+        for victim in (pid, *children):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(victim, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while any(_alive(p) for p in (pid, *children)) and time.monotonic() < deadline:
+            time.sleep(0.05)
         wait_closed(self.port)
+        # The dead postmaster may linger as a zombie when PID 1 does not reap orphans;
+        # PostgreSQL would take its PID for a live server. After a real crash the PID is
+        # gone, so the lock file is stale: remove it as a reboot effectively would.
+        for stale in (pidfile, self.root / f".s.PGSQL.{self.port}.lock"):
+            with contextlib.suppress(FileNotFoundError):
+                stale.unlink()
 
     def restart(self) -> None:
         self.stop()
