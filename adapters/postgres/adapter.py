@@ -36,7 +36,7 @@ from adapters.postgres.changes import EventBuilder
 from adapters.postgres.config import PostgresConfig
 from adapters.postgres.heartbeat import run_heartbeat
 from adapters.postgres.position import Position, SnapshotProgress
-from adapters.postgres.replication import ReplicationConnection
+from adapters.postgres.replication import ReplicationConnection, connection_error
 from adapters.postgres.setup import (
     SourceInfo,
     TableInfo,
@@ -78,8 +78,9 @@ class PostgresAdapter:
                 connect_timeout=max(1, int(self.config.connect_timeout)),
                 application_name="cdc-bridge")
         except psycopg.OperationalError as e:
-            raise SourceUnavailable(f"{self.name}: cannot connect to PostgreSQL: "
-                                    f"{_first_line(e)}") from None
+            # wrong password, unknown role/database, pg_hba: fatal with a hint; else retry
+            raise connection_error(f"{self.name}: cannot connect to PostgreSQL",
+                                   _first_line(e)) from None
         return conn
 
     async def _setup(self) -> SourceInfo:

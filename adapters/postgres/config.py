@@ -6,7 +6,7 @@
   dsn: postgresql://cdc:${PG_PASSWORD}@db/shop
   tables:                         # "schema.table", "table" (= public.table), "schema.*"
     - public.orders
-    - {name: public.customers, columns: {exclude: [notes], mask: [email], mask_salt: ${SALT}}}
+    - {name: public.customers, columns: {exclude: [notes], mask: [email], mask_salt: "${SALT}"}}
   exclude_tables: [public.orders_archive]
   snapshot: initial               # initial | never | when_needed
   slot: cdc_bridge_shop           # default: cdc_bridge_<name>

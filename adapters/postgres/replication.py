@@ -34,6 +34,9 @@ _FATAL_HINTS = (
      "add a 'host replication <role> <client address> <method>' line to pg_hba.conf "
      "and reload PostgreSQL"),
     ("password authentication failed", "check the user and password in dsn"),
+    ("no pg_hba.conf entry for host", "add a 'host <database> <role> <client address> "
+     "<method>' line to pg_hba.conf and reload PostgreSQL"),
+    ("does not exist", "check the role and database names in dsn"),
     ("all replication slots are in use", "raise max_replication_slots or drop unused slots"),
     ("number of requested standby connections exceeds max_wal_senders",
      "raise max_wal_senders"),
@@ -49,7 +52,7 @@ class CreatedSlot:
     snapshot_name: str | None
 
 
-def _error(what: str, message: str) -> Exception:
+def connection_error(what: str, message: str) -> Exception:
     text = " ".join(message.split())
     for needle, hint in _FATAL_HINTS:
         if needle in text:
@@ -79,7 +82,7 @@ class ReplicationConnection:
         if conn.status != pq.ConnStatus.OK:
             message = conn.get_error_message(encoding="utf-8")
             conn.finish()
-            raise _error("replication connection failed", message)
+            raise connection_error("replication connection failed", message)
         self.pgconn = conn
 
     async def command(self, text: str) -> list[tuple[str | None, ...]]:
@@ -87,7 +90,7 @@ class ReplicationConnection:
         conn = self._require()
         res = await asyncio.to_thread(conn.exec_, text.encode())
         if res.status not in (pq.ExecStatus.TUPLES_OK, pq.ExecStatus.COMMAND_OK):
-            raise _error(f"replication command failed ({text.split()[0]})",
+            raise connection_error(f"replication command failed ({text.split()[0]})",
                          res.get_error_message(encoding="utf-8") or
                          conn.get_error_message(encoding="utf-8"))
         return [
@@ -113,7 +116,7 @@ class ReplicationConnection:
         query = f'START_REPLICATION SLOT "{slot}" LOGICAL {start_lsn} ({options})'
         res = await asyncio.to_thread(conn.exec_, query.encode())
         if res.status != pq.ExecStatus.COPY_BOTH:
-            raise _error("START_REPLICATION failed",
+            raise connection_error("START_REPLICATION failed",
                          res.get_error_message(encoding="utf-8") or
                          conn.get_error_message(encoding="utf-8"))
         conn.nonblocking = 1
@@ -136,9 +139,9 @@ class ReplicationConnection:
                     res = conn.get_result()
                     msg = (res.get_error_message(encoding="utf-8") if res is not None
                            else "") or "the server ended the replication stream"
-                    raise _error("replication stream ended", msg)
+                    raise connection_error("replication stream ended", msg)
         except psycopg.OperationalError as e:
-            raise _error("replication stream failed", str(e)) from None
+            raise connection_error("replication stream failed", str(e)) from None
         return out
 
     async def wait_readable(self, timeout_s: float) -> None:
@@ -168,7 +171,7 @@ class ReplicationConnection:
             while conn.flush() == 1:
                 await self._wait_writable(conn.socket)
         except psycopg.OperationalError as e:
-            raise _error("sending to the replication stream failed", str(e)) from None
+            raise connection_error("sending to the replication stream failed", str(e)) from None
 
     async def _wait_writable(self, fd: int) -> None:
         loop = self._loop or asyncio.get_running_loop()

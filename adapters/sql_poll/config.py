@@ -11,7 +11,7 @@ Shape (every key but ``name`` has a default; unknown keys are rejected)::
       tables:
         - {name: invoices, mode: timestamp+incrementing,
            timestamp_column: updated_at, incrementing_column: id}
-        - {name: customers, mode: diff, columns: {mask: [email], mask_salt: ${SALT}}}
+        - {name: customers, mode: diff, columns: {mask: [email], mask_salt: "${SALT}"}}
         - name: order_totals        # a custom SELECT polled with one of the modes
           mode: query
           query: "SELECT o.id, o.updated_at, SUM(l.amount) AS total FROM ..."
