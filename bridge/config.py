@@ -85,6 +85,9 @@ class NatsConfig(StrictModel):
     def _window_covers_retries(self) -> NatsConfig:
         from outbox.delivery import min_duplicate_window
 
+        if self.max_age and self.duplicate_window > self.max_age:
+            raise ValueError("duplicate_window cannot exceed max_age (JetStream refuses such "
+                             "a stream): raise max_age or lower duplicate_window")
         least = min_duplicate_window(self.ack_timeout, self.retry_max)
         if self.duplicate_window < least:
             raise ValueError(f"duplicate_window must be at least 2 x (ack_timeout + retry_max)"

@@ -147,3 +147,11 @@ def test_cli_validate_ok(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert "OK" in proc.stdout
+
+
+def test_duplicate_window_must_fit_max_age() -> None:
+    text = GOOD.replace("stream: CDC", "stream: CDC\n  max_age: 5m\n  duplicate_window: 10m")
+    errs = errors_of(text)
+    assert any("duplicate_window cannot exceed max_age" in e for e in errs), errs
+    ok = parse_config(GOOD.replace("stream: CDC", "stream: CDC\n  max_age: 1d"), env={})
+    assert ok.nats.max_age == 86400.0
