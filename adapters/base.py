@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
+from pydantic import Field
+
 from bridge.events import ChangeEvent, DeadLetter, RoutedMessage
 from bridge.model import StrictModel
 
@@ -44,8 +46,8 @@ class ChangeBatch:
 class AdapterConfig(StrictModel):
     """Base of every adapter's config block: strict, frozen, unknown keys rejected."""
 
-
-    name: str
+    #: Unique; becomes a subject token, so lower case, digits, ``_`` and ``-`` only.
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$", max_length=64)
     type: str
 
 

@@ -29,7 +29,6 @@ from adapters.registry import REGISTRY
 from bridge.errors import ConfigError
 from bridge.model import Duration, StrictModel
 
-_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
 _VAR = re.compile(r"\$(\$?)\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 RESERVED_ADAPTER_NAMES = frozenset({"outbox"})
@@ -155,8 +154,6 @@ class BridgeConfig(StrictModel):
         problems: list[str] = []
         for i, adapter in enumerate(self.adapter_configs):
             name = adapter.name
-            if not _NAME.match(name):
-                problems.append(f"adapters[{i}].name: must match [a-z0-9][a-z0-9_-]*")
             if name in RESERVED_ADAPTER_NAMES:
                 problems.append(f"adapters[{i}].name: {name!r} is reserved")
             if name in seen:

@@ -103,10 +103,18 @@ def test_secret_values_never_appear_in_errors() -> None:
 
 def test_duplicate_and_reserved_adapter_names() -> None:
     text = GOOD + "  - {name: erp, type: sql_poll, url: 'sqlite://', tables: [{name: t}]}\n"
-    text += "  - {name: Bad.Name, type: sql_poll, url: 'sqlite://', tables: [{name: t}]}\n"
+    text += "  - {name: outbox, type: sql_poll, url: 'sqlite://', tables: [{name: t}]}\n"
     errs = "\n".join(errors_of(text))
     assert "duplicate adapter name 'erp'" in errs
-    assert "must match" in errs
+    assert "'outbox' is reserved" in errs
+
+
+def test_bad_adapter_name_reported_with_the_other_errors() -> None:
+    text = GOOD + "  - {name: Bad.Name, type: sql_poll, url: 'sqlite://', tables: [{name: t}],"
+    text += " bogus: 1}\n"
+    errs = errors_of(text)
+    assert any(e.startswith("adapters[1].name: String should match pattern") for e in errs), errs
+    assert "adapters[1].bogus: unknown key" in errs
 
 
 def test_durations() -> None:
