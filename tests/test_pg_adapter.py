@@ -369,10 +369,12 @@ def test_idle_heartbeat_advances_confirmed_flush(
     wait_for(flushed_past, timeout_s=20, what="confirmed_flush_lsn past the idle WAL")
     # no writes at all now: only heartbeats make WAL (besides the server's own records
     # every 15 s), and the slot follows them
-    start = sql(pg_dsn, "SELECT confirmed_flush_lsn FROM pg_replication_slots")[0][0]
+    start = sql(pg_dsn, "SELECT confirmed_flush_lsn FROM pg_replication_slots "
+                "WHERE slot_name = 'cdc_bridge_shop'")[0][0]
     time.sleep(2.5)
     rows = sql(pg_dsn, "SELECT confirmed_flush_lsn > %s, pg_current_wal_lsn() > %s "
-               "FROM pg_replication_slots", params=(start, start))
+               "FROM pg_replication_slots WHERE slot_name = 'cdc_bridge_shop'",
+               params=(start, start))
     assert rows == [(True, True)]
     assert "heartbeat failed" not in bridge.log()
     assert stream_messages(nats_server.url, subject="cdc.shop.>") == []  # no heartbeat events
