@@ -185,7 +185,7 @@ class Consumer:
             while not self._stop.is_set():
                 try:
                     msgs = await sub.fetch(s.batch, timeout=fetch_timeout_s)
-                except nats.errors.TimeoutError:
+                except TimeoutError:  # nats-py raises its own subclass or a bare asyncio one
                     if stop_when_idle and await self._caught_up(sub):
                         return
                     continue

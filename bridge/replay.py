@@ -168,7 +168,7 @@ async def _copy(js: JetStreamContext, sub: JetStreamContext.PullSubscription,
     while True:
         try:
             msgs = await sub.fetch(opts.batch, timeout=2.0)
-        except nats.errors.TimeoutError:
+        except TimeoutError:  # nats-py raises its own subclass or a bare asyncio one
             return
         futures = []
         finished = False
