@@ -9,8 +9,12 @@ store, iterates the adapter's batches, commits each batch to the outbox (events 
 checkpoint in one transaction) and only then acknowledges it to the adapter. Any
 failure but a :class:`bridge.errors.FatalError` restarts that adapter alone from its
 last committed checkpoint with back-off (``cdc_adapter_restarts``); the others keep
-running. The relay is supervised the same way. A ``FatalError`` anywhere stops the
-daemon with a clear message and exit code 1.
+running. A ``FatalError`` anywhere stops the daemon with a clear message and exit code 1.
+
+The relay runs in a child process (:mod:`bridge.relay_process`), so that capture and
+publishing each get a core instead of sharing one interpreter: the daemon starts it,
+restarts it with back-off when it dies, wakes it after every commit, and mirrors its
+counters and connection state for ``/metrics``, ``/readyz`` and ``/status``.
 
 Adapter states, one log line per change: ``starting`` (created, not yet proven),
 ``running`` (first batch, or ``ready_grace_s`` without an error, or the adapter's own
@@ -20,8 +24,8 @@ and every adapter is ``running`` or ``finished``.
 
 Shutdown is two-phase: stop intake (cancel adapter tasks; a batch being committed
 finishes first because the commit is shielded), let the relay finish the batch in
-flight within ``shutdown_timeout_s``, then close everything and log a one-line summary
-of counters.
+flight and exit within ``shutdown_timeout_s`` (else it is killed; pending rows stay in
+the outbox), then close everything and log a one-line summary of counters.
 """
 
 from __future__ import annotations
@@ -44,8 +48,7 @@ from bridge.errors import FatalError
 from bridge.http import HttpServer
 from bridge.logs import RedactingFilter
 from bridge.probe import NatsProbe
-from bridge.publisher import Publisher
-from bridge.relay import Relay
+from bridge.relay_process import RelayProcess
 from bridge.snapshots import AdapterStats, SnapshotRunner
 from bridge.supervisor import supervise
 from outbox.factory import open_store
@@ -71,8 +74,7 @@ class Daemon:
         self.started_ms = int(time.time() * 1000)
         self.embedded: EmbeddedNats | None = None
         self.store: AsyncStore | None = None
-        self.publisher: Publisher | None = None
-        self.relay: Relay | None = None
+        self.relay: RelayProcess | None = None
         self.relay_state = "starting"
         self.control = ControlDb(control_path(config.state_dir))
         self.http: HttpServer | None = None
@@ -101,12 +103,12 @@ class Daemon:
                 background.append(asyncio.create_task(self.embedded.supervise(),
                                                       name="embedded"))
             self.store = AsyncStore(open_store(cfg.outbox_url()))
-            self.publisher = Publisher(nats_cfg)
             self.probe = NatsProbe(nats_cfg)
-            self.relay = Relay(self.store, self.publisher, prefix=nats_cfg.subject_prefix,
-                               batch=cfg.outbox.relay_batch,
-                               poll_interval_s=cfg.outbox.poll_interval,
-                               max_in_flight=cfg.outbox.max_in_flight)
+            self.relay = RelayProcess(self.store, nats_cfg, cfg.outbox_url(),
+                                      batch=cfg.outbox.relay_batch,
+                                      poll_interval_s=cfg.outbox.poll_interval,
+                                      max_in_flight=cfg.outbox.max_in_flight,
+                                      secrets=cfg.secrets)
             if cfg.http.enabled:
                 self.http = HttpServer(self, cfg.http.host, cfg.http.port, self.control)
                 await self.http.start()
@@ -136,7 +138,7 @@ class Daemon:
 
     async def _shutdown(self, adapter_tasks: list[asyncio.Task[Any]],
                         relay_task: asyncio.Task[Any], snapshots: SnapshotRunner) -> None:
-        assert self.relay is not None and self.publisher is not None
+        assert self.relay is not None
         await snapshots.cancel_all()
         for t in adapter_tasks:  # phase 1: stop intake
             t.cancel()
@@ -147,9 +149,8 @@ class Daemon:
         except TimeoutError:
             log.warning("relay did not finish within %.0fs; pending rows stay in the outbox",
                         self.shutdown_timeout_s)
-            relay_task.cancel()
+            relay_task.cancel()  # kills the relay process
             await asyncio.gather(relay_task, return_exceptions=True)
-        await self.publisher.close()
 
     async def _close(self) -> None:
         pending = None
@@ -195,7 +196,7 @@ class Daemon:
         def failed(e: BaseException) -> None:
             self.relay_state = "retrying"
 
-        await supervise("relay", self.relay.run, relay_log, on_failure=failed,
+        await supervise("relay process", self.relay.run_once, relay_log, on_failure=failed,
                         on_restart=lambda: metrics.ADAPTER_RESTARTS.labels("_relay").inc())
 
     # -- adapters ---------------------------------------------------------------------
@@ -310,21 +311,27 @@ class Daemon:
         metrics.OUTBOX_OLDEST_AGE.set(max(0.0, age))
         if st.size_bytes is not None:
             metrics.OUTBOX_SIZE.set(st.size_bytes)
-        metrics.NATS_CONNECTED.set(1 if self.nats_connected() else 0)
+        self.nats_connected()  # refreshes cdc_nats_connected
         self._outbox = {"pending": st.pending, "oldest_pending_ms": st.oldest_pending_ms,
                         "size_bytes": st.size_bytes}
+        if self.relay is not None and self.relay.state == "retrying":
+            self.relay_state = "retrying"
         if self.relay_state in ("retrying", "starting") and self.nats_connected():
             self.relay_state = "running"
 
     def nats_connected(self) -> bool:
-        """The relay's connection is up, or (relay idle/disconnected) NATS answers a probe."""
-        p = self.publisher
-        if p is not None and p.is_connected:
-            return True
-        if self.probe is not None:
+        """The relay's connection is up, or (relay idle/disconnected) NATS answers a probe.
+
+        Also sets ``cdc_nats_connected``, so the gauge agrees with every readiness answer.
+        """
+        up = False
+        if self.relay is not None and self.relay.connected:
+            up = True
+        elif self.probe is not None:
             self.probe.poke()
-            return self.probe.connected
-        return False
+            up = self.probe.connected
+        metrics.NATS_CONNECTED.set(1 if up else 0)
+        return up
 
     def live_state(self) -> dict[str, Any]:
         lags: dict[str, dict[str, float]] = {}
@@ -338,7 +345,8 @@ class Daemon:
             "ready": self.readiness()[0],
             "nats": {"connected": self.nats_connected(),
                      "servers": self.config.nats.servers()},
-            "relay": {"state": self.relay_state,
+            "relay": {"state": "running" if self.relay and self.relay.connected
+                      else self.relay_state,
                       "published": rs.published if rs else 0,
                       "duplicates": rs.duplicates if rs else 0,
                       "dead_lettered": rs.dead_lettered if rs else 0,

@@ -17,9 +17,7 @@ from outbox.runner import AsyncStore
 
 def encode_batch(batch: ChangeBatch, prefix: str) -> list[OutboxMessage]:
     now = int(time.time() * 1000)
-    out = [
-        OutboxMessage(ev.id, ev.subject(prefix), ev.encode(), None, now) for ev in batch.events
-    ]
+    out = [OutboxMessage(*ev.outbox_parts(prefix), None, now) for ev in batch.events]
     out.extend(
         OutboxMessage(m.id, f"{prefix}.{m.subject}", m.body,
                       dict(m.headers) if m.headers else None, now)
