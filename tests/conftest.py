@@ -2,14 +2,30 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.helpers import STARTED
 from tests.services.mariadb import MariaDBServer
 from tests.services.nats_server import NatsServer
 from tests.services.postgres import PostgresServer
+
+
+@pytest.fixture(autouse=True)
+def _no_leftover_bridges() -> Iterator[None]:
+    """Kill (process group and all) any bridge a test started and did not stop."""
+    yield
+    while STARTED:
+        bridge = STARTED.pop()
+        if bridge.proc is not None and bridge.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(bridge.proc.pid, signal.SIGKILL)
+            bridge.proc.wait()
 
 
 @pytest.fixture

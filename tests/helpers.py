@@ -24,6 +24,11 @@ def write_config(path: Path, config: dict[str, Any]) -> Path:
     return path
 
 
+#: Every bridge process started by a test; tests/conftest.py kills leftovers after each
+#: test, so a failing assertion never leaves a daemon running.
+STARTED: list[BridgeProcess] = []
+
+
 class BridgeProcess:
     """``cdc-bridge run -c FILE`` as a child process (so tests can kill -9 it)."""
 
@@ -42,6 +47,7 @@ class BridgeProcess:
             stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
         )
         log.close()
+        STARTED.append(self)
 
     def kill9(self) -> None:
         assert self.proc is not None
@@ -89,7 +95,7 @@ async def read_stream(url: str, stream: str = "CDC", subject: str = ">") -> list
         while True:
             try:
                 msgs = await sub.fetch(1000, timeout=1.0)
-            except (nats.errors.TimeoutError, asyncio.TimeoutError):
+            except (TimeoutError, nats.errors.TimeoutError):
                 break
             for m in msgs:
                 body: dict[str, Any]
