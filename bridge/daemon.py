@@ -226,7 +226,8 @@ class Daemon:
 
         try:
             await supervise(f"adapter {cfg.name}", lambda: self._capture(cfg, context, stats),
-                            adapter_log, on_failure=failed, on_restart=restarted)
+                            adapter_log, on_failure=failed, on_restart=restarted,
+                            progress=lambda: stats.batches)
             self._set_state(cfg.name, stats, "finished")
         except asyncio.CancelledError:
             self._set_state(cfg.name, stats, "stopped")

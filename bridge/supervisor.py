@@ -8,13 +8,15 @@ error nobody classified) is wrapped into :class:`TaskCrashed`, which is retryabl
 misbehaving adapter must not stop the others. A ``FatalError`` propagates: the daemon
 then stops with a clear message.
 
-A task that ran healthily for ``healthy_after_s`` before failing starts over with the
-shortest delay, so an adapter that fails once a day is not penalised by yesterday's
-attempts.
+A task that ran healthily for ``healthy_after_s`` before failing, or that made progress
+in its last run (``progress()`` went up: e.g. batches committed), starts over with the
+shortest delay: an adapter that fails once a day, or several sources hit by a burst of
+short outages, is not penalised by earlier attempts.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -28,7 +30,7 @@ class TaskCrashed(RetryableError):
 
 
 class _HealthyRunEnded(Exception):
-    """Internal: the failed run had been healthy long enough to reset the back-off."""
+    """Internal: the failed run was healthy (long or productive): reset the back-off."""
 
 
 async def supervise(
@@ -41,6 +43,7 @@ async def supervise(
     initial_s: float = 0.5,
     max_s: float = 30.0,
     healthy_after_s: float = 60.0,
+    progress: Callable[[], int] = lambda: 0,
 ) -> None:
     """Run ``run_once`` until it returns, restarting it on non-fatal failures."""
     first = True
@@ -53,6 +56,7 @@ async def supervise(
                         on_restart()
                     first = False
                     started = time.monotonic()
+                    done_before = progress()
                     try:
                         await run_once()
                         return
@@ -60,13 +64,16 @@ async def supervise(
                         raise
                     except Exception as e:
                         on_failure(e)
-                        if time.monotonic() - started >= healthy_after_s:
+                        if not isinstance(e, RetryableError):
+                            log.error("%s crashed: %s: %s", what, type(e).__name__, e,
+                                      exc_info=e)
+                        healthy = time.monotonic() - started >= healthy_after_s
+                        if healthy or progress() > done_before:
                             raise _HealthyRunEnded() from e
                         if isinstance(e, RetryableError):
                             raise
-                        log.error("%s crashed: %s: %s", what, type(e).__name__, e,
-                                  exc_info=e)
                         raise TaskCrashed(f"{type(e).__name__}: {e}") from e
         except _HealthyRunEnded as ended:
-            log.warning("%s failed after a healthy run: %s; restarting now", what,
-                        ended.__cause__)
+            log.warning("%s failed after a healthy run: %s; restarting in %.1fs", what,
+                        ended.__cause__, initial_s)
+            await asyncio.sleep(initial_s)

@@ -33,7 +33,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from outbox.base import OutboxMessage, PendingRow, StoreStats
+from outbox.base import OutboxMessage, PendingRow, StoreStats, StoreUnavailable
 
 log = logging.getLogger("cdc_bridge.outbox")
 
@@ -57,6 +57,12 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 _CONVERT_LIMIT_BYTES = 256 * 1024 * 1024
 _WAL_LIMIT_BYTES = 64 * 1024 * 1024
 _VACUUM_PAGES_PER_CALL = 20_000
+
+
+def _transient(e: sqlite3.OperationalError) -> bool:
+    """Errors that go away by themselves: a full disk, a locked database, an I/O hiccup."""
+    text = str(e).lower()
+    return any(w in text for w in ("disk is full", "database is locked", "disk i/o error"))
 
 
 class SqliteStore:
@@ -145,8 +151,12 @@ class SqliteStore:
                 )
             last = self._last_seq(conn)
             conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
+        except BaseException as e:
+            # SQLite may already have rolled back (a failed COMMIT on a full disk)
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            if isinstance(e, sqlite3.OperationalError) and _transient(e):
+                raise StoreUnavailable(f"outbox {self.path}: {e}; retrying") from e
             raise
         return last
 
