@@ -140,6 +140,12 @@ class ControlDb:
             conn.close()
         return [_request((*r[:4], RUNNING, *r[5:])) for r in rows]
 
+    def requeue_running(self) -> list[int]:
+        """Put requests left ``running`` (by a daemon that died) back to ``pending``."""
+        rows = self._run("UPDATE requests SET status=?, updated_ms=? WHERE status=?"
+                         " RETURNING id", (PENDING, _now_ms(), RUNNING))
+        return [int(r[0]) for r in rows]
+
     def update(self, request_id: int, *, status: str | None = None, events: int | None = None,
                message: str | None = None) -> None:
         self._run(

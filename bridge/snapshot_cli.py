@@ -4,8 +4,8 @@ The request goes into the control file (:mod:`bridge.control`) that the running 
 polls; the daemon side is :mod:`bridge.snapshots`. Before queueing, the command checks
 what it can locally so mistakes fail fast with exit code 2: the adapter exists, and
 its type implements :class:`adapters.base.SupportsSnapshot` ("not supported by this
-adapter type" otherwise). The snapshot's size is not known in advance, so the bar is
-indeterminate: a moving block and the count of rows read so far.
+adapter type" otherwise). The bar is indeterminate (a moving block and the count of rows
+read so far), followed by ``rows/total`` when the adapter reports an estimated total.
 
 Exit codes: 0 done (or queued with ``--no-wait``), 1 failed or timed out, 2 bad request.
 """
@@ -97,10 +97,11 @@ def _follow(control: ControlDb, rid: int, what: str, timeout_s: float, echo: Ech
                 return 0
             echo(f"snapshot of {what}: failed: {req.message}", err=True)
             return 1
+        detail = f" ({req.message})" if req.message else ""  # e.g. "1200/5000 rows"
         if tty:
-            echo("\r" + progress_line(req.events, elapsed), nl=False, err=True)
+            echo("\r" + progress_line(req.events, elapsed) + detail, nl=False, err=True)
         elif req.events != last_rows:
-            echo(f"snapshot of {what}: {req.status}, {req.events} rows read", err=True)
+            echo(f"snapshot of {what}: {req.status}, {req.events} rows read{detail}", err=True)
             last_rows = req.events
         if timeout_s and elapsed > timeout_s:
             echo(f"snapshot of {what}: still {req.status} after {timeout_s:.0f}s; "

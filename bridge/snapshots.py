@@ -14,6 +14,18 @@ A ``snapshot`` request (from ``cdc-bridge snapshot`` or ``POST /snapshot``, thro
    been committed for ``quiet_s`` (the protocol has no end-of-snapshot marker, so a
    quiet period stands in for one; an adapter whose ``request_snapshot`` only returns
    when its snapshot is complete makes this exact).
+
+Adapters that track their re-snapshots durably (``postgres``, ``sql_poll``) also
+implement :class:`ReportsSnapshotProgress`: ``snapshot_progress()`` says which request
+numbers they took and which run their *committed* checkpoint has finished, with rows
+done and an estimated total. Steps 4-5 then follow that report instead of the quiet
+period: progress is ``rows/total``, ``done`` is exact (committed), and a request lost
+by an adapter restart before it was committed is handed to the new instance again. A
+request refused by the adapter (:class:`SnapshotRequestError`, e.g. a table that is not
+captured) fails with the adapter's message. Requests such an adapter was running when
+the daemon stopped go back to ``pending``, and requests left ``running`` by a daemon
+that died (``kill -9``) are queued again on start, so the CLI following one sees it
+finish once the daemon is back (the adapter resumes the run from its checkpoint).
 """
 
 from __future__ import annotations
@@ -23,12 +35,40 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from adapters.base import SupportsSnapshot
-from bridge.control import DONE, FAILED, ControlDb, Request
+from bridge.control import DONE, FAILED, PENDING, ControlDb, Request
 
 log = logging.getLogger("cdc_bridge.snapshot")
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotReport:
+    """An adapter's account of its re-snapshots (see :class:`ReportsSnapshotProgress`)."""
+
+    #: Number of the latest request the adapter has taken (0: none).
+    requested: int
+    #: Number of the run described by the adapter's last committed checkpoint.
+    committed: int
+    #: Rows read (``op: r`` committed) by that run, and its estimated total.
+    rows: int
+    total: int
+    #: That committed run is finished.
+    done: bool
+
+
+class SnapshotRequestError(Exception):
+    """A re-snapshot request an adapter refuses; the text is shown to the user as is."""
+
+
+@runtime_checkable
+class ReportsSnapshotProgress(Protocol):
+    """Optional, with ``SupportsSnapshot``: exact progress and completion."""
+
+    def snapshot_progress(self) -> SnapshotReport | None:
+        """``None`` until the adapter has loaded its checkpoint."""
+        ...
 
 
 @dataclass(slots=True)
@@ -71,6 +111,13 @@ class SnapshotRunner:
         self.wait_running_s = wait_running_s
         self.interval_s = interval_s
         self._tasks: set[asyncio.Task[None]] = set()
+        self._durable: set[int] = set()
+        try:  # requests a killed daemon left running: its adapters resume them
+            for rid in control.requeue_running():
+                log.info("snapshot request %d was running when the daemon stopped: "
+                         "queued again", rid)
+        except Exception as e:  # the control file must never take the daemon down
+            log.warning("control channel: %s", e)
 
     def start(self, req: Request) -> None:
         task = asyncio.create_task(self._handle(req), name=f"snapshot-{req.id}")
@@ -93,9 +140,15 @@ class SnapshotRunner:
             await self._run(req)
         except asyncio.CancelledError:
             with contextlib.suppress(Exception):
-                self.control.update(req.id, status=FAILED,
-                                    message="the daemon stopped before the snapshot finished")
+                if req.id in self._durable:
+                    self.control.update(req.id, status=PENDING, message="the daemon stopped; "
+                                        "the snapshot resumes when it restarts")
+                else:
+                    self.control.update(req.id, status=FAILED, message="the daemon stopped "
+                                        "before the snapshot finished")
             raise
+        except SnapshotRequestError as e:
+            await self._finish(req, FAILED, str(e))
         except Exception as e:
             await self._finish(req, FAILED, f"{type(e).__name__}: {e}")
 
@@ -124,7 +177,37 @@ class SnapshotRunner:
                  req.adapter, ",".join(req.tables or ["all tables"]))
         base = stats.reads(req.tables)
         await adapter.request_snapshot(req.tables)
+        if isinstance(adapter, ReportsSnapshotProgress):
+            self._durable.add(req.id)
+            report = adapter.snapshot_progress()
+            await self._follow(req, stats, report.requested if report else 0)
+            return
         await self._watch(req, stats, base)
+
+    async def _follow(self, req: Request, stats: AdapterStats, target: int) -> None:
+        """Progress and completion from the adapter's own (committed) report."""
+        shown: tuple[int, int] | None = None
+        while True:
+            adapter = stats.adapter
+            report = (adapter.snapshot_progress()
+                      if isinstance(adapter, ReportsSnapshotProgress) else None)
+            if report is not None and report.requested < target:
+                # a restarted adapter never committed the request: hand it over again
+                log.info("snapshot request %d: adapter %s restarted before committing it; "
+                         "asking again", req.id, req.adapter)
+                await adapter.request_snapshot(req.tables)
+                again = adapter.snapshot_progress()
+                target = again.requested if again else target
+            elif report is not None and report.committed >= target and report.done:
+                await self._finish(req, DONE, f"{report.rows} rows read", report.rows)
+                return
+            elif report is not None and report.committed >= target and (
+                    report.rows, report.total) != shown:
+                shown = (report.rows, report.total)
+                total = max(report.total, report.rows)
+                await asyncio.to_thread(self.control.update, req.id, events=report.rows,
+                                        message=f"{report.rows}/{total} rows")
+            await asyncio.sleep(self.interval_s)
 
     async def _watch(self, req: Request, stats: AdapterStats, base: int) -> None:
         last, quiet_since = -1, time.monotonic()

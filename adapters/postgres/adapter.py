@@ -14,6 +14,12 @@ checkpoint, slot missing          [when_needed] new slot and a new snapshot gene
                                   otherwise a SourceSetupError: changes were lost
 ================================  ==================================================
 
+Re-snapshots on demand (``cdc-bridge snapshot``, :meth:`PostgresAdapter.request_snapshot`)
+run while streaming, chunk by chunk, interleaved with the stream (see
+:mod:`adapters.postgres.resnap_state` for the guarantee); their progress is part of the
+checkpoint, so a restarted adapter resumes them, and :meth:`snapshot_progress` reports
+what the committed checkpoint says.
+
 Failures of the source (connection refused or cut, server restart) raise
 :class:`bridge.errors.SourceUnavailable`; the daemon's supervisor backs off (the shared
 policy of :mod:`bridge.backoff`) and builds a new adapter from the last committed
@@ -33,10 +39,12 @@ import psycopg
 from adapters.base import AdapterConfig, AdapterContext, AdapterType, ChangeBatch, Checkpoint
 from adapters.postgres import pgoutput as po
 from adapters.postgres.changes import EventBuilder
-from adapters.postgres.config import PostgresConfig
+from adapters.postgres.config import PostgresConfig, split_name
 from adapters.postgres.heartbeat import run_heartbeat
 from adapters.postgres.position import Position, SnapshotProgress
 from adapters.postgres.replication import ReplicationConnection, connection_error
+from adapters.postgres.resnap_state import ResnapProgress
+from adapters.postgres.resnapshot import Resnapshotter
 from adapters.postgres.setup import (
     SourceInfo,
     TableInfo,
@@ -51,6 +59,7 @@ from adapters.postgres.stream import StreamReader
 from adapters.postgres.values import ValueDecoder
 from bridge.errors import SourceSetupError, SourceUnavailable
 from bridge.metrics import ADAPTER_UP
+from bridge.snapshots import SnapshotReport, SnapshotRequestError
 
 log = logging.getLogger("cdc_bridge.adapter.postgres")
 
@@ -68,6 +77,11 @@ class PostgresAdapter:
         self._stream: StreamReader | None = None
         self._heartbeat: asyncio.Task[None] | None = None
         self._values: ValueDecoder | None = None
+        self._pos: Position | None = None
+        self._resnap: Resnapshotter | None = None
+        #: Re-snapshot progress as of the last acknowledged (committed) checkpoint.
+        self._committed: ResnapProgress | None = None
+        self._ready = asyncio.Event()
 
     # ---------------------------------------------------------------- set-up
 
@@ -184,6 +198,15 @@ class PostgresAdapter:
         info = await self._setup()
         self._tables = info.by_name()
         pos = await self._plan(pos, info)
+        self._pos = pos
+        if pos.resnapshot is not None:
+            self._committed = ResnapProgress.from_json(pos.resnapshot.to_json())
+            if not pos.resnapshot.finished:
+                pos.resnapshot.attempt += 1  # chunks read again get new event ids
+                log.info("%s: re-snapshot gen %d resumes: %d/%d rows, tables left: %s",
+                         self.name, pos.resnapshot.gen, pos.resnapshot.rows,
+                         pos.resnapshot.total, ", ".join(pos.resnapshot.remaining()))
+        self._ready.set()
         builder = self._builder()
         if pos.snapshot is not None:
             assert self._copy is not None
@@ -197,6 +220,9 @@ class PostgresAdapter:
         await self._repl.connect()
         self._stream = stream = StreamReader(self.config, self._repl, builder, pos,
                                              self._prepare_relation)
+        stream.resnap = self._resnap = Resnapshotter(
+            self.name, self.config.dsn, self.config.connect_timeout, builder, self._tables, pos,
+            self.config.snapshot_chunk_size)
         if self.config.heartbeat_interval > 0:
             self._heartbeat = asyncio.create_task(run_heartbeat(
                 self.name, self.config.dsn, self.config.heartbeat_interval, stream.idle_s))
@@ -207,6 +233,71 @@ class PostgresAdapter:
     async def acknowledge(self, checkpoint: Checkpoint | None) -> None:
         if checkpoint is not None and self._stream is not None:
             self._stream.acknowledge(po.str_to_lsn(checkpoint["lsn"]))
+        if checkpoint is not None and checkpoint.get("resnapshot"):
+            self._committed = ResnapProgress.from_json(checkpoint["resnapshot"])
+
+    # ---------------------------------------------------------------- re-snapshots
+
+    async def request_snapshot(self, tables: list[str] | None) -> None:
+        """Queue a re-snapshot of ``tables`` (all captured tables when ``None``)."""
+        try:
+            await asyncio.wait_for(self._ready.wait(), 60.0)
+        except TimeoutError:
+            raise SnapshotRequestError(f"adapter {self.name} is not capturing yet") from None
+        pos = self._pos
+        assert pos is not None
+        names = self._snapshot_tables(tables)
+        current = pos.resnapshot
+        if current is None or current.finished:
+            pos.gen += 1
+            current = pos.resnapshot = ResnapProgress(
+                (current.seq if current else 0) + 1, pos.gen, tables=names)
+            log.info("%s: re-snapshot gen %d requested: %s", self.name, current.gen,
+                     ", ".join(names))
+        else:
+            current.merge(names)
+            current.seq += 1
+            log.info("%s: re-snapshot gen %d (running) now also covers: %s", self.name,
+                     current.gen, ", ".join(names))
+        if self._stream is not None:
+            self._stream.request()
+
+    def _snapshot_tables(self, tables: list[str] | None) -> list[str]:
+        known = self._tables
+        if not tables:
+            keyless = [t for t, info in known.items() if not info.primary_key]
+            if keyless:
+                log.warning("%s: re-snapshot skips tables without a primary key: %s",
+                            self.name, ", ".join(keyless))
+            names = [t for t, info in known.items() if info.primary_key]
+            if not names:
+                raise SnapshotRequestError(f"adapter {self.name}: no captured table has a "
+                                           "primary key (a live re-snapshot needs one)")
+            return names
+        names = []
+        for t in tables:
+            qualified = "{}.{}".format(*split_name(t))
+            info = known.get(qualified)
+            if info is None:
+                raise SnapshotRequestError(
+                    f"table {t!r} is not captured by adapter {self.name} (captured: "
+                    f"{', '.join(sorted(known)) or 'none'})")
+            if not info.primary_key:
+                raise SnapshotRequestError(
+                    f"table {qualified} has no primary key: a live re-snapshot reads and "
+                    "matches rows by primary key")
+            if qualified not in names:
+                names.append(qualified)
+        return names
+
+    def snapshot_progress(self) -> SnapshotReport | None:
+        if not self._ready.is_set() or self._pos is None:
+            return None
+        requested = self._pos.resnapshot
+        done = self._committed
+        return SnapshotReport(requested.seq if requested else 0, done.seq if done else 0,
+                              done.rows if done else 0, done.total if done else 0,
+                              bool(done and done.finished))
 
     async def close(self) -> None:
         ADAPTER_UP.labels(adapter=self.name).set(0)
@@ -215,6 +306,9 @@ class PostgresAdapter:
             with contextlib.suppress(BaseException):
                 await self._heartbeat
             self._heartbeat = None
+        if self._resnap is not None:
+            await self._resnap.close()
+            self._resnap = None
         if self._repl is not None:
             self._repl.close()
             self._repl = None

@@ -16,6 +16,9 @@ already in the outbox:
     key copied (text form), generation and attempt (both part of ``r`` event ids).
 ``filters``
     see below.
+``resnapshot``
+    an on-demand re-snapshot of live tables (present once one was requested; see
+    :mod:`adapters.postgres.resnap_state`). Absent in older checkpoints.
 
 Resuming a snapshot after a crash. The exported snapshot that made the first copy
 consistent with the slot died with its connection. Rows not yet copied are read from a
@@ -39,9 +42,12 @@ from __future__ import annotations
 import decimal
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from adapters.postgres.pgoutput import lsn_to_str, str_to_lsn
+
+if TYPE_CHECKING:
+    from adapters.postgres.resnap_state import ResnapProgress
 
 _XID_MASK = 0xFFFF_FFFF
 #: Type OIDs whose text form converts to a Python value ordered like PostgreSQL orders it.
@@ -156,6 +162,8 @@ class Position:
     filters: list[SnapshotFilter] = field(default_factory=list)
     #: Snapshot generation counter (each new snapshot gets new ``r`` event ids).
     gen: int = 0
+    #: On-demand re-snapshot of live tables (:mod:`adapters.postgres.resnap_state`).
+    resnapshot: ResnapProgress | None = None
 
     def to_checkpoint(self) -> dict[str, Any]:
         return {
@@ -165,6 +173,7 @@ class Position:
             "snapshot": None if self.snapshot is None else self.snapshot.to_json(),
             "filters": [f.to_json() for f in self.filters],
             "gen": self.gen,
+            **({} if self.resnapshot is None else {"resnapshot": self.resnapshot.to_json()}),
         }
 
     @classmethod
@@ -180,9 +189,18 @@ class Position:
             snapshot=None if snap is None else SnapshotProgress.from_json(snap),
             filters=[SnapshotFilter.from_json(f) for f in raw.get("filters", [])],
             gen=int(raw.get("gen", 0)),
+            resnapshot=_resnap(raw.get("resnapshot")),
         )
 
     def retire_filters(self, commit_lsn: int) -> None:
         """Drop filters the stream has passed: no later transaction can be visible in them."""
         if self.filters and any(commit_lsn >= f.until for f in self.filters):
             self.filters = [f for f in self.filters if commit_lsn < f.until]
+
+
+def _resnap(raw: dict[str, Any] | None) -> ResnapProgress | None:
+    if not raw:
+        return None
+    from adapters.postgres.resnap_state import ResnapProgress as _Progress  # (cycle)
+
+    return _Progress.from_json(raw)

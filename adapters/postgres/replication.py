@@ -73,6 +73,7 @@ class ReplicationConnection:
         self._conninfo = replication_conninfo(dsn, connect_timeout_s)
         self.pgconn: pq.abc.PGconn | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._waiting: asyncio.Future[None] | None = None
 
     # ---------------------------------------------------------------- commands
 
@@ -156,12 +157,19 @@ class ReplicationConnection:
                 fut.set_result(None)
 
         loop.add_reader(fd, ready)
+        self._waiting = fut
         try:
             await asyncio.wait_for(fut, timeout_s)
         except TimeoutError:
             pass
         finally:
+            self._waiting = None
             loop.remove_reader(fd)
+
+    def wake(self) -> None:
+        """End a :meth:`wait_readable` in progress now (the loop has work)."""
+        if self._waiting is not None and not self._waiting.done():
+            self._waiting.set_result(None)
 
     async def send(self, data: bytes) -> None:
         conn = self._require()

@@ -13,6 +13,12 @@ one: batches are cut inside it, with a checkpoint naming the transaction's commi
 how many of its changes are already in the outbox; the slot stays at the end of the
 previous transaction until the last batch of this one is committed.
 
+Re-snapshots on demand (:mod:`adapters.postgres.resnapshot`): between two transactions
+the loop lets the :class:`~adapters.postgres.resnapshot.Resnapshotter` read the next
+chunk, reports each change of a held table to it, and at each known WAL position (a
+commit's end, a ``Begin``'s commit LSN, a keepalive or logical message outside a
+transaction) lets it release a passed chunk as ``r`` events into the batch being built.
+
 Flushes: the daemon calls :meth:`StreamReader.acknowledge` after each commit; we send
 the server that LSN as written/flushed/applied, immediately when it moved and at least
 every ``status_interval``, and at once when a keepalive asks for a reply. When nothing
@@ -35,6 +41,7 @@ from adapters.postgres.changes import EventBuilder, RelationState, TxMeta
 from adapters.postgres.config import HEARTBEAT_PREFIX, PostgresConfig
 from adapters.postgres.position import Position, governing
 from adapters.postgres.replication import ReplicationConnection
+from adapters.postgres.resnapshot import Resnapshotter
 from bridge.errors import DecodeError
 from bridge.events import ChangeEvent, DeadLetter
 from bridge.metrics import SOURCE_LAG
@@ -79,6 +86,8 @@ class StreamReader:
         self.last_data_at = time.monotonic()
         self.prefixes = frozenset(config.messages)
         self.lag = SOURCE_LAG.labels(adapter=self.name, unit="bytes")
+        #: Set by the adapter: on-demand re-snapshots interleaved with the stream.
+        self.resnap: Resnapshotter | None = None
 
     # ---------------------------------------------------------------- public
 
@@ -97,6 +106,10 @@ class StreamReader:
                     await self.prepare_relation(rel)
                 if len(self.events) >= cfg.batch_size:
                     yield self._take()
+                if self.tx is None and self.resnap is not None and self.resnap.wants_chunk():
+                    await self.resnap.read_chunk()
+            if self.tx is None and self.resnap is not None and self.resnap.wants_chunk():
+                await self.resnap.read_chunk()
             now = time.monotonic()
             if raws:
                 self.last_data_at = now
@@ -109,6 +122,12 @@ class StreamReader:
             if not raws:
                 wait = max(0.001, self.first_at + delay - now) if pending else 1.0
                 await self.conn.wait_readable(min(wait, cfg.status_interval))
+
+    def request(self) -> None:
+        """A re-snapshot was requested: commit a checkpoint carrying it soon."""
+        self._note()
+        self.dirty = True
+        self.conn.wake()
 
     def acknowledge(self, lsn: int) -> None:
         self.flushed = max(self.flushed, lsn)
@@ -154,6 +173,7 @@ class StreamReader:
             self.server_end = max(self.server_end, msg.wal_end)
             if self.tx is None:
                 self.idle_end = max(self.idle_end, msg.wal_end)
+                self._release(msg.wal_end)
             self.reply_due = self.reply_due or msg.reply_requested
             return None
         self.server_end = max(self.server_end, msg.wal_end)
@@ -179,7 +199,19 @@ class StreamReader:
             raise DecodeError(f"pgoutput: unexpected {type(m).__name__} with protocol 1")
         return None
 
+    def _release(self, lsn: int) -> None:
+        """The stream is at ``lsn`` between transactions: a held chunk may go out."""
+        if self.resnap is None or self.resnap.pending is None:
+            return
+        released = self.resnap.at(lsn)
+        if released is not None:
+            self._note()
+            self.events.extend(released[0])
+            self.dead.extend(released[1])
+            self.dirty = True
+
     def _begin(self, m: po.Begin) -> None:
+        self._release(m.final_lsn)
         pos = self.pos
         skip = m.final_lsn < pos.lsn
         skip_below = pos.tx_done if (pos.tx_lsn == m.final_lsn) else 0
@@ -198,6 +230,9 @@ class StreamReader:
         pos.tx_lsn, pos.tx_done = None, 0
         pos.retire_filters(m.commit_lsn)
         self.dirty = True
+        if self.resnap is not None:
+            self.resnap.committed(tx.meta.xid)
+            self._release(m.end_lsn)
 
     def _next(self) -> tuple[_Tx, int] | None:
         """The open transaction and this change's ordinal, or ``None`` to skip it."""
@@ -233,6 +268,10 @@ class StreamReader:
         if not rel.captured:
             return
         row = m.new if not isinstance(m, po.Delete) else (m.old or m.key)
+        if self.resnap is not None and self.resnap.holds(rel.qualified):
+            tuples = [m.key, m.old] if isinstance(m, po.Delete) else (
+                [m.new] if isinstance(m, po.Insert) else [m.new, m.key, m.old])
+            self.resnap.observe(rel, tx.meta.xid, [t.values for t in tuples if t is not None])
         if self._filtered(rel, tx, row.values if row is not None else None):
             return
         self._note()
@@ -255,6 +294,10 @@ class StreamReader:
         if tx.skip:
             return
         extra = {"lsn": po.lsn_to_str(lsn), "snapshot": False}
+        if self.resnap is not None and self.resnap.pending is not None:
+            for oid in m.relation_oids:
+                if self.resnap.holds(self.builder.rel(oid).qualified):
+                    self.resnap.observe_truncate(tx.meta.xid)
         for index, ev in self.builder.truncates(m, tx.meta, first, extra):
             if ev is not None and index >= tx.skip_below and not self._truncate_filtered(
                     f"{ev.schema}.{ev.table}", tx):
@@ -265,7 +308,10 @@ class StreamReader:
         if m.prefix == HEARTBEAT_PREFIX:
             if self.tx is None:
                 self.idle_end = max(self.idle_end, lsn)
+                self._release(lsn)
             return
+        if not m.transactional and self.tx is None:
+            self._release(lsn)
         if m.transactional:
             step = self._next()
             if step is None:

@@ -9,6 +9,13 @@ in-memory state of all tables always equals what is committed, plus the one batc
 flight. A table with more to read (a full page, a pass in progress) stays due; others
 wait for their ``poll_interval``.
 
+Re-snapshots on demand (:meth:`SqlPollAdapter.request_snapshot`): a cursor-mode table
+walks its rows by primary key in pages that take turns with its normal polls
+(:mod:`adapters.sql_poll.resnapshot`); a diff table runs a full pass at once (see
+:mod:`adapters.sql_poll.diff_mode`). The run (request number, rows, estimated total,
+tables left) is in the checkpoint; :meth:`SqlPollAdapter.snapshot_progress` reports it
+as of the last committed batch.
+
 Errors: connection problems become :class:`~bridge.errors.SourceUnavailable` (the
 daemon restarts the adapter from its checkpoint with back-off); a missing table or
 column becomes :class:`~bridge.errors.SourceSetupError` (fatal). The gauge
@@ -32,11 +39,13 @@ from adapters.sql_poll.config import PollTable, SqlPollConfig
 from adapters.sql_poll.cursor_mode import CursorTable
 from adapters.sql_poll.diff_mode import DiffTable
 from adapters.sql_poll.diff_state import DiffState
+from adapters.sql_poll.resnapshot import Resnap, resnap_page
 from adapters.sql_poll.source import TableSource, classify, create_engine
 from adapters.sql_poll.values import Cursor
 from bridge.errors import BridgeError
 from bridge.events import ChangeEvent
 from bridge.metrics import SOURCE_LAG
+from bridge.snapshots import SnapshotReport, SnapshotRequestError
 
 if TYPE_CHECKING:
     from adapters.base import AdapterContext
@@ -58,6 +67,9 @@ class _Slot:
         self.page_after: Cursor | None = None
         self.polling = False
         self.last_done_ms = int(time.time() * 1000)
+        #: When the next normal poll of a cursor table is due (re-snapshot pages run
+        #: while it is not).
+        self.poll_due_ms = 0
 
 
 class SqlPollAdapter:
@@ -69,6 +81,10 @@ class SqlPollAdapter:
         self.state: DiffState | None = None
         self.slots: list[_Slot] = []
         self._inflight: asyncio.Future[Any] | None = None
+        self._ready = asyncio.Event()
+        #: The re-snapshot run: request number, rows, total, tables left (checkpointed).
+        self.resnap: dict[str, Any] = {"seq": 0, "rows": 0, "total": 0, "pending": []}
+        self._committed: dict[str, Any] | None = None
 
     @property
     def state_path(self) -> Path:
@@ -80,6 +96,9 @@ class SqlPollAdapter:
         cfg = self.config
         self.engine = create_engine(cfg.url)
         saved: dict[str, Any] = dict((checkpoint or {}).get("tables", {}))
+        if (checkpoint or {}).get("resnap"):
+            self.resnap = dict(checkpoint["resnap"])  # type: ignore[index]
+        self._committed = dict(self.resnap)
         for spec in cfg.tables:
             source = self._guard(lambda s=spec: TableSource(self.engine, s),  # type: ignore[misc]
                                  f"table {spec.name!r}")
@@ -115,16 +134,19 @@ class SqlPollAdapter:
 
     def checkpoint(self) -> Checkpoint:
         return {"v": CHECKPOINT_VERSION,
-                "tables": {s.spec.name: s.runner.dump() for s in self.slots}}
+                "tables": {s.spec.name: s.runner.dump() for s in self.slots},
+                "resnap": dict(self.resnap)}
 
     async def changes(self, checkpoint: Checkpoint | None) -> AsyncIterator[ChangeBatch]:
         await self._in_thread(lambda: self._open(checkpoint))
+        self._ready.set()
         committed = self.checkpoint()
         while True:
             now_ms = int(time.time() * 1000)
             due = [s for s in self.slots if s.next_ms <= now_ms]
             for slot in due:
                 events = await self._in_thread(lambda s=slot: self._unit(s))  # type: ignore[misc]
+                self._note_resnap(slot, events)
                 current = self.checkpoint()
                 if events or current != committed:
                     committed = current
@@ -159,6 +181,15 @@ class SqlPollAdapter:
     def _cursor_unit(self, slot: _Slot, runner: CursorTable,
                      conn: sa.Connection) -> list[ChangeEvent]:
         now_ms = int(time.time() * 1000)
+        if runner.resnap is not None and not slot.polling and now_ms < slot.poll_due_ms:
+            events, complete = resnap_page(self.name, runner.source, runner.resnap,
+                                           runner.batch_size, conn, now_ms)
+            if complete:
+                log.info("%s/%s: re-snapshot %d done: %d rows", self.name, slot.spec.name,
+                         runner.resnap.seq, runner.resnap.done)
+                runner.resnap = None
+            slot.next_ms = 0 if runner.resnap is not None else slot.poll_due_ms
+            return events
         if not slot.polling:
             slot.page_after = runner.begin_poll(conn, now_ms)
             slot.polling = True
@@ -168,7 +199,9 @@ class SqlPollAdapter:
         if not page.full:
             slot.polling = False
             slot.last_done_ms = slot.poll_started_ms  # type: ignore[attr-defined]
-            slot.next_ms = now_ms + int(slot.interval_s * 1000)
+            slot.next_ms = slot.poll_due_ms = now_ms + int(slot.interval_s * 1000)
+            if runner.resnap is not None:
+                slot.next_ms = 0
         return page.events
 
     def _diff_unit(self, slot: _Slot, runner: DiffTable,
@@ -192,7 +225,74 @@ class SqlPollAdapter:
                 max(0.0, time.time() - oldest / 1000))
 
     async def acknowledge(self, checkpoint: Checkpoint | None) -> None:
-        return None
+        if checkpoint is not None and checkpoint.get("resnap"):
+            self._committed = dict(checkpoint["resnap"])
+
+    # --- re-snapshots -----------------------------------------------------------------
+
+    async def request_snapshot(self, tables: list[str] | None) -> None:
+        """Re-read ``tables`` (all when ``None``) and emit every current row as ``r``."""
+        try:
+            await asyncio.wait_for(self._ready.wait(), 60.0)
+        except TimeoutError:
+            raise SnapshotRequestError(f"adapter {self.name} is not polling yet") from None
+        by_name = {s.spec.name: s for s in self.slots}
+        chosen: list[_Slot] = []
+        for t in tables or list(by_name):
+            slot = by_name.get(t) or next((s for s in self.slots
+                                           if s.spec.name.rpartition(".")[2] == t), None)
+            if slot is None:
+                raise SnapshotRequestError(
+                    f"table {t!r} is not polled by adapter {self.name} (tables: "
+                    f"{', '.join(by_name)})")
+            if slot not in chosen:
+                chosen.append(slot)
+        total = await asyncio.to_thread(self._count, chosen)
+        run = self.resnap
+        if not run["pending"]:
+            run.update(rows=0, total=0)
+        run["seq"] += 1
+        run["total"] += total
+        for slot in chosen:
+            if slot.spec.name not in run["pending"]:
+                run["pending"].append(slot.spec.name)
+            if isinstance(slot.runner, DiffTable):
+                slot.runner.full_pending = run["seq"]
+            elif slot.runner.resnap is None:
+                slot.runner.resnap = Resnap(run["seq"])
+            slot.next_ms = 0
+        log.info("%s: re-snapshot %d requested: %s (about %d rows)", self.name, run["seq"],
+                 ", ".join(s.spec.name for s in chosen), total)
+
+    def _count(self, slots: list[_Slot]) -> int:
+        assert self.engine is not None
+        try:
+            with self.engine.connect() as conn:
+                return sum(s.runner.source.count(conn) for s in slots)
+        except (SQLAlchemyError, OSError) as e:
+            raise classify(e, f"{self.name}: counting rows to re-snapshot") from None
+
+    def _note_resnap(self, slot: _Slot, events: list[ChangeEvent]) -> None:
+        run = self.resnap
+        if slot.spec.name not in run["pending"]:
+            return
+        run["rows"] += sum(1 for e in events if e.op == "r" and
+                           "resnapshot" in (e.source_extra or {}))
+        runner = slot.runner
+        busy = (runner.full is not None or runner.full_pending is not None
+                if isinstance(runner, DiffTable) else runner.resnap is not None)
+        if not busy:
+            run["pending"] = [t for t in run["pending"] if t != slot.spec.name]
+            if not run["pending"]:
+                log.info("%s: re-snapshot %d done: %d rows", self.name, run["seq"],
+                         run["rows"])
+
+    def snapshot_progress(self) -> SnapshotReport | None:
+        if not self._ready.is_set() or self._committed is None:
+            return None
+        done = self._committed
+        return SnapshotReport(int(self.resnap["seq"]), int(done["seq"]), int(done["rows"]),
+                              int(done["total"]), not done["pending"])
 
     async def close(self) -> None:
         if self._inflight is not None and not self._inflight.done():

@@ -33,6 +33,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from adapters.sql_poll.resnapshot import Resnap
 from adapters.sql_poll.source import TableSource
 from adapters.sql_poll.values import (
     Cursor,
@@ -76,6 +77,8 @@ class CursorTable:
         self.hw: Cursor | None = None
         self.max_inc: Any = None
         self.snap: dict[str, int] | None = None
+        #: On-demand re-snapshot in progress (:mod:`adapters.sql_poll.resnapshot`).
+        self.resnap: Resnap | None = None
         self._progress_at = 0.0
         self._warned_at = 0.0
 
@@ -84,6 +87,8 @@ class CursorTable:
     def load(self, data: Any) -> None:
         if data is None:
             return
+        if isinstance(data, dict):
+            self.resnap = Resnap.from_json(data.get("resnap"))
         if not isinstance(data, dict):  # checkpoint of the first sql_poll: the last id
             self.started = True
             self.window.base = self.window.top = (data,)
@@ -97,7 +102,8 @@ class CursorTable:
     def dump(self) -> dict[str, Any]:
         return {"mode": self.source.mode, "window": self.window.to_json(),
                 "hw": encode_cursor(self.hw), "max_inc": encode_value(self.max_inc),
-                "snapshot": self.snap}
+                "snapshot": self.snap,
+                **({} if self.resnap is None else {"resnap": self.resnap.to_json()})}
 
     # --- polling ----------------------------------------------------------------------
 

@@ -48,6 +48,15 @@ def diff_chunk(rows: Sequence[SourceRow], stored: Mapping[str, Stored], *,
     return changes, writes
 
 
+def snapshot_chunk(rows: Sequence[SourceRow], stored: Mapping[str, Stored], *,
+                   keep_images: bool = True) -> tuple[list[Change], list[Write]]:
+    """A re-snapshot pass: every row is an ``r``; the state learns what changed."""
+    changes = [Change("r", row.key, None, row.image) for row in rows]
+    writes = [Write(row.key, row.hash, row.image if keep_images else None) for row in rows
+              if (old := stored.get(row.key)) is None or old.hash != row.hash]
+    return changes, writes
+
+
 def deletes(unseen: Sequence[tuple[str, Stored]]) -> tuple[list[Change], list[Write]]:
     changes = [Change("d", key, old.image, None) for key, old in unseen]
     writes = [Write(key, None, None) for key, _ in unseen]

@@ -17,6 +17,12 @@ per key per pass, the same ids if a step is redone.
 
 A row changed several times between two passes yields one event (its latest state); a
 row deleted and re-inserted with the same content between passes yields none.
+
+Re-snapshot on demand (``cdc-bridge snapshot``): the next pass starts at once and is a
+*full* pass: every row read becomes ``r`` (its current content), the state records the
+rows that changed (so the next normal pass diffs against what the ``r`` events said),
+and the sweep emits ``d`` for keys gone since the last pass, as in any pass. A request
+while a pass runs applies to the next pass, so the state is never half refreshed.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ from typing import Any
 import orjson
 import sqlalchemy as sa
 
-from adapters.sql_poll.diff import Change, SourceRow, deletes, diff_chunk
+from adapters.sql_poll.diff import Change, SourceRow, deletes, diff_chunk, snapshot_chunk
 from adapters.sql_poll.diff_state import DiffState
 from adapters.sql_poll.source import TableSource
 from adapters.sql_poll.values import decode_cursor, encode_cursor, key_text
@@ -61,6 +67,9 @@ class DiffTable:
         self.silent = False
         self.resnapshot = False
         self.snap: dict[str, int] | None = None
+        #: Re-snapshot requested (its number) / running in the current pass.
+        self.full_pending: int | None = None
+        self.full: int | None = None
         self._counts: dict[str, int] = {}
         self._pass_t0 = time.monotonic()
         self._progress_at = 0.0
@@ -94,19 +103,24 @@ class DiffTable:
         self.insert_op = data.get("insert_op", "c")
         self.silent = bool(data.get("silent", False))
         self.snap = data.get("snapshot")
+        self.full_pending = data.get("full_pending")
+        self.full = data.get("full")
 
     def dump(self) -> dict[str, Any]:
         return {"mode": "diff", "state_id": self.state.state_id, "pass": self.pass_no,
                 "phase": self.phase, "step": self.step, "pass_start": self.pass_start,
                 "after": encode_cursor(self.after), "sweep_after": self.sweep_after,
                 "idle_since_ms": self.idle_since_ms, "insert_op": self.insert_op,
-                "silent": self.silent, "snapshot": self.snap}
+                "silent": self.silent, "snapshot": self.snap,
+                "full_pending": self.full_pending, "full": self.full}
 
     # --- passes -----------------------------------------------------------------------
 
     def due_ms(self, interval_s: float) -> int:
         """Wall time (ms) at which the next step may run."""
-        return 0 if self.phase != "idle" else self.idle_since_ms + int(interval_s * 1000)
+        if self.phase != "idle" or self.full_pending is not None:
+            return 0
+        return self.idle_since_ms + int(interval_s * 1000)
 
     def step_once(self, conn: sa.Connection, now_ms: int) -> list[ChangeEvent]:
         """One step of the pass (starting a pass when idle); returns its events."""
@@ -138,7 +152,12 @@ class DiffTable:
         self.insert_op = "r" if first and snapshot == "initial" else "c"
         self.silent = first and snapshot == "none"
         self.resnapshot = False
-        if self.insert_op == "r":
+        self.full, self.full_pending = self.full_pending, None
+        if self.full is not None:
+            self.silent = False
+            log.info("%s/%s: re-snapshot %d: a full pass emits every row as r", self.adapter,
+                     self.tbl, self.full)
+        if self.insert_op == "r" or self.full is not None:
             self.snap = {"total": self.source.count(conn), "done": 0,
                          "started_ms": int(time.time() * 1000)}
             log.info("%s/%s: initial snapshot (diff) of %d rows", self.adapter, self.tbl,
@@ -152,8 +171,11 @@ class DiffTable:
             kt = key_text({k: row[k] for k in self.source.key_cols})
             src.append(SourceRow(kt, _hash(image), image))
         stored = self.state.lookup(self.tbl, [r.key for r in src])
-        changes, writes = diff_chunk(src, stored, insert_op=self.insert_op,
-                                     keep_images=self.spec.before_images)
+        if self.full is not None:
+            changes, writes = snapshot_chunk(src, stored, keep_images=self.spec.before_images)
+        else:
+            changes, writes = diff_chunk(src, stored, insert_op=self.insert_op,
+                                         keep_images=self.spec.before_images)
         self.state.apply(self.tbl, self.step, writes, [r.key for r in src])
         self._counts["rows"] = self._counts.get("rows", 0) + len(rows)
         if rows:
@@ -172,6 +194,7 @@ class DiffTable:
             self.sweep_after = unseen[-1][0]
         if len(unseen) < self.batch_size:
             self.phase, self.idle_since_ms = "idle", now_ms
+            self.full = None
         return changes
 
     def _progress(self, rows: int) -> None:
@@ -202,7 +225,9 @@ class DiffTable:
             position=f"{self.tbl}:{self.pass_no}:{ch.key}", key=key,
             before=None if ch.before is None else orjson.loads(ch.before),
             after=None if ch.after is None else orjson.loads(ch.after),
-            ts_ms=now_ms, source_extra={"mode": "diff", "pass": self.pass_no},
+            ts_ms=now_ms, source_extra={"mode": "diff", "pass": self.pass_no,
+                                        **({} if self.full is None or ch.op != "r"
+                                           else {"resnapshot": self.full})},
         )
 
 

@@ -220,6 +220,14 @@ class TableSource:
             query = query.where(after_clause(self.cursor_cols, after))
         return [dict(row) for row in conn.execute(query).mappings()]
 
+    def read_by_key(self, conn: sa.Connection, after: Cursor | None,
+                    limit: int) -> list[dict[str, Any]]:
+        """Up to ``limit`` rows with key > ``after`` in key order (re-snapshots)."""
+        query = sa.select(*self.read_cols).order_by(*self.key_elems).limit(limit)
+        if after is not None:
+            query = query.where(after_clause(self.key_elems, after))
+        return [dict(row) for row in conn.execute(query).mappings()]
+
     def max_cursor(self, conn: sa.Connection) -> Cursor | None:
         query = sa.select(*self.cursor_cols).order_by(
             *[c.desc() for c in self.cursor_cols]).limit(1)
