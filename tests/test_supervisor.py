@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 
@@ -25,7 +26,7 @@ async def _restart_gaps(progress_each_run: bool, runs: int = 6) -> list[float]:
 
     await supervise("t", run_once, logging.getLogger("test"), initial_s=0.02, max_s=5.0,
                     progress=lambda: done)
-    return [b - a for a, b in zip(starts, starts[1:], strict=False)]
+    return [b - a for a, b in itertools.pairwise(starts)]
 
 
 async def test_backoff_grows_without_progress() -> None:
