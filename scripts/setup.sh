@@ -8,8 +8,8 @@ cd "$(dirname "$0")/.."
 want_servers="${1:-}"
 if [ "$want_servers" = "--with-test-servers" ]; then
     missing=()
-    command -v pg_config >/dev/null && [ -x "$(pg_config --bindir)/initdb" ] || missing+=(postgresql postgresql-contrib)
-    command -v mariadbd >/dev/null || [ -x /usr/sbin/mariadbd ] || missing+=(mariadb-server)
+    ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql postgresql-contrib)
+    { command -v mariadbd >/dev/null || [ -x /usr/sbin/mariadbd ]; } && command -v mariadb-install-db >/dev/null || missing+=(mariadb-server)
     command -v runuser >/dev/null || missing+=(util-linux)
     if [ ${#missing[@]} -gt 0 ]; then
         if [ "$(id -u)" = 0 ]; then

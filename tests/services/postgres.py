@@ -21,8 +21,19 @@ from tests.services.ports import free_port, wait_closed, wait_listening
 
 
 def pg_bindir() -> Path:
-    out = subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True, check=True)
-    return Path(out.stdout.strip())
+    """Where initdb/pg_ctl live: ``pg_config --bindir``, else the newest Debian layout."""
+    if shutil.which("pg_config"):
+        out = subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True)
+        bindir = Path(out.stdout.strip())
+        if (bindir / "initdb").exists():
+            return bindir
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"),
+                   key=lambda p: int(p.parent.parent.name) if p.parent.parent.name.isdigit()
+                   else 0)
+    if not found:
+        raise RuntimeError("PostgreSQL server binaries not found: run scripts/setup.sh "
+                           "--with-test-servers (installs Debian's postgresql)")
+    return found[-1].parent
 
 
 def _as_postgres(cmd: list[str]) -> list[str]:
