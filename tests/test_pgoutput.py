@@ -425,7 +425,7 @@ def decodes_or_fails_cleanly(raw: bytes, in_stream: bool) -> None:
     except PgOutputError as e:
         assert str(e)
     else:
-        assert type(msg).__module__ == "adapters.postgres.pgoutput"
+        assert type(msg).__module__ == "adapters.postgres.pgoutput_messages"
     assert time.perf_counter() - start < 0.5
 
 

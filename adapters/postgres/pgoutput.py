@@ -26,180 +26,70 @@ Python loop is the one over a tuple's columns.
 
 from __future__ import annotations
 
-import enum
 import re
 import struct
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Final, Literal
+from typing import Final
 
-from bridge.errors import DecodeError
-
-#: Microseconds between the Unix epoch and PostgreSQL's epoch (2000-01-01 UTC).
-PG_EPOCH_OFFSET_US: Final = 946_684_800_000_000
-
-
-class PgOutputError(DecodeError):
-    """Bytes from the replication stream that are not valid pgoutput / replication data."""
-
-
-class _Unchanged(enum.Enum):
-    UNCHANGED_TOAST = "u"
-
-    def __repr__(self) -> str:
-        return "UNCHANGED_TOAST"
-
-
-#: Value of a TOASTed column that did not change and that the server did not send.
-UNCHANGED_TOAST: Final = _Unchanged.UNCHANGED_TOAST
-Value = None | str | bytes | Literal[_Unchanged.UNCHANGED_TOAST]
-
-# ---------------------------------------------------------------- messages
-
-
-@dataclass(frozen=True, slots=True)
-class XLogData:
-    wal_start: int
-    wal_end: int
-    server_clock_us: int
-    payload: memoryview | bytes
-
-
-@dataclass(frozen=True, slots=True)
-class PrimaryKeepalive:
-    wal_end: int
-    server_clock_us: int
-    reply_requested: bool
-
-
-@dataclass(frozen=True, slots=True)
-class TupleData:
-    """Column values in the relation's column order (see the module docstring)."""
-
-    values: tuple[Value, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class Column:
-    is_key: bool
-    name: str
-    type_oid: int
-    type_modifier: int
-
-
-@dataclass(frozen=True, slots=True)
-class Begin:
-    final_lsn: int
-    commit_ts_us: int
-    xid: int
-
-
-@dataclass(frozen=True, slots=True)
-class Commit:
-    flags: int
-    commit_lsn: int
-    end_lsn: int
-    commit_ts_us: int
-
-
-@dataclass(frozen=True, slots=True)
-class Origin:
-    commit_lsn: int
-    name: str
-
-
-@dataclass(frozen=True, slots=True)
-class Relation:
-    oid: int
-    namespace: str
-    name: str
-    replica_identity: str  # 'd' default, 'n' nothing, 'f' full, 'i' index
-    columns: tuple[Column, ...]
-    xid: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Type:
-    oid: int
-    namespace: str
-    name: str
-    xid: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Insert:
-    relation_oid: int
-    new: TupleData
-    xid: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Update:
-    relation_oid: int
-    new: TupleData
-    key: TupleData | None = None  # 'K': old key columns (replica identity changed)
-    old: TupleData | None = None  # 'O': whole old row (REPLICA IDENTITY FULL)
-    xid: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Delete:
-    relation_oid: int
-    key: TupleData | None = None
-    old: TupleData | None = None
-    xid: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Truncate:
-    relation_oids: tuple[int, ...]
-    cascade: bool
-    restart_identity: bool
-    xid: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class LogicalMessage:
-    transactional: bool
-    lsn: int
-    prefix: str
-    content: bytes
-    xid: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class StreamStart:
-    xid: int
-    first_segment: bool
-
-
-@dataclass(frozen=True, slots=True)
-class StreamStop:
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class StreamCommit:
-    xid: int
-    flags: int
-    commit_lsn: int
-    end_lsn: int
-    commit_ts_us: int
-
-
-@dataclass(frozen=True, slots=True)
-class StreamAbort:
-    xid: int
-    subxid: int
-    abort_lsn: int | None = None  # protocol 4 (parallel streaming) only
-    abort_ts_us: int | None = None
-
-
-Message = (
-    Begin | Commit | Origin | Relation | Type | Insert | Update | Delete | Truncate
-    | LogicalMessage | StreamStart | StreamStop | StreamCommit | StreamAbort
+from adapters.postgres.pgoutput_messages import (
+    PG_EPOCH_OFFSET_US,
+    UNCHANGED_TOAST,
+    Begin,
+    Column,
+    Commit,
+    Delete,
+    Insert,
+    LogicalMessage,
+    Message,
+    Origin,
+    PgOutputError,
+    PrimaryKeepalive,
+    Relation,
+    StreamAbort,
+    StreamCommit,
+    StreamStart,
+    StreamStop,
+    Truncate,
+    TupleData,
+    Type,
+    Update,
+    Value,
+    XLogData,
 )
+
+__all__ = [
+    "PG_EPOCH_OFFSET_US",
+    "UNCHANGED_TOAST",
+    "Begin",
+    "Column",
+    "Commit",
+    "Delete",
+    "Insert",
+    "LogicalMessage",
+    "Message",
+    "Origin",
+    "PgOutputError",
+    "PrimaryKeepalive",
+    "Relation",
+    "StreamAbort",
+    "StreamCommit",
+    "StreamStart",
+    "StreamStop",
+    "Truncate",
+    "TupleData",
+    "Type",
+    "Update",
+    "Value",
+    "XLogData",
+    "decode_message",
+    "lsn_to_str",
+    "now_pg_us",
+    "parse_copy_data",
+    "pg_ts_to_unix_ms",
+    "standby_status_update",
+    "str_to_lsn",
+]
 
 # ---------------------------------------------------------------- helpers
 
