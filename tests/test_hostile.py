@@ -236,19 +236,15 @@ def test_sql_poll_huge_row_is_dead_lettered_nul_bytes_and_odd_names_flow(
     assert dead[0].headers.get("Cdc-Original-Subject") == expected_subject
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "sql_poll bug, reported: a TEXT value that is not UTF-8 (SQLite) makes every poll "
-    "raise OperationalError, retried forever as SourceUnavailable; the table stalls, "
-    "even the rows before it are never emitted. Remove this mark once fixed."))
 def test_sql_poll_invalid_utf8_is_reported_and_later_rows_flow(
         tmp_path: Path, nats_server: NatsServer) -> None:
-    """A TEXT value that is not UTF-8 must not stop the table: event or dead letter."""
+    """A TEXT value that is not UTF-8 must not stop the table: its row is dead-lettered."""
     db = tmp_path / "legacy.db"
     with sqlite3.connect(db) as conn:
-        conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, note TEXT)")
-        conn.execute("INSERT INTO t VALUES (1, 'ok')")
-        conn.execute("INSERT INTO t VALUES (2, CAST(X'66FF6FC328' AS TEXT))")
-        conn.execute("INSERT INTO t VALUES (3, 'after')")
+        conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, note TEXT, qty INTEGER)")
+        conn.execute("INSERT INTO t VALUES (1, 'ok', 10)")
+        conn.execute("INSERT INTO t VALUES (2, CAST(X'66FF6FC328' AS TEXT), 20)")
+        conn.execute("INSERT INTO t VALUES (3, 'after', 30)")
     bridge = _bridge(tmp_path, nats_server.url, {
         "name": "utf", "type": "sql_poll", "url": f"sqlite:///{db}", "poll_interval": "100ms",
         "tables": [{"name": "t", "mode": "incrementing", "incrementing_column": "id"}]})
@@ -256,6 +252,11 @@ def test_sql_poll_invalid_utf8_is_reported_and_later_rows_flow(
     try:
         msgs = wait_for(lambda: (m := stream_messages(nats_server.url)) and len(m) >= 3 and m,
                         what="3 messages (events or dead letters)", timeout_s=15)
+        with sqlite3.connect(db) as conn:  # a row written after the bad one, while running
+            conn.execute("INSERT INTO t VALUES (4, 'later', 40)")
+        msgs = wait_for(lambda: (m := stream_messages(nats_server.url)) and len(m) >= 4 and m,
+                        what="row 4 after the bad row", timeout_s=15)
+        assert bridge.alive(), bridge.log()[-2000:]
     except AssertionError:
         msgs = stream_messages(nats_server.url)
         log = bridge.log()
@@ -264,8 +265,16 @@ def test_sql_poll_invalid_utf8_is_reported_and_later_rows_flow(
                     f"stream; bridge log tail:\n{log[-1500:]}")
     bridge.terminate()
     ids = [m.body["data"]["after"]["id"] for m in _changes(msgs)]
-    assert 3 in ids and 1 in ids
-    assert len(ids) + len(_dead(msgs)) == 3
+    assert sorted(ids) == [1, 3, 4]
+    dead = _dead(msgs)
+    assert len(dead) == 1 and dead[0].subject == "cdc._dlq.utf"
+    hdrs = dead[0].headers
+    assert "decode" in hdrs["Cdc-Reason"] and "UTF-8" in hdrs["Cdc-Reason"], hdrs
+    assert hdrs["Cdc-Table"] == "t" and hdrs["Cdc-Key"] == '{"id":2}', hdrs
+    assert hdrs["Cdc-Column"] == "note" and hdrs["Cdc-Position"] == "t:2", hdrs
+    body = dead[0].body
+    assert body["key"] == {"id": 2} and body["columns"] == ["note"]
+    assert body["row"] == {"id": 2, "qty": 20}  # what could be read is kept
 
 
 # PostgreSQL identifiers that are legal when quoted, and awkward everywhere else.

@@ -42,13 +42,17 @@ def fold(events: list[dict[str, Any]]) -> dict[int, str]:
     return state
 
 
+INVOICES = 2000
+
+
 def test_resnapshot_incrementing_and_diff(tmp_path: Path, nats_server: NatsServer) -> None:
     db = tmp_path / "legacy.db"
     with sqlite3.connect(db) as conn:
         conn.execute("CREATE TABLE invoices (id INTEGER PRIMARY KEY, v TEXT)")
         conn.execute("CREATE TABLE customers (id INTEGER PRIMARY KEY, v TEXT)")
+        # enough rows that the re-snapshot's pages outlast several poll intervals
         conn.executemany("INSERT INTO invoices VALUES (?, ?)", [(i, f"i{i}") for i in
-                                                                range(1, 301)])
+                                                                range(1, INVOICES + 1)])
         conn.executemany("INSERT INTO customers VALUES (?, ?)", [(i, f"c{i}") for i in
                                                                  range(1, 201)])
     cfg = write_config(tmp_path / "bridge.yaml", {
@@ -63,7 +67,8 @@ def test_resnapshot_incrementing_and_diff(tmp_path: Path, nats_server: NatsServe
     bridge = BridgeProcess(cfg, tmp_path / "bridge.log")
     bridge.start()
     try:
-        wait_for(lambda: len(stream_messages(nats_server.url)) >= 500, what="first snapshot")
+        wait_for(lambda: len(stream_messages(nats_server.url)) >= INVOICES + 200,
+                 what="first snapshot")
         bad = cli("snapshot", "-c", str(cfg), "erp", "nope", "--timeout", "30")
         assert bad.returncode == 1 and "'nope' is not polled by adapter erp" in bad.stderr
 
@@ -72,7 +77,7 @@ def test_resnapshot_incrementing_and_diff(tmp_path: Path, nats_server: NatsServe
 
         def writer() -> None:
             with sqlite3.connect(db, timeout=30) as w:
-                i = 300
+                i = INVOICES
                 while not stop.is_set():
                     i += 1
                     w.execute("INSERT INTO invoices VALUES (?, ?)", (i, f"i{i}"))
@@ -107,7 +112,7 @@ def test_resnapshot_incrementing_and_diff(tmp_path: Path, nats_server: NatsServe
 
         invoices = wait_for(all_inserts, what="every insert")
         resnap = [d for d in invoices if d["source"].get("resnapshot")]
-        assert {d["after"]["id"] for d in resnap} >= set(range(1, 301))
+        assert {d["after"]["id"] for d in resnap} >= set(range(1, INVOICES + 1))
         assert all(d["op"] == "r" for d in resnap)
         reported = int(inv.stdout.split("done, ")[1].split(" rows")[0])
         assert reported == len(resnap)

@@ -135,8 +135,16 @@ class EventBuilder:
         self.key = list(config.key)
         masked = set(config.columns.mask) if config.columns else set()
         self._key_mask = [k for k in self.key if k in masked]
+        #: The one unmasked key column, if that is the key (the usual case): a fast path.
+        self._single = self.key[0] if len(self.key) == 1 and not self._key_mask else None
 
     def key_of(self, row: Mapping[str, Any]) -> dict[str, Any] | None:
+        single = self._single
+        if single is not None:  # runs for every record: one lookup, no list
+            try:
+                return {single: row[single]}
+            except KeyError:
+                raise RowError(f"key column(s) missing: {single}") from None
         if not self.key:
             return None
         missing = [k for k in self.key if k not in row]

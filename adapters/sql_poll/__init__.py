@@ -4,6 +4,7 @@ For legacy databases that offer no log we can read. Modules:
 
 - :mod:`.config`: the strict config models (adapter block, one block per table);
 - :mod:`.source`: SQLAlchemy engine, reflection and keyset reads (the only SQL);
+- :mod:`.badrows`: rows whose text the driver cannot decode, sent as dead letters;
 - :mod:`.values`, :mod:`.window`, :mod:`.diff`: pure logic (cursor encoding, the
   look-back window for out-of-order commits, row diffing);
 - :mod:`.cursor_mode`: ``incrementing``, ``timestamp``, ``timestamp+incrementing``;

@@ -18,7 +18,9 @@ as of the last committed batch.
 
 Errors: connection problems become :class:`~bridge.errors.SourceUnavailable` (the
 daemon restarts the adapter from its checkpoint with back-off); a missing table or
-column becomes :class:`~bridge.errors.SourceSetupError` (fatal). The gauge
+column becomes :class:`~bridge.errors.SourceSetupError` (fatal). A row whose text cannot
+be decoded is a dead letter in the unit's batch (:mod:`adapters.sql_poll.badrows`); an
+undecodable key or cursor value is a :class:`~bridge.errors.DecodeError` (fatal). The gauge
 ``cdc_source_lag{unit="seconds"}`` is the age of the oldest table's last completed poll.
 """
 
@@ -43,7 +45,7 @@ from adapters.sql_poll.resnapshot import Resnap, resnap_page
 from adapters.sql_poll.source import TableSource, classify, create_engine
 from adapters.sql_poll.values import Cursor
 from bridge.errors import BridgeError
-from bridge.events import ChangeEvent
+from bridge.events import ChangeEvent, DeadLetter
 from bridge.metrics import SOURCE_LAG
 from bridge.snapshots import SnapshotReport, SnapshotRequestError
 
@@ -52,6 +54,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("cdc_bridge.adapter.sql_poll")
 T = TypeVar("T")
+#: What one scheduling unit produces: events, and dead letters for undecodable rows.
+Unit = tuple[list[ChangeEvent], list[DeadLetter]]
 CHECKPOINT_VERSION = 2
 
 
@@ -101,7 +105,7 @@ class SqlPollAdapter:
         self._committed = dict(self.resnap)
         for spec in cfg.tables:
             source = self._guard(lambda s=spec: TableSource(self.engine, s),  # type: ignore[misc]
-                                 f"table {spec.name!r}")
+                                 f"table {spec.ident!r}")
             batch = spec.batch_size or cfg.batch_size
             interval = spec.poll_interval if spec.poll_interval is not None else \
                 cfg.poll_interval
@@ -111,13 +115,13 @@ class SqlPollAdapter:
                     self.state = DiffState(self.state_path)
                 runner = DiffTable(self.name, source, self.state, batch_size=batch,
                                    progress_interval_s=cfg.progress_interval)
-                runner.load(saved.get(spec.name))
+                runner.load(saved.get(spec.ident))
             else:
                 lag = spec.lag_window if spec.lag_window is not None else cfg.lag_window
                 runner = CursorTable(self.name, source, batch_size=batch, lag_s=lag,
                                      max_window_rows=cfg.max_window_rows,
                                      progress_interval_s=cfg.progress_interval)
-                runner.load(saved.get(spec.name))
+                runner.load(saved.get(spec.ident))
             self.slots.append(_Slot(spec, runner, interval))
         log.info("%s: polling %d table(s) on %s", self.name, len(self.slots),
                  self.engine.dialect.name)
@@ -134,7 +138,7 @@ class SqlPollAdapter:
 
     def checkpoint(self) -> Checkpoint:
         return {"v": CHECKPOINT_VERSION,
-                "tables": {s.spec.name: s.runner.dump() for s in self.slots},
+                "tables": {s.spec.ident: s.runner.dump() for s in self.slots},
                 "resnap": dict(self.resnap)}
 
     async def changes(self, checkpoint: Checkpoint | None) -> AsyncIterator[ChangeBatch]:
@@ -145,12 +149,13 @@ class SqlPollAdapter:
             now_ms = int(time.time() * 1000)
             due = [s for s in self.slots if s.next_ms <= now_ms]
             for slot in due:
-                events = await self._in_thread(lambda s=slot: self._unit(s))  # type: ignore[misc]
+                events, dead = await self._in_thread(
+                    lambda s=slot: self._unit(s))  # type: ignore[misc]
                 self._note_resnap(slot, events)
                 current = self.checkpoint()
-                if events or current != committed:
+                if events or dead or current != committed:
                     committed = current
-                    yield ChangeBatch(events, current)
+                    yield ChangeBatch(events, current, dead)
             self._update_lag()
             if not due or all(s.next_ms > int(time.time() * 1000) for s in self.slots):
                 wake_ms = min(s.next_ms for s in self.slots)
@@ -164,10 +169,10 @@ class SqlPollAdapter:
         self._inflight = fut
         return await asyncio.shield(fut)
 
-    def _unit(self, slot: _Slot) -> list[ChangeEvent]:
-        """One page or one diff step of ``slot``'s table (blocking)."""
+    def _unit(self, slot: _Slot) -> Unit:
+        """One page or one diff step of ``slot``'s table (blocking): events, dead letters."""
         assert self.engine is not None
-        what = f"polling table {slot.spec.name!r}"
+        what = f"polling table {slot.spec.ident!r}"
         try:
             with self.engine.connect() as conn:
                 if isinstance(slot.runner, DiffTable):
@@ -178,18 +183,17 @@ class SqlPollAdapter:
         except (SQLAlchemyError, OSError) as e:
             raise classify(e, f"{self.name}: {what}") from None
 
-    def _cursor_unit(self, slot: _Slot, runner: CursorTable,
-                     conn: sa.Connection) -> list[ChangeEvent]:
+    def _cursor_unit(self, slot: _Slot, runner: CursorTable, conn: sa.Connection) -> Unit:
         now_ms = int(time.time() * 1000)
         if runner.resnap is not None and not slot.polling and now_ms < slot.poll_due_ms:
-            events, complete = resnap_page(self.name, runner.source, runner.resnap,
-                                           runner.batch_size, conn, now_ms)
+            events, dead, complete = resnap_page(self.name, runner.source, runner.resnap,
+                                                 runner.batch_size, conn, now_ms)
             if complete:
-                log.info("%s/%s: re-snapshot %d done: %d rows", self.name, slot.spec.name,
+                log.info("%s/%s: re-snapshot %d done: %d rows", self.name, slot.spec.ident,
                          runner.resnap.seq, runner.resnap.done)
                 runner.resnap = None
             slot.next_ms = 0 if runner.resnap is not None else slot.poll_due_ms
-            return events
+            return events, dead
         if not slot.polling:
             slot.page_after = runner.begin_poll(conn, now_ms)
             slot.polling = True
@@ -202,21 +206,20 @@ class SqlPollAdapter:
             slot.next_ms = slot.poll_due_ms = now_ms + int(slot.interval_s * 1000)
             if runner.resnap is not None:
                 slot.next_ms = 0
-        return page.events
+        return page.events, page.dead_letters
 
-    def _diff_unit(self, slot: _Slot, runner: DiffTable,
-                   conn: sa.Connection) -> list[ChangeEvent]:
+    def _diff_unit(self, slot: _Slot, runner: DiffTable, conn: sa.Connection) -> Unit:
         now_ms = int(time.time() * 1000)
         if runner.phase == "idle" and runner.due_ms(slot.interval_s) > now_ms:
             slot.next_ms = runner.due_ms(slot.interval_s)
-            return []
+            return [], []
         if runner.phase == "idle":
             slot.poll_started_ms = now_ms  # type: ignore[attr-defined]
-        events = runner.step_once(conn, now_ms)
+        events, dead = runner.step_once(conn, now_ms)
         if runner.phase == "idle":
             slot.last_done_ms = getattr(slot, "poll_started_ms", now_ms)
             slot.next_ms = runner.due_ms(slot.interval_s)
-        return events
+        return events, dead
 
     def _update_lag(self) -> None:
         if self.slots:
@@ -236,11 +239,12 @@ class SqlPollAdapter:
             await asyncio.wait_for(self._ready.wait(), 60.0)
         except TimeoutError:
             raise SnapshotRequestError(f"adapter {self.name} is not polling yet") from None
-        by_name = {s.spec.name: s for s in self.slots}
+        by_name = {s.spec.ident: s for s in self.slots}
         chosen: list[_Slot] = []
         for t in tables or list(by_name):
-            slot = by_name.get(t) or next((s for s in self.slots
-                                           if s.spec.name.rpartition(".")[2] == t), None)
+            slot = by_name.get(t) or next(
+                (s for s in self.slots if t in (s.spec.name, s.spec.name.rpartition(".")[2])),
+                None)
             if slot is None:
                 raise SnapshotRequestError(
                     f"table {t!r} is not polled by adapter {self.name} (tables: "
@@ -254,15 +258,15 @@ class SqlPollAdapter:
         run["seq"] += 1
         run["total"] += total
         for slot in chosen:
-            if slot.spec.name not in run["pending"]:
-                run["pending"].append(slot.spec.name)
+            if slot.spec.ident not in run["pending"]:
+                run["pending"].append(slot.spec.ident)
             if isinstance(slot.runner, DiffTable):
                 slot.runner.full_pending = run["seq"]
             elif slot.runner.resnap is None:
                 slot.runner.resnap = Resnap(run["seq"])
             slot.next_ms = 0
         log.info("%s: re-snapshot %d requested: %s (about %d rows)", self.name, run["seq"],
-                 ", ".join(s.spec.name for s in chosen), total)
+                 ", ".join(s.spec.ident for s in chosen), total)
 
     def _count(self, slots: list[_Slot]) -> int:
         assert self.engine is not None
@@ -274,7 +278,7 @@ class SqlPollAdapter:
 
     def _note_resnap(self, slot: _Slot, events: list[ChangeEvent]) -> None:
         run = self.resnap
-        if slot.spec.name not in run["pending"]:
+        if slot.spec.ident not in run["pending"]:
             return
         run["rows"] += sum(1 for e in events if e.op == "r" and
                            "resnapshot" in (e.source_extra or {}))
@@ -282,7 +286,7 @@ class SqlPollAdapter:
         busy = (runner.full is not None or runner.full_pending is not None
                 if isinstance(runner, DiffTable) else runner.resnap is not None)
         if not busy:
-            run["pending"] = [t for t in run["pending"] if t != slot.spec.name]
+            run["pending"] = [t for t in run["pending"] if t != slot.spec.ident]
             if not run["pending"]:
                 log.info("%s: re-snapshot %d done: %d rows", self.name, run["seq"],
                          run["rows"])

@@ -26,6 +26,7 @@ timestamp column, ...) are checked here so ``cdc-bridge validate`` reports them.
 
 from __future__ import annotations
 
+import warnings
 from typing import Literal
 
 from pydantic import Field, model_validator
@@ -42,63 +43,79 @@ Mode = Literal["incrementing", "timestamp", "timestamp+incrementing", "diff", "q
 Snapshot = Literal["initial", "changes", "none"]
 
 
-class PollTable(StrictModel):
-    #: ``table`` or ``schema.table`` (for ``mode: query``: the name used in subjects).
-    name: str = Field(min_length=1)
-    mode: Mode = "incrementing"
-    incrementing_column: str | None = None
-    timestamp_column: str | None = None
-    #: ``mode: query`` only: the SELECT to poll, and the mode it is polled with.
-    query: str | None = None
-    query_mode: BaseMode | None = None
-    #: Row identity; defaults to the reflected primary key.
-    key_columns: list[str] | None = None
-    #: What to do with rows present on first run (default ``initial``: ``op: r``).
-    snapshot: Snapshot | None = None
-    poll_interval: Duration | None = None
-    batch_size: int | None = Field(default=None, ge=1, le=100_000)
-    #: Look-back for out-of-order commits (cursor modes); overrides the adapter's.
-    lag_window: Duration | None = None
-    #: diff mode: keep the last emitted row so updates and deletes carry ``before``.
-    before_images: bool = True
-    columns: ColumnRules = ColumnRules()
+# ``schema`` is the natural key name; as a field it shadows only pydantic's deprecated
+# ``BaseModel.schema()``, which nothing here uses, so pydantic's warning is silenced.
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", message='Field name "schema"', category=UserWarning)
 
-    @property
-    def effective_mode(self) -> BaseMode:
-        if self.mode == "query":
-            assert self.query_mode is not None
-            return self.query_mode
-        return self.mode
+    class PollTable(StrictModel):
+        #: ``table`` or ``schema.table`` (for ``mode: query``: the name used in subjects).
+        #: Without ``schema`` the name is split at its last dot.
+        name: str = Field(min_length=1)
+        #: The table's schema (database on MariaDB/MySQL). When set, ``name`` is the table
+        #: name taken whole, so it may contain dots.
+        schema: str | None = Field(default=None, min_length=1)  # type: ignore[assignment]
+        mode: Mode = "incrementing"
+        incrementing_column: str | None = None
+        timestamp_column: str | None = None
+        #: ``mode: query`` only: the SELECT to poll, and the mode it is polled with.
+        query: str | None = None
+        query_mode: BaseMode | None = None
+        #: Row identity; defaults to the reflected primary key.
+        key_columns: list[str] | None = None
+        #: What to do with rows present on first run (default ``initial``: ``op: r``).
+        snapshot: Snapshot | None = None
+        poll_interval: Duration | None = None
+        batch_size: int | None = Field(default=None, ge=1, le=100_000)
+        #: Look-back for out-of-order commits (cursor modes); overrides the adapter's.
+        lag_window: Duration | None = None
+        #: diff mode: keep the last emitted row so updates and deletes carry ``before``.
+        before_images: bool = True
+        columns: ColumnRules = ColumnRules()
 
-    @property
-    def effective_snapshot(self) -> Snapshot:
-        if self.snapshot is not None:
-            return self.snapshot
-        return "initial"
+        @property
+        def ident(self) -> str:
+            """The table's identity in checkpoints, positions and logs: ``[schema.]name``."""
+            return self.name if self.schema is None else f"{self.schema}.{self.name}"
 
-    @model_validator(mode="after")
-    def _mode_fields(self) -> PollTable:
-        problems: list[str] = []
-        if self.mode == "query":
-            if not self.query or not self.query.strip():
-                problems.append("mode query needs 'query' (a SELECT)")
-            if self.query_mode is None:
-                problems.append("mode query needs 'query_mode' (incrementing, timestamp, "
-                                "timestamp+incrementing or diff)")
-            if not self.key_columns:
-                problems.append("mode query needs 'key_columns' (a query has no primary key)")
-        elif self.query is not None or self.query_mode is not None:
-            problems.append("'query' and 'query_mode' are only for mode query")
-        mode = self.query_mode if self.mode == "query" else self.mode
-        if mode in ("timestamp", "timestamp+incrementing") and not self.timestamp_column:
-            problems.append(f"mode {mode} needs 'timestamp_column'")
-        if mode == "timestamp+incrementing" and not self.incrementing_column:
-            problems.append("mode timestamp+incrementing needs 'incrementing_column'")
-        if mode == "diff" and (self.timestamp_column or self.incrementing_column):
-            problems.append("mode diff uses no timestamp/incrementing column")
-        if problems:
-            raise ValueError("; ".join(problems))
-        return self
+        @property
+        def effective_mode(self) -> BaseMode:
+            if self.mode == "query":
+                assert self.query_mode is not None
+                return self.query_mode
+            return self.mode
+
+        @property
+        def effective_snapshot(self) -> Snapshot:
+            if self.snapshot is not None:
+                return self.snapshot
+            return "initial"
+
+        @model_validator(mode="after")
+        def _mode_fields(self) -> PollTable:
+            problems: list[str] = []
+            if self.mode == "query":
+                if not self.query or not self.query.strip():
+                    problems.append("mode query needs 'query' (a SELECT)")
+                if self.query_mode is None:
+                    problems.append("mode query needs 'query_mode' (incrementing, timestamp, "
+                                    "timestamp+incrementing or diff)")
+                if not self.key_columns:
+                    problems.append("mode query needs 'key_columns' (a query has no primary key)")
+                if self.schema is not None:
+                    problems.append("'schema' is not for mode query (name only names subjects)")
+            elif self.query is not None or self.query_mode is not None:
+                problems.append("'query' and 'query_mode' are only for mode query")
+            mode = self.query_mode if self.mode == "query" else self.mode
+            if mode in ("timestamp", "timestamp+incrementing") and not self.timestamp_column:
+                problems.append(f"mode {mode} needs 'timestamp_column'")
+            if mode == "timestamp+incrementing" and not self.incrementing_column:
+                problems.append("mode timestamp+incrementing needs 'incrementing_column'")
+            if mode == "diff" and (self.timestamp_column or self.incrementing_column):
+                problems.append("mode diff uses no timestamp/incrementing column")
+            if problems:
+                raise ValueError("; ".join(problems))
+            return self
 
 
 class SqlPollConfig(AdapterConfig):
@@ -117,7 +134,7 @@ class SqlPollConfig(AdapterConfig):
 
     @model_validator(mode="after")
     def _unique_tables(self) -> SqlPollConfig:
-        names = [t.name for t in self.tables]
+        names = [t.ident for t in self.tables]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"duplicate table name(s): {', '.join(dupes)}")

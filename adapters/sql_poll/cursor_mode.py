@@ -22,22 +22,32 @@ update: read it as "the row is now this"). ``before`` is null: polling sees no o
 Event positions identify the row version, so a re-read after a crash yields the same
 event ids: ``<table>:<inc>`` in incrementing mode, ``<table>:<key>@<cursor>#<hash>`` in
 the timestamp modes (the row hash also separates two updates within one timestamp tick).
+
+A row the driver cannot decode (:mod:`adapters.sql_poll.badrows`) becomes a dead letter
+at ``<table>:<inc>`` or ``<table>:<key>@<cursor>`` (prefixed ``dlq:`` in its id), is
+remembered in the look-back window like an emitted row, and moves the cursor past it.
+
+Per row the work is kept small: whether a row belongs to the snapshot is decided once
+per page when the page lies wholly on one side of the high-water mark, and cursors are
+compared as tuples.
 """
 
 from __future__ import annotations
 
 import logging
+import operator
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
 
+from adapters.sql_poll.badrows import BadRow, ascii_text
 from adapters.sql_poll.resnapshot import Resnap
 from adapters.sql_poll.source import TableSource
 from adapters.sql_poll.values import (
     Cursor,
-    compare_cursor,
     decode_cursor,
     decode_value,
     encode_cursor,
@@ -49,7 +59,7 @@ from adapters.sql_poll.values import (
 )
 from adapters.sql_poll.window import Window
 from adapters.transform import apply_rules, mask_value
-from bridge.events import ChangeEvent, Op
+from bridge.events import ChangeEvent, DeadLetter, Op
 
 log = logging.getLogger("cdc_bridge.adapter.sql_poll")
 
@@ -60,6 +70,14 @@ class Page:
     #: Cursor of the last row read (the next page starts after it).
     last: Cursor | None
     full: bool
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+
+
+def _cursor_getter(names: list[str]) -> Callable[[dict[str, Any]], Cursor]:
+    if len(names) == 1:  # ``itemgetter`` gives a tuple only for two names or more
+        name = names[0]
+        return lambda row: (row[name],)
+    return operator.itemgetter(*names)
 
 
 class CursorTable:
@@ -81,6 +99,8 @@ class CursorTable:
         self.resnap: Resnap | None = None
         self._progress_at = 0.0
         self._warned_at = 0.0
+        #: A row's cursor tuple, made without a generator (it runs for every row).
+        self._cursor_of = _cursor_getter(source.cursor_names)
 
     # --- checkpoint -------------------------------------------------------------------
 
@@ -124,50 +144,65 @@ class CursorTable:
         if snapshot == "none":
             self.window.base = self.window.top = top
             log.info("%s/%s: starting after the current rows (snapshot: none)",
-                     self.adapter, self.spec.name)
+                     self.adapter, self.spec.ident)
         elif snapshot == "initial" and top is not None:
             self.hw = top
             self.snap = {"total": self.source.count(conn), "done": 0,
                          "started_ms": int(time.time() * 1000)}
-            log.info("%s/%s: initial snapshot of %d rows", self.adapter, self.spec.name,
+            log.info("%s/%s: initial snapshot of %d rows", self.adapter, self.spec.ident,
                      self.snap["total"])
 
     def page(self, conn: sa.Connection, after: Cursor | None, now_ms: int) -> Page:
-        rows = self.source.read_after(conn, after, self.batch_size)
+        read = self.source.read_after(conn, after, self.batch_size)
+        rows, last = read.rows, read.last
         events: list[ChangeEvent] = []
         snap_rows = 0
+        hw = self.hw
+        cursor_of = self._cursor_of
+        # the page is in cursor order: decide per page unless it straddles the mark
+        whole: bool | None = None if hw is None else False
+        if hw is not None and rows:
+            if cursor_of(rows[-1]) <= hw:
+                whole = True
+            elif cursor_of(rows[0]) > hw:
+                whole = False
+            else:
+                whole = None
         for row in rows:
-            cursor = self.source.cursor_of(row)
-            in_snapshot = self.hw is not None and compare_cursor(cursor, self.hw) <= 0
+            cursor = cursor_of(row)
+            in_snapshot = whole if whole is not None else hw is not None and cursor <= hw
             event = self._event(row, cursor, in_snapshot, now_ms)
             if event is None:
                 continue
             events.append(event)
             snap_rows += in_snapshot
-        last = self.source.cursor_of(rows[-1]) if rows else after
-        full = len(rows) >= self.batch_size
+        dead = [d for bad in read.bad if (d := self._dead_letter(bad)) is not None]
+        if last is None:
+            last = after
+        full = len(read) >= self.batch_size
         if self.window.shortened:
             self._warn_shortened()
         if self.snap is not None:
             self._snapshot_progress(snap_rows, last, full)
         self.window.note_poll(now_ms)
-        return Page(events, last, full)
+        return Page(events, last, full, dead)
 
     def _event(self, row: dict[str, Any], cursor: Cursor, in_snapshot: bool,
                now_ms: int) -> ChangeEvent | None:
         spec, src = self.spec, self.source
-        image = apply_rules(row, spec.columns) or {}
+        rules = spec.columns
+        image = row if rules.is_noop() else apply_rules(row, rules) or {}
         key = {k: row[k] for k in src.key_cols}
-        if spec.columns.mask:
-            key = {k: mask_value(v, spec.columns.mask_salt) if k in spec.columns.mask else v
+        if rules.mask:
+            key = {k: mask_value(v, rules.mask_salt) if k in rules.mask else v
                    for k, v in key.items()}
         if src.mode == "incrementing":
             version = value_text(cursor[0])
-            position = f"{spec.name}:{version}"
+            position = f"{spec.ident}:{version}"
         else:
             version = ",".join(value_text(v) for v in cursor[:2 if src.inc_name else 1])
             content = fingerprint(row_hash(image))[:8]
-            position = f"{spec.name}:{key_text(key)}@{version}#{content}"
+            position = f"{spec.ident}:{key_text(key)}@{version}#{content}"
         fp = fingerprint(position)
         if self.window.is_seen(fp):
             return None
@@ -178,6 +213,25 @@ class CursorTable:
             position=position, key=key, after=image, ts_ms=now_ms,
             source_extra={"mode": src.mode, "cursor": version},
         )
+
+    def _dead_letter(self, bad: BadRow) -> DeadLetter | None:
+        """A row that cannot be decoded: a dead letter, remembered like an emitted row."""
+        src, cursor = self.source, bad.cursor
+        version = ",".join(value_text(v) for v in cursor[:2 if src.inc_name else 1])
+        if src.mode == "incrementing":
+            position = f"{self.spec.ident}:{version}"
+        else:
+            position = f"{self.spec.ident}:{key_text(bad.key)}@{version}"
+        fp = fingerprint("dlq:" + position)
+        if self.window.is_seen(fp):
+            return None
+        if src.mode == "timestamp+incrementing":
+            inc = cursor[1]
+            if self.max_inc is None or inc > self.max_inc:
+                self.max_inc = inc
+        self.window.emitted(cursor, fp if self.max_rows else None, self.max_rows)
+        return bad.dead_letter(self.adapter, self.spec.ident, position,
+                               {"cursor": ascii_text(version)})
 
     def _op(self, row: dict[str, Any], in_snapshot: bool) -> Op:
         mode = self.source.mode
@@ -195,16 +249,16 @@ class CursorTable:
         self.snap["done"] += rows
         done, total = self.snap["done"], max(self.snap["total"], 1)
         elapsed_s = max(time.time() - self.snap["started_ms"] / 1000, 1e-3)
-        finished = not full or last is None or compare_cursor(last, self.hw) >= 0
+        finished = not full or last is None or last >= self.hw
         now = time.monotonic()
         if finished:
             log.info("%s/%s: snapshot done: %d rows in %.1fs (%.0f rows/s)", self.adapter,
-                     self.spec.name, done, elapsed_s, done / elapsed_s)
+                     self.spec.ident, done, elapsed_s, done / elapsed_s)
             self.snap = None
         elif now - self._progress_at >= self.progress_interval_s:
             self._progress_at = now
             log.info("%s/%s: snapshot %d/%d rows (%.1f%%), %.0f rows/s", self.adapter,
-                     self.spec.name, done, total, 100.0 * done / total, done / elapsed_s)
+                     self.spec.ident, done, total, 100.0 * done / total, done / elapsed_s)
 
     def _warn_shortened(self) -> None:
         now = time.monotonic()
@@ -212,5 +266,5 @@ class CursorTable:
             self._warned_at = now
             log.warning("%s/%s: more than %d rows inside lag_window; the look-back was "
                         "shortened (raise max_window_rows or lower lag_window)",
-                        self.adapter, self.spec.name, self.max_rows)
+                        self.adapter, self.spec.ident, self.max_rows)
         self.window.shortened = 0

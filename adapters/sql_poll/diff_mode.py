@@ -23,6 +23,12 @@ Re-snapshot on demand (``cdc-bridge snapshot``): the next pass starts at once an
 rows that changed (so the next normal pass diffs against what the ``r`` events said),
 and the sweep emits ``d`` for keys gone since the last pass, as in any pass. A request
 while a pass runs applies to the next pass, so the state is never half refreshed.
+
+A row that cannot be decoded (:mod:`adapters.sql_poll.badrows`) is marked seen (so no
+``d`` follows) and becomes a dead letter at its position; the state keeps a hash of what
+could be read and why it failed, with no image, so the same broken row is not reported
+again by every pass. Once it reads cleanly it is a ``u`` (with ``before`` null), and if it
+is deleted a ``d`` (``before`` null).
 """
 
 from __future__ import annotations
@@ -30,17 +36,19 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
 import sqlalchemy as sa
 
+from adapters.sql_poll.badrows import BadRow
 from adapters.sql_poll.diff import Change, SourceRow, deletes, diff_chunk, snapshot_chunk
-from adapters.sql_poll.diff_state import DiffState
+from adapters.sql_poll.diff_state import DiffState, Stored, Write
 from adapters.sql_poll.source import TableSource
 from adapters.sql_poll.values import decode_cursor, encode_cursor, key_text
 from adapters.transform import apply_rules, mask_value
-from bridge.events import ChangeEvent, Op, dumps
+from bridge.events import ChangeEvent, DeadLetter, Op, dumps
 
 log = logging.getLogger("cdc_bridge.adapter.sql_poll")
 
@@ -51,7 +59,7 @@ class DiffTable:
         self.adapter = adapter
         self.source = source
         self.spec = source.spec
-        self.tbl = source.spec.name
+        self.tbl = source.spec.ident
         self.state = state
         self.batch_size = batch_size
         self.progress_interval_s = progress_interval_s
@@ -71,6 +79,7 @@ class DiffTable:
         self.full_pending: int | None = None
         self.full: int | None = None
         self._counts: dict[str, int] = {}
+        self._dead: list[DeadLetter] = []
         self._pass_t0 = time.monotonic()
         self._progress_at = 0.0
 
@@ -122,11 +131,13 @@ class DiffTable:
             return 0
         return self.idle_since_ms + int(interval_s * 1000)
 
-    def step_once(self, conn: sa.Connection, now_ms: int) -> list[ChangeEvent]:
-        """One step of the pass (starting a pass when idle); returns its events."""
+    def step_once(self, conn: sa.Connection, now_ms: int
+                  ) -> tuple[list[ChangeEvent], list[DeadLetter]]:
+        """One step of the pass (starting a pass when idle): its events and dead letters."""
         if self.phase == "idle":
             self._begin_pass(conn)
         self.step += 1
+        self._dead = []
         changes = self._scan(conn) if self.phase == "scan" else self._sweep(now_ms)
         if self.silent:
             changes = []
@@ -138,7 +149,7 @@ class DiffTable:
                      "%d d", self.adapter, self.tbl, self.pass_no,
                      time.monotonic() - self._pass_t0, c.get("rows", 0), c.get("c", 0),
                      c.get("r", 0), c.get("u", 0), c.get("d", 0))
-        return [self._event(ch, now_ms) for ch in changes]
+        return [self._event(ch, now_ms) for ch in changes], self._dead
 
     def _begin_pass(self, conn: sa.Connection) -> None:
         self.state.purge_tombstones(self.tbl, self.step)
@@ -164,26 +175,45 @@ class DiffTable:
                      self.snap["total"])
 
     def _scan(self, conn: sa.Connection) -> list[Change]:
-        rows = self.source.read_after(conn, self.after, self.batch_size)
+        read = self.source.read_after(conn, self.after, self.batch_size)
+        rows = read.rows
         src: list[SourceRow] = []
         for row in rows:
             image = dumps(apply_rules(row, self.spec.columns))
             kt = key_text({k: row[k] for k in self.source.key_cols})
             src.append(SourceRow(kt, _hash(image), image))
-        stored = self.state.lookup(self.tbl, [r.key for r in src])
+        keys = [r.key for r in src]
+        bad = [(key_text(b.key), b) for b in read.bad]
+        stored = self.state.lookup(self.tbl, keys + [k for k, _ in bad])
         if self.full is not None:
             changes, writes = snapshot_chunk(src, stored, keep_images=self.spec.before_images)
         else:
             changes, writes = diff_chunk(src, stored, insert_op=self.insert_op,
                                          keep_images=self.spec.before_images)
-        self.state.apply(self.tbl, self.step, writes, [r.key for r in src])
-        self._counts["rows"] = self._counts.get("rows", 0) + len(rows)
-        if rows:
-            self.after = self.source.cursor_of(rows[-1])
-        if len(rows) < self.batch_size:
+        if bad:
+            writes.extend(self._bad_rows(bad, stored))
+        self.state.apply(self.tbl, self.step, writes, keys + [k for k, _ in bad])
+        self._counts["rows"] = self._counts.get("rows", 0) + len(read)
+        if read.last is not None:
+            self.after = read.last
+        if len(read) < self.batch_size:
             self.phase, self.sweep_after = "sweep", None
-        self._progress(len(rows))
+        self._progress(len(read))
         return changes
+
+    def _bad_rows(self, bad: list[tuple[str, BadRow]],
+                  stored: Mapping[str, Stored]) -> list[Write]:
+        """Dead letters for undecodable rows not already reported as they are now."""
+        writes: list[Write] = []
+        for kt, row in bad:
+            h = _hash(b"undecodable\x1f" + dumps([row.columns, row.reason, row.partial]))
+            old = stored.get(kt)
+            if self.full is None and old is not None and old.hash == h:
+                continue
+            writes.append(Write(kt, h, None))
+            self._dead.append(row.dead_letter(self.adapter, self.tbl,
+                                              f"{self.tbl}:{self.pass_no}:{kt}"))
+        return writes
 
     def _sweep(self, now_ms: int) -> list[Change]:
         unseen = self.state.unseen(self.tbl, self.pass_start, self.sweep_after,

@@ -13,7 +13,8 @@ state or a newer one.
 Progress (``seq``, last key, rows done) is part of the table's checkpoint, committed
 with each page's events, so a crash resumes after the last committed page. Event
 positions are ``<table>:resnap<seq>:<key>``: one per row per request, the same if a page
-is read again after a crash (JetStream drops the copy).
+is read again after a crash (JetStream drops the copy). A row that cannot be decoded
+is a dead letter at the same position.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import sqlalchemy as sa
 from adapters.sql_poll.source import TableSource
 from adapters.sql_poll.values import decode_cursor, encode_cursor, key_text
 from adapters.transform import apply_rules, mask_value
-from bridge.events import ChangeEvent
+from bridge.events import ChangeEvent, DeadLetter
 
 
 @dataclass(slots=True)
@@ -44,14 +45,16 @@ class Resnap:
 
 
 def resnap_page(adapter: str, source: TableSource, state: Resnap, batch_size: int,
-                conn: sa.Connection, now_ms: int) -> tuple[list[ChangeEvent], bool]:
-    """One page of the walk: its ``r`` events, and whether the walk is complete."""
+                conn: sa.Connection, now_ms: int
+                ) -> tuple[list[ChangeEvent], list[DeadLetter], bool]:
+    """One page of the walk: its ``r`` events, dead letters, and whether it is complete."""
     spec = source.spec
-    rows = source.read_by_key(conn, decode_cursor(state.after), batch_size)
+    read = source.read_by_key(conn, decode_cursor(state.after), batch_size)
+    rows = read.rows
     events: list[ChangeEvent] = []
     for row in rows:
         key = {k: row[k] for k in source.key_cols}
-        position = f"{spec.name}:resnap{state.seq}:{key_text(key)}"
+        position = f"{spec.ident}:resnap{state.seq}:{key_text(key)}"
         if spec.columns.mask:
             key = {k: mask_value(v, spec.columns.mask_salt) if k in spec.columns.mask else v
                    for k, v in key.items()}
@@ -59,7 +62,10 @@ def resnap_page(adapter: str, source: TableSource, state: Resnap, batch_size: in
             adapter=adapter, schema=source.schema, table=source.table_name, op="r",
             position=position, key=key, after=apply_rules(row, spec.columns) or {},
             ts_ms=now_ms, source_extra={"mode": source.mode, "resnapshot": state.seq}))
-    if rows:
-        state.after = encode_cursor(tuple(rows[-1][k] for k in source.key_cols))
-    state.done += len(rows)
-    return events, len(rows) < batch_size
+    dead = [bad.dead_letter(adapter, spec.ident,
+                            f"{spec.ident}:resnap{state.seq}:{key_text(bad.key)}")
+            for bad in read.bad]
+    if read.last is not None:
+        state.after = encode_cursor(read.last)
+    state.done += len(read)
+    return events, dead, len(read) < batch_size

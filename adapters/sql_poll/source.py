@@ -15,6 +15,12 @@ Session set-up for exact time handling: MariaDB/MySQL sessions use ``time_zone =
 columns are returned exactly as stored. SQLite has no date type: date/time columns are
 read as the text the application stored, and compared as text.
 
+A page that fails because a value cannot be decoded (see :mod:`.badrows`) is read
+again in halves, down to single rows, so only the rows that fail are set aside as
+:class:`~.badrows.BadRow` (each then probed column by column to name the bad column);
+the page's other rows are returned as usual. This costs a few extra queries, and only
+for such pages.
+
 Blocking code: callers run it in a worker thread.
 """
 
@@ -23,6 +29,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
@@ -35,9 +42,10 @@ from sqlalchemy.exc import (
 )
 from sqlalchemy.sql.elements import KeyedColumnElement
 
+from adapters.sql_poll.badrows import BadRow, undecodable
 from adapters.sql_poll.config import PollTable
 from adapters.sql_poll.values import Cursor
-from bridge.errors import BridgeError, SourceSetupError, SourceUnavailable
+from bridge.errors import BridgeError, DecodeError, SourceSetupError, SourceUnavailable
 
 log = logging.getLogger("cdc_bridge.adapter.sql_poll")
 
@@ -81,6 +89,9 @@ def classify(e: BaseException, what: str) -> BridgeError:
     """Map a database exception to the bridge's error tree (no secrets in the text)."""
     orig = getattr(e, "orig", None) or e
     text = f"{type(orig).__name__}: {orig}"
+    if undecodable(e):
+        return DecodeError(f"{what}: a key or cursor value cannot be decoded, so the row "
+                           f"cannot be identified or skipped: {text}")
     if isinstance(e, DBAPIError) and _MISSING.search(str(orig)):
         return SourceSetupError(f"{what}: {text}")
     if isinstance(e, OperationalError | InterfaceError) or (
@@ -94,6 +105,20 @@ def classify(e: BaseException, what: str) -> BridgeError:
 def _sqlite_text_times(inspector: Any, table: sa.Table, column_info: dict[str, Any]) -> None:
     if isinstance(column_info["type"], _SQLITE_TIME_TYPES):
         column_info["type"] = sa.String()
+
+
+@dataclass(slots=True)
+class Rows:
+    """One page: the rows read, the rows that could not be decoded, where the page ends."""
+
+    rows: list[dict[str, Any]]
+    #: Rows set aside (see :mod:`.badrows`); empty unless a value could not be decoded.
+    bad: list[BadRow] = field(default_factory=list)
+    #: Order-column values of the last row of the page, good or bad (``None``: empty).
+    last: Cursor | None = None
+
+    def __len__(self) -> int:
+        return len(self.rows) + len(self.bad)
 
 
 def after_clause(cols: Sequence[sa.ColumnElement[Any]], values: Cursor) -> sa.ColumnElement[bool]:
@@ -112,7 +137,10 @@ class TableSource:
     def __init__(self, engine: sa.Engine, spec: PollTable) -> None:
         self.spec = spec
         self.mode = spec.effective_mode
-        schema, _, name = spec.name.rpartition(".")
+        if spec.schema is not None:  # explicit: the name is taken whole (it may hold dots)
+            schema, name = spec.schema, spec.name
+        else:
+            schema, _, name = spec.name.rpartition(".")
         self.schema = schema or None
         self.table_name = name
         self.selectable: sa.Table | sa.Subquery
@@ -154,10 +182,10 @@ class TableSource:
             return sa.Table(name, sa.MetaData(), schema=schema, autoload_with=engine,
                             listeners=listeners)
         except NoSuchTableError:
-            raise SourceSetupError(f"table {self.spec.name!r} not found in the source "
+            raise SourceSetupError(f"table {self.spec.ident!r} not found in the source "
                                    f"database") from None
         except SQLAlchemyError as e:
-            raise classify(e, f"reflecting table {self.spec.name!r}") from None
+            raise classify(e, f"reflecting table {self.spec.ident!r}") from None
 
     def _query_selectable(self, engine: sa.Engine, query: str) -> sa.Subquery:
         text = query.strip().rstrip(";").strip()
@@ -167,12 +195,12 @@ class TableSource:
             with engine.connect() as conn:
                 names = list(conn.execute(probe).keys())
         except (OperationalError, InterfaceError) as e:
-            raise classify(e, f"query of {self.spec.name!r}") from None
+            raise classify(e, f"query of {self.spec.ident!r}") from None
         except SQLAlchemyError as e:
             orig = getattr(e, "orig", None) or e
-            raise SourceSetupError(f"query of {self.spec.name!r} failed: {orig}") from None
+            raise SourceSetupError(f"query of {self.spec.ident!r} failed: {orig}") from None
         if len(set(names)) != len(names):
-            raise SourceSetupError(f"query of {self.spec.name!r} returns duplicate column "
+            raise SourceSetupError(f"query of {self.spec.ident!r} returns duplicate column "
                                    f"names; alias them")
         return sa.text(text).columns(*[sa.column(n) for n in names]).subquery("q")
 
@@ -188,12 +216,12 @@ class TableSource:
             self._require(inc)
             return [inc]
         raise SourceSetupError(
-            f"table {self.spec.name!r} has no primary key: set 'key_columns' (mode "
+            f"table {self.spec.ident!r} has no primary key: set 'key_columns' (mode "
             f"{self.mode} needs a unique row identity)")
 
     def _require(self, column: str) -> None:
         if column not in self.selectable.c:
-            raise SourceSetupError(f"table {self.spec.name!r} has no column {column!r}")
+            raise SourceSetupError(f"table {self.spec.ident!r} has no column {column!r}")
 
     def _read_columns(self) -> list[KeyedColumnElement[Any]]:
         rules = self.spec.columns
@@ -210,23 +238,96 @@ class TableSource:
 
     # --- reads ------------------------------------------------------------------------
 
-    def read_after(self, conn: sa.Connection, after: Cursor | None,
-                   limit: int) -> list[dict[str, Any]]:
+    def read_after(self, conn: sa.Connection, after: Cursor | None, limit: int) -> Rows:
         """Up to ``limit`` rows with cursor > ``after`` in cursor order."""
-        query = sa.select(*self.read_cols).order_by(*self.cursor_cols).limit(limit)
-        if self.ts_name is not None and self.mode != "diff":
-            query = query.where(self.selectable.c[self.ts_name].is_not(None))
-        if after is not None:
-            query = query.where(after_clause(self.cursor_cols, after))
-        return [dict(row) for row in conn.execute(query).mappings()]
+        not_null = self.ts_name is not None and self.mode != "diff"
+        return self._read(conn, self.cursor_names, after, limit, not_null)
 
-    def read_by_key(self, conn: sa.Connection, after: Cursor | None,
-                    limit: int) -> list[dict[str, Any]]:
+    def read_by_key(self, conn: sa.Connection, after: Cursor | None, limit: int) -> Rows:
         """Up to ``limit`` rows with key > ``after`` in key order (re-snapshots)."""
-        query = sa.select(*self.read_cols).order_by(*self.key_elems).limit(limit)
+        return self._read(conn, self.key_cols, after, limit, False)
+
+    def _read(self, conn: sa.Connection, order: list[str], after: Cursor | None, limit: int,
+              not_null: bool) -> Rows:
+        cols = [self.selectable.c[n] for n in order]
+        query = self._select(self.read_cols, cols, not_null).limit(limit)
         if after is not None:
-            query = query.where(after_clause(self.key_elems, after))
-        return [dict(row) for row in conn.execute(query).mappings()]
+            query = query.where(after_clause(cols, after))
+        try:
+            rows = _fetch(conn, query)
+        except DBAPIError as e:
+            if not undecodable(e):
+                raise
+            conn.rollback()  # PostgreSQL aborts the transaction on an error
+            return self._isolate(conn, order, cols, after, limit, not_null)
+        return Rows(rows, [], tuple(rows[-1][n] for n in order) if rows else None)
+
+    def _select(self, what: Sequence[sa.ColumnElement[Any]],
+                order: Sequence[sa.ColumnElement[Any]], not_null: bool) -> sa.Select[Any]:
+        query = sa.select(*what).order_by(*order)
+        if not_null and self.ts_name is not None:
+            query = query.where(self.selectable.c[self.ts_name].is_not(None))
+        return query
+
+    def _isolate(self, conn: sa.Connection, order: list[str],
+                 cols: Sequence[sa.ColumnElement[Any]], after: Cursor | None, limit: int,
+                 not_null: bool) -> Rows:
+        """Re-read a page that failed to decode, setting aside only the rows that fail."""
+        ids = list(dict.fromkeys([*order, *self.key_cols]))
+        probe = self._select([self.selectable.c[n] for n in ids], cols, not_null).limit(limit)
+        if after is not None:
+            probe = probe.where(after_clause(cols, after))
+        marks = _fetch(conn, probe)  # a key/cursor value that fails here: DecodeError
+        cursors = [tuple(m[n] for n in order) for m in marks]
+        out = Rows([], [], cursors[-1] if cursors else None)
+
+        def span(i: int, j: int) -> None:
+            if j - i == 1:
+                where = sa.and_(*[c == v for c, v in zip(cols, cursors[i], strict=True)])
+            else:
+                upper = sa.not_(after_clause(cols, cursors[j - 1]))
+                low = cursors[i - 1] if i else after
+                where = upper if low is None else sa.and_(after_clause(cols, low), upper)
+            try:
+                out.rows.extend(_fetch(conn, self._select(self.read_cols, cols, not_null)
+                                       .where(where)))
+                return
+            except DBAPIError as e:
+                if not undecodable(e):
+                    raise
+                conn.rollback()
+                if j - i == 1:
+                    out.bad.append(self._bad_row(conn, where, cursors[i], marks[i], e))
+                    return
+            mid = (i + j) // 2
+            span(i, mid)
+            span(mid, j)
+
+        if cursors:
+            span(0, len(cursors))
+        log.warning("table %r: %d row(s) in a page of %d cannot be decoded: sent to the "
+                    "dead-letter subject", self.spec.ident, len(out.bad), len(cursors))
+        return out
+
+    def _bad_row(self, conn: sa.Connection, where: sa.ColumnElement[bool], cursor: Cursor,
+                 ident: dict[str, Any], error: DBAPIError) -> BadRow:
+        """Probe the row column by column: which ones fail, and what can be read."""
+        partial: dict[str, Any] = {}
+        bad: list[str] = []
+        first: BaseException | None = None
+        for col in self.read_cols:
+            try:
+                partial[col.name] = conn.execute(sa.select(col).where(where)).scalar()
+            except DBAPIError as e:
+                if not undecodable(e):
+                    raise
+                conn.rollback()
+                bad.append(col.name)
+                first = first or e
+        orig = getattr(first or error, "orig", None) or first or error
+        what = f"column(s) {', '.join(bad)}" if bad else "the row"
+        return BadRow(cursor, {k: ident[k] for k in self.key_cols}, bad,
+                      f"{what} cannot be decoded: {type(orig).__name__}: {orig}", partial)
 
     def max_cursor(self, conn: sa.Connection) -> Cursor | None:
         query = sa.select(*self.cursor_cols).order_by(
@@ -242,3 +343,9 @@ class TableSource:
 
     def cursor_of(self, row: dict[str, Any]) -> Cursor:
         return tuple(row[c] for c in self.cursor_names)
+
+
+def _fetch(conn: sa.Connection, query: sa.Select[Any]) -> list[dict[str, Any]]:
+    result = conn.execute(query)
+    keys = tuple(result.keys())
+    return [dict(zip(keys, row, strict=True)) for row in result]

@@ -23,15 +23,24 @@ from typing import Any
 
 from bridge.events import dumps
 
+_blake2b = hashlib.blake2b
+_b64 = base64.b64encode
+
 CursorValue = Any
 Cursor = tuple[CursorValue, ...]
 
 _TAGS = ("~dt", "~d", "~t", "~dec", "~b", "~uuid", "~int")
 _INT64 = range(-(2**63), 2**63)
+_PLAIN = (str, float, bool, type(None))
 
 
 def encode_value(value: Any) -> Any:
     """A cursor value as JSON-able data that :func:`decode_value` turns back exactly."""
+    kind = type(value)
+    if kind is int:  # the common cases first: this runs for every row read
+        return value if value in _INT64 else ["~int", str(value)]
+    if kind in _PLAIN:
+        return value
     if isinstance(value, int) and not isinstance(value, bool) and value not in _INT64:
         return ["~int", str(value)]  # JSON numbers beyond 64 bits are not portable
     if value is None or isinstance(value, bool | int | float):
@@ -75,8 +84,15 @@ def decode_value(data: Any) -> Any:
     return uuid.UUID(text)
 
 
-def encode_cursor(cursor: Cursor | None) -> list[Any] | None:
-    return None if cursor is None else [encode_value(v) for v in cursor]
+def encode_cursor(cursor: Cursor | None) -> Sequence[Any] | None:
+    """A cursor as JSON-able data: the tuple itself when every value is JSON already."""
+    if cursor is None:
+        return None
+    for v in cursor:  # no new list per row in the common case (ints, strings)
+        kind = type(v)
+        if kind not in _PLAIN and (kind is not int or v not in _INT64):
+            return [encode_value(v) for v in cursor]
+    return cursor
 
 
 def decode_cursor(data: Sequence[Any] | None) -> Cursor | None:
@@ -85,6 +101,8 @@ def decode_cursor(data: Sequence[Any] | None) -> Cursor | None:
 
 def value_text(value: Any) -> str:
     """A stable text form of one value, for positions and event ids."""
+    if type(value) is int and value in _INT64:  # what ``dumps`` writes, without the call
+        return str(value)
     if isinstance(value, dt.datetime | dt.date | dt.time):
         return value.isoformat()
     if isinstance(value, str):
@@ -104,6 +122,8 @@ def row_hash(image: Mapping[str, Any]) -> bytes:
 
 def fingerprint(*parts: str | bytes) -> str:
     """A short hash identifying one row version (for the dedup window)."""
+    if len(parts) == 1 and type(parts[0]) is str:  # one call per row: the short way
+        return _b64(_blake2b(parts[0].encode() + b"\x1f", digest_size=9).digest()).decode()
     h = hashlib.blake2b(digest_size=9)
     for part in parts:
         h.update(part if isinstance(part, bytes) else part.encode())

@@ -76,6 +76,9 @@ class CsvFormat:
         self.encoding = encoding or options.encoding
         self.types = dict(types or {})
         self.date_formats = dict(date_formats or {})
+        #: ``(column, type, date format)`` of the typed columns, looked up once.
+        self._typed = [(name, type_, self.date_formats.get(name))
+                       for name, type_ in self.types.items() if type_ != "str"]
         self.columns: list[str] | None = list(options.columns) if options.columns else None
         self.needs_header = options.header
         self._feed = _Feed()
@@ -127,8 +130,7 @@ class CsvFormat:
         if len(fields) != len(columns):
             raise RowError(f"wrong field count: {len(fields)} fields, {len(columns)} expected")
         row = dict(zip(columns, fields, strict=True))
-        for name, type_ in self.types.items():
+        for name, type_, date_format in self._typed:
             if name in row:
-                row[name] = convert(row[name], type_, name,
-                                    date_format=self.date_formats.get(name))
+                row[name] = convert(row[name], type_, name, date_format=date_format)
         return row

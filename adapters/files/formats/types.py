@@ -42,6 +42,18 @@ def _number(text: str, implied: int, name: str) -> decimal.Decimal:
     return value.scaleb(-implied) if implied else value
 
 
+def _integer(text: str, implied: int, name: str) -> int:
+    if not implied:
+        try:  # plain digits: what the Decimal path below gives, in one call
+            return int(text)
+        except ValueError:
+            pass
+    value = _number(text, implied, name)
+    if value != value.to_integral_value():
+        raise RowError(f"field {name!r}: not an integer: {text[:40]!r}")
+    return int(value)
+
+
 def convert(text: str, type_: str, name: str, *, implied: int = 0,
             date_format: str | None = None) -> Any:
     """``text`` as a value of ``type_``; raises :class:`RowError` if it does not fit."""
@@ -51,10 +63,7 @@ def convert(text: str, type_: str, name: str, *, implied: int = 0,
     if not text:
         return None
     if type_ == "int":
-        value = _number(text, implied, name)
-        if value != value.to_integral_value():
-            raise RowError(f"field {name!r}: not an integer: {text[:40]!r}")
-        return int(value)
+        return _integer(text, implied, name)
     if type_ == "decimal":
         return _number(text, implied, name)
     if type_ == "float":
