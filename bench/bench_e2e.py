@@ -23,10 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import statistics
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -37,25 +34,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import nats
 import orjson
 import psycopg
-from nats.js import api
 
-from tests.helpers import BridgeProcess, write_config
-from tests.services.nats_server import NatsServer
-from tests.services.postgres import PostgresServer
-
-
-def emit(tag: str, **fields: Any) -> None:
-    print(f"{tag} {json.dumps(fields)}", flush=True)
-
-
-def vm_hwm_mb(pid: int) -> float | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        return None
-    return None
+from bench.common import (
+    Pacer,
+    bridge,
+    bridge_config,
+    emit,
+    emit_series,
+    latency,
+    publish_ceiling,
+    services,
+    vmhwm_mb,
+)
+from tests.helpers import BridgeProcess
 
 
 class Arrivals:
@@ -75,19 +66,16 @@ class Arrivals:
 
 def steady_writer(dsn: str, rate: float, seconds: float, first_id: int) -> int:
     n, per_tx = first_id, 10
-    interval = per_tx / rate
+    pacer = Pacer(rate, per_tx, seconds)
     with psycopg.connect(dsn, autocommit=False) as conn:
-        end = time.monotonic() + seconds
-        next_at = time.monotonic()
-        while time.monotonic() < end:
+        while pacer.running():
             t_ms = int(time.time() * 1000)
             conn.cursor().executemany(
                 "INSERT INTO bench_e2e (id, t_ms, payload) VALUES (%s, %s, %s)",
                 [(i, t_ms, "x" * 100) for i in range(n, n + per_tx)])
             conn.commit()
             n += per_tx
-            next_at += interval
-            time.sleep(max(0.0, next_at - time.monotonic()))
+            time.sleep(pacer.pause_s())
     return n - first_id
 
 
@@ -99,27 +87,11 @@ async def wait_count(arr: Arrivals, first_id: int, want: int, timeout_s: float) 
         await asyncio.sleep(0.1)
 
 
-async def ceiling(url: str, count: int, size: int) -> float:
-    nc = await nats.connect(url)
-    js = nc.jetstream(publish_async_max_pending=4000)
-    await js.add_stream(api.StreamConfig(name="CEIL", subjects=["ceil.>"]))
-    body = b"x" * size
-    start = time.perf_counter()
-    for i in range(count):
-        await js.publish_async("ceil.x", body, headers={"Nats-Msg-Id": f"c{i}"})
-    await js.publish_async_completed()
-    elapsed = time.perf_counter() - start
-    await js.delete_stream("CEIL")
-    await nc.close()
-    return count / elapsed
-
-
-async def run(args: argparse.Namespace, nats_srv: NatsServer, pg: PostgresServer,
-              bridge: BridgeProcess, dsn: str) -> None:
-    nc = await nats.connect(nats_srv.url)
+async def run(args: argparse.Namespace, nats_url: str, proc: BridgeProcess, dsn: str) -> None:
+    nc = await nats.connect(nats_url)
     arr = Arrivals()
     await nc.subscribe("cdc.>", cb=arr.handler, pending_msgs_limit=-1, pending_bytes_limit=-1)
-    bridge.start()
+    proc.start()
     with psycopg.connect(dsn, autocommit=True) as conn:  # warm-up: the slot exists once seen
         deadline, attempt = time.monotonic() + 60, 0
         while not arr.items:
@@ -131,15 +103,15 @@ async def run(args: argparse.Namespace, nats_srv: NatsServer, pg: PostgresServer
     # 1. steady
     written = await asyncio.to_thread(steady_writer, dsn, args.rate, args.seconds, 1)
     await wait_count(arr, 1, written, 120)
-    lat = sorted((a - t / 1000) * 1000 for a, t, i in arr.items if i >= 1 and t is not None)
-    q = statistics.quantiles(lat, n=100)
+    lat_ms = sorted((a - t / 1000) * 1000 for a, t, i in arr.items if i >= 1 and t is not None)
+    lat = latency(lat_ms)
     print(f"steady {args.rate:.0f} rows/s for {args.seconds:.0f}s: {written} events; latency "
-          f"p50 {q[49]:.1f} ms, p99 {q[98]:.1f} ms, max {lat[-1]:.1f} ms")
-    emit("BENCH", metric="e2e latency p50 (postgres, steady)", value=round(q[49], 2), unit="ms")
-    emit("BENCH", metric="e2e latency p99 (postgres, steady)", value=round(q[98], 2), unit="ms")
-    step = max(1, len(lat) // 2000)
-    emit("BENCH_SERIES", name=f"postgres steady {args.rate:.0f}/s", kind="latency",
-         points=[round(x, 2) for x in lat[::step]])
+          f"p50 {lat.p50_ms:.1f} ms, p99 {lat.p99_ms:.1f} ms, max {lat.max_ms:.1f} ms")
+    emit("e2e latency p50 (postgres, steady)", round(lat.p50_ms, 2), "ms")
+    emit("e2e latency p99 (postgres, steady)", round(lat.p99_ms, 2), "ms")
+    step = max(1, len(lat_ms) // 2000)
+    emit_series(f"postgres steady {args.rate:.0f}/s", "latency",
+                [round(x, 2) for x in lat_ms[::step]])
     # 2. burst
     first = 10_000_000
     with psycopg.connect(dsn, autocommit=True) as conn:
@@ -155,16 +127,17 @@ async def run(args: argparse.Namespace, nats_srv: NatsServer, pg: PostgresServer
         b = int((a - t_commit) / 0.5)
         buckets[b] = buckets.get(b, 0) + 1
     series = [[round(b * 0.5, 2), c / 0.5] for b, c in sorted(buckets.items())]
-    rss = vm_hwm_mb(bridge.proc.pid) if bridge.proc else None
-    ceil = await ceiling(nats_srv.url, args.rows, 460)
+    assert proc.proc is not None
+    rss = vmhwm_mb(proc.proc.pid)
+    # 3. ceiling: as many messages of the bridge's size (~460 B) on the same server
+    ceil = await publish_ceiling(nats_url, 460, count=args.rows, subject="ceil.x",
+                                 stream="CEIL")
     print(f"burst: one transaction of {args.rows} rows -> {rate:,.0f} events/s end to end; "
           f"bare publish_async {ceil:,.0f} msg/s; ratio {rate / ceil:.2f}; "
-          f"bridge peak RSS {rss or 0:.0f} MB")
-    emit("BENCH", metric="e2e burst throughput (postgres, 1 tx)", value=round(rate),
-         unit="events/s", ceiling=round(ceil), ratio=round(rate / ceil, 3),
-         peak_rss_mb=round(rss, 1) if rss else None)
-    emit("BENCH_SERIES", name=f"postgres burst {args.rows} rows", kind="throughput",
-         points=series)
+          f"bridge peak RSS {rss:.0f} MB")
+    emit("e2e burst throughput (postgres, 1 tx)", round(rate), "events/s",
+         ceiling=round(ceil), ratio=round(rate / ceil, 3), peak_rss_mb=round(rss, 1))
+    emit_series(f"postgres burst {args.rows} rows", "throughput", series)
     await nc.close()
 
 
@@ -175,33 +148,17 @@ def main() -> None:
     p.add_argument("--rate", type=float, default=2000.0, help="steady rows/s")
     p.add_argument("--seconds", type=float, default=15.0, help="steady phase length")
     args = p.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="bench-e2e-"))
-    nats_srv = NatsServer(tmp / "nats")
-    nats_srv.start()
-    pg = PostgresServer()
-    pg.start()
-    bridge: BridgeProcess | None = None
-    try:
-        dsn = pg.dsn
+    with services("bench-e2e-", postgres=True) as env:
+        assert env.postgres is not None
+        dsn = env.postgres.dsn
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute("CREATE TABLE bench_e2e (id bigint PRIMARY KEY, t_ms bigint, "
                          "payload text)")
-        cfg = write_config(tmp / "bridge.yaml", {
-            "state_dir": str(tmp / "state"),
-            "nats": {"url": nats_srv.url, "stream": "CDC", "subject_prefix": "cdc"},
-            "adapters": [{"name": "bench", "type": "postgres", "dsn": dsn,
-                          "tables": ["public.bench_e2e"], "snapshot": "never"}],
-        })
-        bridge = BridgeProcess(cfg, tmp / "bridge.log")
-        asyncio.run(run(args, nats_srv, pg, bridge, dsn))
-    finally:
-        if bridge is not None and bridge.alive():
-            bridge.terminate()
-        pg.destroy()
-        nats_srv.stop()
-        import shutil
-
-        shutil.rmtree(tmp, ignore_errors=True)
+        adapter = {"name": "bench", "type": "postgres", "dsn": dsn,
+                   "tables": ["public.bench_e2e"], "snapshot": "never"}
+        cfg = bridge_config(env.workdir, env.nats.url, [adapter])
+        with bridge(env.workdir, cfg, start=False) as proc:
+            asyncio.run(run(args, env.nats.url, proc, dsn))
 
 
 if __name__ == "__main__":

@@ -23,19 +23,22 @@ import asyncio
 import io
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import nats
-from nats.js import api
-
 from adapters.files.config import FilesConfig
 from adapters.files.session import EventBuilder, FileSession
-from tests.helpers import BridgeProcess, write_config
-from tests.services.nats_server import NatsServer
+from bench.common import (
+    bridge,
+    bridge_config,
+    emit,
+    publish_ceiling,
+    services,
+    vmhwm_mb,
+    wait_stored,
+)
 
 
 def write_csv(path: Path, rows: int) -> int:
@@ -59,100 +62,44 @@ def sample_bodies(cfg: FilesConfig, path: Path, n: int) -> list[bytes]:
     return [e.encode() for e in events]
 
 
-async def baseline(url: str, bodies: list[bytes], total: int, window: int) -> float:
-    nc = await nats.connect(url)
-    js = nc.jetstream(publish_async_max_pending=window)
-    await js.add_stream(api.StreamConfig(name="BASE", subjects=["base.>"],
-                                         duplicate_window=600))
-    start = time.perf_counter()
-    for i in range(total):
-        await js.publish_async("base.bench._.t.c", bodies[i % len(bodies)],
-                               headers={"Nats-Msg-Id": f"base-{i}"})
-    await js.publish_async_completed()
-    elapsed = time.perf_counter() - start
-    info = await js.stream_info("BASE")
-    assert info.state.messages == total, info.state.messages
-    await js.delete_stream("BASE")
-    await nc.close()
-    return elapsed
-
-
-async def stream_count(url: str) -> int:
-    nc = await nats.connect(url)
-    try:
-        try:
-            return int((await nc.jetstream().stream_info("CDC")).state.messages)
-        except Exception:
-            return 0
-    finally:
-        await nc.close()
-
-
-def peak_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def run(rows: int, batch_size: int, keep: bool) -> None:
-    tmp = Path(tempfile.mkdtemp(prefix="bench_files_"))
-    drop = tmp / "drop"
-    drop.mkdir()
-    staging = tmp / "big.csv"
-    size = write_csv(staging, rows)
-    print(f"CSV: {rows:,} rows, {size / 1e6:.1f} MB")
-    server = NatsServer(tmp / "nats")
-    server.start()
-    try:
+    with services("bench_files_", keep=keep) as env:
+        drop = env.workdir / "drop"
+        drop.mkdir()
+        staging = env.workdir / "big.csv"
+        size = write_csv(staging, rows)
+        print(f"CSV: {rows:,} rows, {size / 1e6:.1f} MB")
         adapter = {"name": "bench", "type": "files", "path": str(drop), "pattern": "*.csv",
                    "format": "csv", "mode": "drop", "key": ["id"],
                    "types": {"id": "int", "amount": "decimal"}, "batch_size": batch_size,
                    "poll_interval": "100ms", "stable_for": "0s"}
-        cfg = FilesConfig.model_validate({k: v for k, v in adapter.items()})
-        bodies = sample_bodies(cfg, staging, 10_000)
+        bodies = sample_bodies(FilesConfig.model_validate(adapter), staging, 10_000)
         avg = sum(map(len, bodies)) / len(bodies)
-        base_s = asyncio.run(baseline(server.url, bodies, rows, 4000))
-        print(f"baseline publish_async loop: {rows / base_s:,.0f} msg/s "
-              f"({base_s:.1f}s, body ~{avg:.0f} B)")
+        base_rate = asyncio.run(publish_ceiling(env.nats.url, bodies, count=rows,
+                                                subject="base.bench._.t.c", stream="BASE"))
+        print(f"baseline publish_async loop: {base_rate:,.0f} msg/s "
+              f"({rows / base_rate:.1f}s, body ~{avg:.0f} B)")
         os.rename(staging, drop / "big.csv")
-        config = write_config(tmp / "bridge.yaml", {
-            "state_dir": str(tmp / "state"),
-            "nats": {"url": server.url, "stream": "CDC", "subject_prefix": "cdc"},
-            "adapters": [adapter]})
-        bridge = BridgeProcess(config, tmp / "bridge.log")
-        start = time.perf_counter()
-        bridge.start()
-        assert bridge.proc is not None
-        first = None
-        rss = 0.0
-        while True:
-            n = asyncio.run(stream_count(server.url))
-            now = time.perf_counter()
-            if n and first is None:
-                first = now
-            rss = max(rss, peak_rss_mb(bridge.proc.pid))
-            if n >= rows:
-                break
-            if not bridge.alive():
-                raise SystemExit("bridge died:\n" + bridge.log()[-3000:])
-            time.sleep(0.25)
-        elapsed = time.perf_counter() - start
-        rss = max(rss, peak_rss_mb(bridge.proc.pid))
-        bridge.terminate()
+        start = time.time()
+        with bridge(env.workdir, bridge_config(env.workdir, env.nats.url, [adapter])) as proc:
+            assert proc.proc is not None
+            done = wait_stored(env.nats.url, rows, timeout_s=3600, interval_s=0.25,
+                               bridge=proc, stall_s=180)
+            rss = vmhwm_mb(proc.proc.pid)
+        elapsed = done.done_at - start
         rate = rows / elapsed
+        from_first = rows / max(done.done_at - done.first_at, 1e-3)
         print(f"bridge (files drop -> outbox -> JetStream): {rate:,.0f} rows/s "
               f"({elapsed:.1f}s from process start; "
-              f"{rows / (now - (first or start)):,.0f} rows/s from the first message)")
-        print(f"ratio bridge / bare publish_async: {rate / (rows / base_s):.2f}")
+              f"{from_first:,.0f} rows/s from the first message)")
+        print(f"ratio bridge / bare publish_async: {rate / base_rate:.2f}")
         print(f"bridge peak RSS (VmHWM): {rss:.0f} MB")
-    finally:
-        server.stop()
-        if not keep:
-            import shutil
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            print(f"kept {tmp}")
+        emit("files CSV drop->JetStream rows/s (from process start)", round(rate), "rows/s",
+             ceiling=round(base_rate), ratio=round(rate / base_rate, 3),
+             peak_rss_mb=round(rss, 1))
+        emit("files CSV drop->JetStream rows/s (from the first message)", round(from_first),
+             "rows/s", ceiling=round(base_rate), ratio=round(from_first / base_rate, 3))
+        emit(f"files CSV size ({rows} rows)", round(size / 1e6, 1), "MB")
 
 
 def main() -> None:

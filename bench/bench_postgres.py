@@ -26,11 +26,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import shutil
-import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -38,13 +35,23 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import nats
 import psycopg
-from nats.js import api
 
+from bench.common import (
+    Pacer,
+    bridge,
+    bridge_config,
+    emit,
+    latency,
+    publish_ceiling,
+    read_stored,
+    services,
+    stream_count,
+    vmhwm_mb,
+    wait_log,
+    wait_stored,
+)
 from bridge.events import ChangeEvent
-from tests.helpers import BridgeProcess, write_config
-from tests.services.nats_server import NatsServer
 from tests.services.postgres import PostgresServer
 
 TABLE_DDL = "CREATE TABLE ev (id bigint PRIMARY KEY, customer text, amount numeric, note text)"
@@ -68,38 +75,6 @@ def insert_tx(dsn: str, start: int, n: int) -> float:
         return time.time()
 
 
-async def _js_count(url: str, stream: str = "CDC") -> int:
-    nc = await nats.connect(url)
-    try:
-        try:
-            info = await nc.jetstream().stream_info(stream)
-        except Exception:
-            return 0
-        return int(info.state.messages)
-    finally:
-        await nc.close()
-
-
-def wait_count(url: str, n: int, timeout_s: float) -> float:
-    deadline = time.time() + timeout_s
-    while time.time() < deadline:
-        if asyncio.run(_js_count(url)) >= n:
-            return time.time()
-        time.sleep(0.02)
-    raise SystemExit(f"timed out waiting for {n} messages")
-
-
-def bridge_config(tmp: Path, nats_url: str, dsn: str) -> Path:
-    return write_config(tmp / "bridge.yaml", {
-        "state_dir": str(tmp / "state"),
-        "nats": {"url": nats_url, "stream": "CDC", "subject_prefix": "cdc",
-                 "duplicate_window": "2m"},
-        "log": {"level": "WARNING"},
-        "adapters": [{"name": "shop", "type": "postgres", "dsn": dsn, "tables": ["ev"],
-                      "snapshot": "never", "publication": "bench_pub"}],
-    })
-
-
 def recvlogical(pg: PostgresServer, dsn: str, end_lsn: str) -> float:
     """Seconds pg_recvlogical takes to read slot ``bench_recv`` up to ``end_lsn``."""
     binary = pg.bindir / "pg_recvlogical"
@@ -111,156 +86,103 @@ def recvlogical(pg: PostgresServer, dsn: str, end_lsn: str) -> float:
     return time.time() - t0
 
 
-async def bare_nats(url: str, n: int) -> float:
-    """events/s of a bare publish_async loop of ``n`` bridge-sized messages."""
-    nc = await nats.connect(url)
-    js = nc.jetstream(publish_async_max_pending=4000)
-    await js.add_stream(api.StreamConfig(name="BARE", subjects=["bare.>"],
-                                         duplicate_window=120))
-    bodies = [ChangeEvent(adapter="shop", schema="public", table="ev", op="c",
-                          position=f"0/{i:X}", key={"id": i},
-                          after={"id": i, "customer": f"cust-{i % 97}", "amount": f"{i}.25",
-                                 "note": "note"}, txid=1234, ts_ms=1_795_000_000_000,
-                          source_extra={"lsn": f"0/{i:X}", "snapshot": False})
-              for i in range(n)]
-    encoded = [(b.id, b.encode()) for b in bodies]
-    t0 = time.time()
-    for msg_id, body in encoded:
-        await js.publish_async("bare.shop.public.ev.c", body, headers={"Nats-Msg-Id": msg_id})
-    await js.publish_async_completed()
-    elapsed = time.time() - t0
-    await nc.close()
-    return n / elapsed
-
-
-async def _stored(url: str) -> list[tuple[int, float]]:
-    """(commit ts_ms, stored time) of every message in CDC."""
-    nc = await nats.connect(url)
-    js = nc.jetstream()
-    sub = await js.pull_subscribe("cdc.>", stream="CDC", config=api.ConsumerConfig(
-        ack_policy=api.AckPolicy.NONE, deliver_policy=api.DeliverPolicy.ALL))
-    out: list[tuple[int, float]] = []
-    while True:
-        try:
-            msgs = await sub.fetch(2000, timeout=1.0)
-        except (nats.errors.TimeoutError, TimeoutError):
-            break
-        for m in msgs:
-            ts = json.loads(m.data)["data"]["source"]["ts_ms"]
-            out.append((ts, m.metadata.timestamp.timestamp()))
-    await nc.close()
-    return out
+def bridge_sized_events(n: int) -> list[ChangeEvent]:
+    """``n`` events shaped like the bridge's for a row of ``ev``."""
+    return [ChangeEvent(adapter="shop", schema="public", table="ev", op="c",
+                        position=f"0/{i:X}", key={"id": i},
+                        after={"id": i, "customer": f"cust-{i % 97}", "amount": f"{i}.25",
+                               "note": "note"}, txid=1234, ts_ms=1_795_000_000_000,
+                        source_extra={"lsn": f"0/{i:X}", "snapshot": False})
+            for i in range(n)]
 
 
 def steady(dsn: str, rate: int, seconds: float, start: int) -> int:
     per_tx = 20
-    interval = per_tx / rate
+    pacer = Pacer(rate, per_tx, seconds)
     n = 0
     with psycopg.connect(dsn) as conn:
-        t_next = time.time()
-        end = t_next + seconds
-        while time.time() < end:
+        while pacer.running():
             conn.execute(f"INSERT INTO ev SELECT g, 'c', 1, 'n' FROM "
                          f"generate_series({start + n}, {start + n + per_tx - 1}) g")
             conn.commit()
             n += per_tx
-            t_next += interval
-            time.sleep(max(0.0, t_next - time.time()))
+            time.sleep(pacer.pause_s())
     return n
 
 
-def vmhwm_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
 def bench(args: argparse.Namespace) -> None:
-    tmp = Path(tempfile.mkdtemp(prefix="bench-pg-"))
-    pg = PostgresServer()
-    pg.start()
-    ns = NatsServer(tmp / "nats")
-    ns.start()
-    bridge: BridgeProcess | None = None
-    try:
-        dsn = pg.dsn
+    with services("bench-pg-", postgres=True) as env:
+        assert env.postgres is not None
+        pg, url, dsn = env.postgres, env.nats.url, env.postgres.dsn
         sql(dsn, TABLE_DDL, "CREATE PUBLICATION bench_pub FOR TABLE ev",
             "SELECT pg_create_logical_replication_slot('bench_recv', 'pgoutput')")
-        bridge = BridgeProcess(bridge_config(tmp, ns.url, dsn), tmp / "bridge.log")
-        bridge.start()
-        deadline = time.time() + 30
-        while "created replication slot" not in bridge.log() and time.time() < deadline:
-            time.sleep(0.1)
-        sql(dsn, "SELECT pg_logical_emit_message(false, 'warmup', '')")
-        time.sleep(1.0)
+        adapter = {"name": "shop", "type": "postgres", "dsn": dsn, "tables": ["ev"],
+                   "snapshot": "never", "publication": "bench_pub"}
+        cfg = bridge_config(env.workdir, url, [adapter], nats_extra={"duplicate_window": "2m"},
+                            log_level="WARNING")
+        with bridge(env.workdir, cfg) as proc:
+            wait_log(proc, "created replication slot", 30)
+            sql(dsn, "SELECT pg_logical_emit_message(false, 'warmup', '')")
+            time.sleep(1.0)
 
-        # 1. bridge end to end, one transaction of --rows rows
-        n = args.rows
-        t_commit = insert_tx(dsn, 1, n)
-        end_lsn = sql(dsn, "SELECT pg_current_wal_lsn()::text")[0][0]
-        t_done = wait_count(ns.url, n, timeout_s=600)
-        bridge_rate = n / (t_done - t_commit)
-        print(f"bridge commit->PubAck: {n} rows in {t_done - t_commit:.2f}s = "
-              f"{bridge_rate:,.0f} events/s", flush=True)
+            # 1. bridge end to end, one transaction of --rows rows
+            n = args.rows
+            t_commit = insert_tx(dsn, 1, n)
+            end_lsn = sql(dsn, "SELECT pg_current_wal_lsn()::text")[0][0]
+            t_done = wait_stored(url, n, timeout_s=600, interval_s=0.02).done_at
+            bridge_rate = n / (t_done - t_commit)
+            print(f"bridge commit->PubAck: {n} rows in {t_done - t_commit:.2f}s = "
+                  f"{bridge_rate:,.0f} events/s", flush=True)
 
-        # 2. pg_recvlogical on the same transaction (second slot)
-        recv_s = recvlogical(pg, dsn, end_lsn)
-        recv_rate = n / recv_s
-        print(f"pg_recvlogical same data: {recv_s:.2f}s = {recv_rate:,.0f} events/s",
-              flush=True)
+            # 2. pg_recvlogical on the same transaction (second slot)
+            recv_s = recvlogical(pg, dsn, end_lsn)
+            recv_rate = n / recv_s
+            print(f"pg_recvlogical same data: {recv_s:.2f}s = {recv_rate:,.0f} events/s",
+                  flush=True)
 
-        # 3. bare nats publish_async
-        nats_rate = asyncio.run(bare_nats(ns.url, n))
-        print(f"bare nats-py publish_async: {nats_rate:,.0f} msg/s", flush=True)
-        ceiling = min(recv_rate, nats_rate)
-        ratio = bridge_rate / ceiling
-        lower = "pg_recvlogical" if recv_rate < nats_rate else "nats"
-        print(f"ratio bridge / lower ceiling ({lower}): {ratio:.2f}; "
-              f"bridge / pg_recvlogical {bridge_rate / recv_rate:.2f}; "
-              f"bridge / nats {bridge_rate / nats_rate:.2f}", flush=True)
-        print("BENCH " + json.dumps({"metric": "postgres e2e events/s (one tx)",
-                                     "value": round(bridge_rate), "unit": "events/s",
-                                     "ceiling": round(ceiling), "ratio": round(ratio, 3)}))
+            # 3. bare nats publish_async, the bridge's bodies and message ids
+            events = bridge_sized_events(n)
+            nats_rate = asyncio.run(publish_ceiling(
+                url, [e.encode() for e in events], msg_ids=[e.id for e in events],
+                subject="bare.shop.public.ev.c", stream="BARE"))
+            del events
+            print(f"bare nats-py publish_async: {nats_rate:,.0f} msg/s", flush=True)
+            ceiling = min(recv_rate, nats_rate)
+            ratio = bridge_rate / ceiling
+            lower = "pg_recvlogical" if recv_rate < nats_rate else "nats"
+            print(f"ratio bridge / lower ceiling ({lower}): {ratio:.2f}; "
+                  f"bridge / pg_recvlogical {bridge_rate / recv_rate:.2f}; "
+                  f"bridge / nats {bridge_rate / nats_rate:.2f}", flush=True)
+            emit("postgres e2e events/s (one tx)", round(bridge_rate), "events/s",
+                 ceiling=round(ceiling), ratio=round(ratio, 3))
 
-        # 4. steady-rate latency
-        before = asyncio.run(_js_count(ns.url))
-        written = steady(dsn, args.rate, args.seconds, n + 1)
-        wait_count(ns.url, before + written, timeout_s=120)
-        stored = asyncio.run(_stored(ns.url))[before:]
-        lat = sorted(stored_s * 1000 - ts for ts, stored_s in stored)
-        p50 = statistics.median(lat)
-        p99 = lat[int(len(lat) * 0.99) - 1]
-        print(f"commit->PubAck latency at {args.rate} rows/s ({len(lat)} rows): "
-              f"p50 {p50:.1f} ms, p99 {p99:.1f} ms", flush=True)
-        print("BENCH " + json.dumps({"metric": f"postgres latency p50 @{args.rate}/s",
-                                     "value": round(p50, 1), "unit": "ms"}))
-        print("BENCH " + json.dumps({"metric": f"postgres latency p99 @{args.rate}/s",
-                                     "value": round(p99, 1), "unit": "ms"}))
+            # 4. steady-rate latency: commit ts_ms -> JetStream stored timestamp
+            before = stream_count(url)
+            written = steady(dsn, args.rate, args.seconds, n + 1)
+            wait_stored(url, before + written, timeout_s=120, interval_s=0.02)
+            lat = latency(m.stored_at * 1000 - json.loads(m.data)["data"]["source"]["ts_ms"]
+                          for m in read_stored(url, start_seq=before + 1))
+            print(f"commit->PubAck latency at {args.rate} rows/s ({lat.n} rows): "
+                  f"p50 {lat.p50_ms:.1f} ms, p99 {lat.p99_ms:.1f} ms", flush=True)
+            emit(f"postgres latency p50 @{args.rate}/s", round(lat.p50_ms, 1), "ms")
+            emit(f"postgres latency p99 @{args.rate}/s", round(lat.p99_ms, 1), "ms")
 
-        # 5. one huge transaction: peak RSS of the bridge
-        if args.big_rows:
-            assert bridge.proc is not None
-            rss_before = vmhwm_mb(bridge.proc.pid)
-            before = asyncio.run(_js_count(ns.url))
-            start = n + written + 1
-            t_commit = insert_tx(dsn, start, args.big_rows)
-            t_done = wait_count(ns.url, before + args.big_rows, timeout_s=3600)
-            rss = vmhwm_mb(bridge.proc.pid)
-            rate = args.big_rows / (t_done - t_commit)
-            print(f"{args.big_rows}-row transaction: {t_done - t_commit:.1f}s = {rate:,.0f} "
-                  f"events/s; bridge peak RSS (VmHWM) {rss:.0f} MB "
-                  f"(before it: {rss_before:.0f} MB)", flush=True)
-            print("BENCH " + json.dumps({"metric": f"postgres {args.big_rows}-row tx events/s",
-                                         "value": round(rate), "unit": "events/s",
-                                         "peak_rss_mb": round(rss, 1)}))
-        assert bridge.terminate() == 0, bridge.log()[-2000:]
-    finally:
-        if bridge is not None and bridge.alive():
-            bridge.kill9()
-        ns.stop()
-        pg.destroy()
-        shutil.rmtree(tmp, ignore_errors=True)
+            # 5. one huge transaction: peak RSS of the bridge
+            if args.big_rows:
+                assert proc.proc is not None
+                rss_before = vmhwm_mb(proc.proc.pid)
+                before = stream_count(url)
+                t_commit = insert_tx(dsn, n + written + 1, args.big_rows)
+                t_done = wait_stored(url, before + args.big_rows, timeout_s=3600,
+                                     interval_s=0.02).done_at
+                rss = vmhwm_mb(proc.proc.pid)
+                rate = args.big_rows / (t_done - t_commit)
+                print(f"{args.big_rows}-row transaction: {t_done - t_commit:.1f}s = "
+                      f"{rate:,.0f} events/s; bridge peak RSS (VmHWM) {rss:.0f} MB "
+                      f"(before it: {rss_before:.0f} MB)", flush=True)
+                emit(f"postgres {args.big_rows}-row tx events/s", round(rate), "events/s",
+                     peak_rss_mb=round(rss, 1))
+            assert proc.terminate() == 0, proc.log()[-2000:]
 
 
 def main() -> None:

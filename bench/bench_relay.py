@@ -26,16 +26,13 @@ import asyncio
 import logging
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import nats
-from nats.js import api
-
+from bench.common import Pacer, emit, latency, publish_ceiling, services
 from bridge import metrics
 from bridge.config import NatsConfig
 from bridge.events import ChangeEvent
@@ -44,7 +41,6 @@ from bridge.relay import Relay
 from outbox.base import OutboxMessage, OutboxStore
 from outbox.factory import open_store
 from outbox.runner import AsyncStore
-from tests.services.nats_server import NatsServer
 
 
 def make_messages(n: int, run: str) -> list[OutboxMessage]:
@@ -61,20 +57,11 @@ def make_messages(n: int, run: str) -> list[OutboxMessage]:
 
 
 async def bare(url: str, msgs: list[OutboxMessage], stream: str) -> float:
-    nc = await nats.connect(url)
-    js = nc.jetstream(publish_async_max_pending=4000)
-    await js.add_stream(api.StreamConfig(name=stream, subjects=[f"{stream.lower()}.>"],
-                                         duplicate_window=600))
-    prefix = stream.lower()
-    subjects = [prefix + m.subject[3:] for m in msgs]
-    start = time.perf_counter()
-    for m, subject in zip(msgs, subjects, strict=True):
-        await js.publish_async(subject, m.payload, headers={"Nats-Msg-Id": m.msg_id})
-    await js.publish_async_completed()
-    elapsed = time.perf_counter() - start
-    await js.delete_stream(stream)
-    await nc.close()
-    return len(msgs) / elapsed
+    """The ceiling on the same messages: bodies, message ids, their (one) subject."""
+    subject = stream.lower() + msgs[0].subject[3:]
+    return await publish_ceiling(url, [m.payload for m in msgs],
+                                 msg_ids=[m.msg_id for m in msgs], subject=subject,
+                                 stream=stream)
 
 
 def open_bench_store(kind: str, tmp: Path, pg_url: str | None) -> OutboxStore:
@@ -137,17 +124,15 @@ async def latency_run(url: str, store: OutboxStore, rate: int, seconds: float,
     relay = Relay(astore, publisher, prefix="cdc")
     task = asyncio.create_task(relay.run())
     per_tx = 20
-    interval = per_tx / rate
     msgs = make_messages(int(rate * seconds), "lat")
+    pacer = Pacer(rate, per_tx)  # started after building the messages: no catch-up burst
     try:
-        next_at = time.perf_counter()
         for i in range(0, len(msgs), per_tx):
             now = int(time.time() * 1000)
             chunk = [OutboxMessage(m.msg_id, m.subject, m.payload, None, now)
                      for m in msgs[i:i + per_tx]]
             await astore.append("erp", chunk, None)
-            next_at += interval
-            await asyncio.sleep(max(0.0, next_at - time.perf_counter()))
+            await asyncio.sleep(pacer.pause_s())
         while relay.stats.published < len(msgs):
             await asyncio.sleep(0.01)
     finally:
@@ -156,28 +141,25 @@ async def latency_run(url: str, store: OutboxStore, rate: int, seconds: float,
         metrics.PUBLISH_LATENCY = original
         await publisher.close()
         astore.close()
-    ms = sorted(v * 1000 for v in recorder.values)
-    return {"n": len(ms), "p50_ms": ms[len(ms) // 2], "p99_ms": ms[int(len(ms) * 0.99)],
-            "max_ms": ms[-1]}
+    lat = latency(v * 1000 for v in recorder.values)
+    return {"n": lat.n, "p50_ms": lat.p50_ms, "p99_ms": lat.p99_ms, "max_ms": lat.max_ms}
 
 
 async def main(args: argparse.Namespace) -> None:
     logging.basicConfig(level=logging.WARNING)
-    tmp = Path(tempfile.mkdtemp(prefix="bench-relay-"))
-    server = NatsServer(tmp / "nats")
-    server.start()
     results: dict[str, list[float]] = {"bare": [], "relay": [], "drain": []}
-    try:
-        print(f"nats-server {server.url}; {args.events} events of "
+    with services("bench-relay-") as env:
+        url, tmp = env.nats.url, env.workdir
+        print(f"nats-server {url}; {args.events} events of "
               f"{len(make_messages(1, 'x')[0].payload)} bytes; store {args.store}")
         for r in range(args.rounds):
             msgs = make_messages(args.events, f"r{r}")
-            results["bare"].append(await bare(server.url, msgs, f"BARE{r}"))
+            results["bare"].append(await bare(url, msgs, f"BARE{r}"))
             store = open_bench_store(args.store, tmp / f"r{r}", args.pg_url)
-            results["relay"].append(await relay_run(server.url, store, msgs, f"RELAY{r}",
+            results["relay"].append(await relay_run(url, store, msgs, f"RELAY{r}",
                                                     args.batch, prefill=False))
             store = open_bench_store(args.store, tmp / f"d{r}", args.pg_url)
-            results["drain"].append(await relay_run(server.url, store, msgs, f"DRAIN{r}",
+            results["drain"].append(await relay_run(url, store, msgs, f"DRAIN{r}",
                                                     args.batch, prefill=True))
             print(f"round {r + 1}: bare {results['bare'][-1]:,.0f}/s  "
                   f"outbox+relay {results['relay'][-1]:,.0f}/s  "
@@ -186,15 +168,22 @@ async def main(args: argparse.Namespace) -> None:
         print(f"median: bare {med['bare']:,.0f}/s  outbox+relay {med['relay']:,.0f}/s "
               f"(ratio {med['relay'] / med['bare']:.2f})  drain {med['drain']:,.0f}/s "
               f"(ratio {med['drain'] / med['bare']:.2f})")
+        rounds = f"median of {args.rounds}, {args.store}"
+        emit(f"outbox+relay events/s ({rounds})", round(med["relay"]), "events/s",
+             ceiling=round(med["bare"]), ratio=round(med["relay"] / med["bare"], 3))
+        emit(f"relay drain of a filled outbox events/s ({rounds})", round(med["drain"]),
+             "events/s", ceiling=round(med["bare"]), ratio=round(med["drain"] / med["bare"], 3))
+        emit(f"bare publish_async msg/s (median of {args.rounds})", round(med["bare"]), "msg/s")
         if args.latency_seconds > 0:
             store = open_bench_store(args.store, tmp / "lat", args.pg_url)
-            lat: dict[str, Any] = await latency_run(server.url, store, args.rate,
+            lat: dict[str, Any] = await latency_run(url, store, args.rate,
                                                     args.latency_seconds, "LAT")
             print(f"latency at {args.rate}/s for {args.latency_seconds:g}s: "
                   f"p50 {lat['p50_ms']:.1f} ms  p99 {lat['p99_ms']:.1f} ms  "
                   f"max {lat['max_ms']:.1f} ms  ({lat['n']} events)")
-    finally:
-        server.stop()
+            for q in ("p50", "p99", "max"):
+                emit(f"relay append->PubAck latency {q} @{args.rate}/s",
+                     round(lat[f"{q}_ms"], 2), "ms")
 
 
 if __name__ == "__main__":

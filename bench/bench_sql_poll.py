@@ -23,31 +23,29 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-import nats
 import sqlalchemy as sa
-import yaml
-from nats.js import api
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.services.mariadb import MariaDBServer  # noqa: E402
-from tests.services.nats_server import NatsServer  # noqa: E402
+from bench.common import (  # noqa: E402
+    Services,
+    bridge,
+    bridge_config,
+    emit,
+    publish_ceiling,
+    read_stored,
+    services,
+    vmhwm_mb,
+    wait_stored,
+)
 
 DDL = ("CREATE TABLE {t} (id int PRIMARY KEY, customer varchar(40) NOT NULL, "
        "amount decimal(12,2) NOT NULL, note varchar(100), updated_at datetime(6) NOT NULL)")
-
-
-def peak_rss_mb(pid: int | str = "self") -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def fill(engine: sa.Engine, table: str, rows: int) -> None:
@@ -67,68 +65,18 @@ def fill(engine: sa.Engine, table: str, rows: int) -> None:
         raw.close()
 
 
-async def stream_count(url: str, stream: str) -> int:
-    nc = await nats.connect(url)
-    try:
-        try:
-            info = await nc.jetstream().stream_info(stream)
-        except Exception:
-            return 0
-        return int(info.state.messages)
-    finally:
-        await nc.close()
-
-
-async def read_payloads(url: str, limit: int) -> list[bytes]:
-    nc = await nats.connect(url)
-    js = nc.jetstream()
-    sub = await js.pull_subscribe("cdc.>", stream="CDC", config=api.ConsumerConfig(
-        ack_policy=api.AckPolicy.NONE, deliver_policy=api.DeliverPolicy.ALL))
-    out: list[bytes] = []
-    while len(out) < limit:
-        msgs = await sub.fetch(5000, timeout=5)
-        out.extend(m.data for m in msgs)
-    await nc.close()
-    return out
-
-
-async def baseline(url: str, payloads: list[bytes]) -> float:
-    nc = await nats.connect(url, pending_size=64 * 1024 * 1024)
-    js = nc.jetstream(publish_async_max_pending=4000)
-    await js.add_stream(name="BASE", subjects=["base.>"])
-    t0 = time.perf_counter()
-    for i, p in enumerate(payloads):
-        await js.publish_async("base.erp._.bench_rows.r", p, headers={"Nats-Msg-Id": f"b{i}"})
-    await js.publish_async_completed()
-    elapsed = time.perf_counter() - t0
-    await nc.close()
-    return len(payloads) / elapsed
-
-
-def snapshot(tmp: Path, maria: MariaDBServer, nats_srv: NatsServer, rows: int) -> dict[str, Any]:
-    cfg = {"state_dir": str(tmp / "state"),
-           "nats": {"url": nats_srv.url, "stream": "CDC", "subject_prefix": "cdc"},
-           "adapters": [{"name": "erp", "type": "sql_poll", "url": maria.url.replace(
-               "/test", "/bench?charset=utf8mb4"), "poll_interval": "1s", "batch_size": 2000,
+def snapshot(env: Services, url: str, rows: int) -> dict[str, Any]:
+    adapter = {"name": "erp", "type": "sql_poll", "url": url, "poll_interval": "1s",
+               "batch_size": 2000,
                "tables": [{"name": "bench_rows", "mode": "incrementing",
-                           "incrementing_column": "id", "snapshot": "initial"}]}]}
-    path = tmp / "bridge.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    log = open(tmp / "bridge.log", "wb")  # noqa: SIM115
-    t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "bridge.cli", "run", "-c", str(path)],
-                            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        while asyncio.run(stream_count(nats_srv.url, "CDC")) < rows:
-            if proc.poll() is not None:
-                raise RuntimeError("bridge exited: " + (tmp / "bridge.log").read_text()[-2000:])
-            time.sleep(0.5)
-        elapsed = time.perf_counter() - t0
-        rss = peak_rss_mb(proc.pid)
-    finally:
-        proc.terminate()
-        proc.wait(60)
-        log.close()
+                           "incrementing_column": "id", "snapshot": "initial"}]}
+    t0 = time.time()
+    with bridge(env.workdir, bridge_config(env.workdir, env.nats.url, [adapter])) as proc:
+        assert proc.proc is not None
+        done = wait_stored(env.nats.url, rows, timeout_s=3600, interval_s=0.5, bridge=proc,
+                           stall_s=180)
+        elapsed = done.done_at - t0
+        rss = vmhwm_mb(proc.proc.pid)
     return {"rows": rows, "seconds": round(elapsed, 1), "rows_per_s": round(rows / elapsed),
             "bridge_peak_rss_mb": round(rss, 1)}
 
@@ -169,7 +117,23 @@ def diff_child(url: str, state_dir: str, changed: float, rows: int) -> None:
     _, events, diff_s = asyncio.run(one_pass(cp))
     print(json.dumps({"rows": rows, "baseline_pass_s": round(base_s, 1),
                       "changed_pass_s": round(diff_s, 1), "events": events,
-                      "peak_rss_mb": round(peak_rss_mb(), 1)}))
+                      "peak_rss_mb": round(vmhwm_mb(), 1)}))
+
+
+def emit_figures(results: dict[str, Any]) -> None:
+    """The BENCH lines bench/report.py reads (the JSON above stays for people)."""
+    snap = results.get("snapshot_mariadb_to_jetstream")
+    if snap:
+        emit("sql_poll snapshot MariaDB->JetStream rows/s", snap["rows_per_s"], "rows/s",
+             ceiling=snap["bare_publish_async_msgs_per_s"], ratio=snap["ratio_vs_bare"],
+             peak_rss_mb=snap["bridge_peak_rss_mb"])
+        emit(f"sql_poll snapshot of {snap['rows']} rows", snap["seconds"], "s")
+    diff = results["diff"]
+    emit(f"sql_poll diff baseline pass ({diff['rows']} rows)", diff["baseline_pass_s"], "s",
+         peak_rss_mb=diff["peak_rss_mb"])
+    emit(f"sql_poll diff pass, {diff['changed_fraction']:.0%} changed", diff["changed_pass_s"],
+         "s", peak_rss_mb=diff["peak_rss_mb"])
+    emit("sql_poll diff events found", diff["events"], "events")
 
 
 def main() -> None:
@@ -182,14 +146,10 @@ def main() -> None:
     if args.diff_child:
         diff_child(args.diff_child[0], args.diff_child[1], args.changed, int(args.diff_child[2]))
         return
-    tmp = Path(tempfile.mkdtemp(prefix="bench-sqlpoll-"))
-    maria = MariaDBServer()
-    maria.start()
-    nats_srv = NatsServer(tmp / "nats")
-    nats_srv.start()
-    try:
-        url = maria.url.replace("/test", "/bench?charset=utf8mb4")
-        admin = sa.create_engine(maria.url, isolation_level="AUTOCOMMIT")
+    with services("bench-sqlpoll-", mariadb=True) as env:
+        assert env.mariadb is not None
+        url = env.mariadb.url.replace("/test", "/bench?charset=utf8mb4")
+        admin = sa.create_engine(env.mariadb.url, isolation_level="AUTOCOMMIT")
         with admin.connect() as c:
             c.execute(sa.text("CREATE DATABASE bench CHARACTER SET utf8mb4"))
         admin.dispose()
@@ -200,22 +160,23 @@ def main() -> None:
         print(f"filled {args.rows} rows in {time.perf_counter() - t0:.1f}s", flush=True)
         results: dict[str, Any] = {}
         if not args.skip_snapshot:
-            snap = snapshot(tmp, maria, nats_srv, args.rows)
-            payloads = asyncio.run(read_payloads(nats_srv.url, args.rows))
-            rate = asyncio.run(baseline(nats_srv.url, payloads))
+            snap = snapshot(env, url, args.rows)
+            payloads = [m.data for m in read_stored(env.nats.url, limit=args.rows)]
+            rate = asyncio.run(publish_ceiling(env.nats.url, payloads,
+                                               subject="base.erp._.bench_rows.r",
+                                               stream="BASE"))
             snap["bare_publish_async_msgs_per_s"] = round(rate)
             snap["ratio_vs_bare"] = round(snap["rows_per_s"] / rate, 2)
             results["snapshot_mariadb_to_jetstream"] = snap
             print(json.dumps(snap), flush=True)
         out = subprocess.run([sys.executable, __file__, "--changed", str(args.changed),
-                              "--diff-child", url, str(tmp / "diffstate"), str(args.rows)],
+                              "--diff-child", url, str(env.workdir / "diffstate"),
+                              str(args.rows)],
                              cwd=ROOT, capture_output=True, text=True, check=True)
         results["diff"] = json.loads(out.stdout.strip().splitlines()[-1])
         results["diff"]["changed_fraction"] = args.changed
         print(json.dumps(results, indent=2))
-    finally:
-        nats_srv.stop()
-        maria.destroy()
+        emit_figures(results)
 
 
 if __name__ == "__main__":
