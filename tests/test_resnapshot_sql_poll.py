@@ -59,7 +59,9 @@ def test_resnapshot_incrementing_and_diff(tmp_path: Path, nats_server: NatsServe
         "state_dir": str(tmp_path / "state"),
         "nats": {"url": nats_server.url, "ack_timeout": "3s"},
         "adapters": [{"name": "erp", "type": "sql_poll", "url": f"sqlite:///{db}",
-                      "poll_interval": "200ms", "batch_size": 40, "tables": [
+                      # many small pages against a short poll interval, so regular
+                      # polls must interleave with the re-snapshot's pages
+                      "poll_interval": "50ms", "batch_size": 10, "tables": [
                           {"name": "invoices", "mode": "incrementing",
                            "incrementing_column": "id"},
                           {"name": "customers", "mode": "diff"}]}],
