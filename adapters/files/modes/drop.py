@@ -26,12 +26,12 @@ from typing import Any
 from adapters.base import ChangeBatch, Checkpoint
 from adapters.files.config import FilesConfig
 from adapters.files.identity import header_safe_name
-from adapters.files.modes.folder import Candidate, Folder
+from adapters.files.modes.folder import Candidate, Folder, FolderRounds
 from adapters.files.session import EventBuilder, FileSession
 from bridge.metrics import SOURCE_LAG
 
 
-class DropMode:
+class DropMode(FolderRounds):
     def __init__(self, config: FilesConfig, log: logging.Logger) -> None:
         self.config = config
         self.log = log
@@ -49,21 +49,8 @@ class DropMode:
         cp = checkpoint or {}
         self.current = cp.get("current")
         self.done = list(cp.get("done") or [])
-        while True:
-            candidates = await asyncio.to_thread(self.folder.scan)
-            done = set(self.done)
-            self.done = self.folder.prune_done(self.done, {c.ident for c in candidates})
-            if self.current and self.current["ident"] not in {c.ident for c in candidates}:
-                self.log.warning("file %s was being read and is no longer in the folder",
-                                 self.current.get("name"))
-            candidates.sort(key=lambda c: not (self.current and c.ident == self.current["ident"]))
-            for cand in candidates:
-                if cand.ident in done:
-                    await asyncio.to_thread(self.folder.after, cand.ident)
-                    continue
-                async for batch in self._process(cand):
-                    yield batch
-            await asyncio.sleep(self.config.poll_interval)
+        async for batch in self._rounds(self.config.poll_interval):
+            yield batch
 
     async def _process(self, cand: Candidate) -> AsyncIterator[ChangeBatch]:
         cur = self.current if self.current and self.current["ident"] == cand.ident else None

@@ -19,15 +19,19 @@ scan applies the action without reading it again.
 
 from __future__ import annotations
 
+import asyncio
 import fnmatch
 import logging
 import os
 import shutil
 import stat
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from adapters.base import ChangeBatch
 from adapters.files.config import FilesConfig
 from adapters.files.identity import header_safe_name, stable_identity
 from bridge.errors import SourceUnavailable
@@ -126,3 +130,40 @@ class Folder:
             # the file stays remembered as done: the next scan tries again
             self.log.warning("could not %s %s: %s", action, name, e.strerror)
         self.paths.pop(ident, None)
+
+
+class FolderRounds:
+    """The scan loop shared by ``drop`` and ``snapshot`` modes.
+
+    Each round lists the folder, forgets completed files that left it, finishes the
+    after-action of files completed before a crash, then processes the others (the file
+    being read at the last checkpoint first). Subclasses provide :meth:`_process` and
+    keep ``current``/``done`` in their checkpoints.
+    """
+
+    folder: Folder
+    log: logging.Logger
+    current: dict[str, Any] | None
+    done: list[str]
+
+    def _process(self, cand: Candidate) -> AsyncIterator[ChangeBatch]:
+        raise NotImplementedError
+
+    async def _rounds(self, poll_interval_s: float) -> AsyncIterator[ChangeBatch]:
+        while True:
+            candidates = await asyncio.to_thread(self.folder.scan)
+            present = {c.ident for c in candidates}
+            done = set(self.done)
+            self.done = self.folder.prune_done(self.done, present)
+            if self.current and self.current["ident"] not in present:
+                self.log.warning("file %s was being read and is no longer in the folder",
+                                 self.current.get("name"))
+            current = self.current["ident"] if self.current else None
+            candidates.sort(key=lambda c: c.ident != current)
+            for cand in candidates:
+                if cand.ident in done:
+                    await asyncio.to_thread(self.folder.after, cand.ident)
+                    continue
+                async for batch in self._process(cand):
+                    yield batch
+            await asyncio.sleep(poll_interval_s)

@@ -34,7 +34,7 @@ from adapters.base import ChangeBatch, Checkpoint
 from adapters.files.config import FilesConfig
 from adapters.files.formats import RowError
 from adapters.files.identity import header_safe_name
-from adapters.files.modes.folder import Candidate, Folder
+from adapters.files.modes.folder import Candidate, Folder, FolderRounds
 from adapters.files.modes.snapshot_store import Change, SnapshotStore
 from adapters.files.reader import RawRecord
 from adapters.files.session import EventBuilder, FileSession
@@ -42,7 +42,7 @@ from adapters.transform import apply_rules
 from bridge.events import ChangeEvent, dumps
 
 
-class SnapshotMode:
+class SnapshotMode(FolderRounds):
     def __init__(self, config: FilesConfig, log: logging.Logger, state_path: Path) -> None:
         self.config = config
         self.log = log
@@ -66,18 +66,8 @@ class SnapshotMode:
         staged = self.store.meta("staging")
         if staged and staged in self.done:  # committed, but the crash came before the swap
             await asyncio.to_thread(self.store.swap, staged)
-        while True:
-            candidates = await asyncio.to_thread(self.folder.scan)
-            done = set(self.done)
-            self.done = self.folder.prune_done(self.done, {c.ident for c in candidates})
-            candidates.sort(key=lambda c: not (self.current and c.ident == self.current["ident"]))
-            for cand in candidates:
-                if cand.ident in done:
-                    await asyncio.to_thread(self.folder.after, cand.ident)
-                    continue
-                async for batch in self._process(cand):
-                    yield batch
-            await asyncio.sleep(self.config.poll_interval)
+        async for batch in self._rounds(self.config.poll_interval):
+            yield batch
 
     # --- load -------------------------------------------------------------------------
 
