@@ -29,8 +29,8 @@ from adapters.registry import AdapterContext, create
 from bridge.config import BridgeConfig
 from bridge.control import ControlDb, control_path
 from bridge.embedded import EmbeddedNats
-from bridge.errors import BridgeError, PublishUnavailable
-from bridge.publisher import Publisher, connect_options
+from bridge.errors import BridgeError
+from bridge.publisher import Publisher, connect_once
 from outbox.factory import open_store
 
 Say = Callable[[str], None]
@@ -86,11 +86,7 @@ async def run_init(config: BridgeConfig, say: Say) -> bool:
 
 async def _init_stream_checked(config: BridgeConfig, say: Say) -> None:
     """Create or update the stream; report whether it was created, updated or fine."""
-    try:
-        nc = await nats.connect(**connect_options(config.nats, reconnect=False))
-    except (TimeoutError, OSError, nats.errors.Error) as e:
-        raise PublishUnavailable(f"cannot connect to NATS at {', '.join(config.nats.servers())}"
-                                 f": {type(e).__name__}") from e
+    nc = await connect_once(config.nats)
     try:
         js = nc.jetstream()
         before = None

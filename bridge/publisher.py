@@ -111,6 +111,15 @@ def connect_options(cfg: NatsConfig, *, reconnect: bool = True) -> dict[str, Any
     return opts
 
 
+async def connect_once(cfg: NatsConfig) -> NATS:
+    """One connection for a one-shot command (init, replay): fails fast, no reconnects."""
+    try:
+        return await nats.connect(**connect_options(cfg, reconnect=False))
+    except (TimeoutError, OSError, nats.errors.Error) as e:
+        raise PublishUnavailable(f"cannot connect to NATS at {', '.join(cfg.servers())}"
+                                 f": {type(e).__name__}") from e
+
+
 def _is_auth_error(exc: BaseException) -> bool:
     text = str(exc).lower()
     return any(w in text for w in _AUTH_WORDS)

@@ -39,9 +39,9 @@ import nats.js.errors
 from nats.js import JetStreamContext, api
 
 from bridge.config import BridgeConfig
-from bridge.errors import ConfigError, PublishUnavailable
+from bridge.errors import ConfigError
 from bridge.model import parse_duration
-from bridge.publisher import connect_options
+from bridge.publisher import connect_once
 
 DROP_HEADERS = frozenset({"Nats-Msg-Id", "Cdc-Outbox-Id", "Cdc-Outbox-Seq"})
 REPLAY_SEQ_HEADER = "Cdc-Replay-Seq"
@@ -136,11 +136,7 @@ async def replay(config: BridgeConfig, opts: ReplayOptions,
                  progress: Callable[[int, int], None] = lambda done, total: None
                  ) -> ReplayResult:
     """Replay per ``opts``; ``progress(done, total)`` after each batch."""
-    try:
-        nc = await nats.connect(**connect_options(config.nats, reconnect=False))
-    except (TimeoutError, OSError, nats.errors.Error) as e:
-        raise PublishUnavailable(f"cannot connect to NATS at {', '.join(config.nats.servers())}"
-                                 f": {type(e).__name__}") from e
+    nc = await connect_once(config.nats)
     try:
         js = nc.jetstream(publish_async_max_pending=opts.batch * 2)
         result = ReplayResult()
