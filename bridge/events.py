@@ -115,7 +115,7 @@ def dumps(value: Any) -> bytes:
     return orjson.dumps(
         value,
         default=_json_default,
-        option=orjson.OPT_NON_STR_KEYS | orjson.OPT_PASSTHROUGH_SUBCLASS,
+        option=orjson.OPT_NON_STR_KEYS | orjson.OPT_PASSTHROUGH_SUBCLASS | orjson.OPT_UTC_Z,
     )
 
 

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -22,6 +25,34 @@ from nats.js import api
 def write_config(path: Path, config: dict[str, Any]) -> Path:
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
+
+
+def _read_outbox(outbox_db: Path, query: str, *args: Any) -> Any:
+    """One row of a read-only query on a bridge's SQLite outbox (None if not there yet)."""
+    if not outbox_db.exists():
+        return None
+    with contextlib.closing(sqlite3.connect(f"file:{outbox_db}?mode=ro", uri=True,
+                                            timeout=5)) as conn:
+        try:
+            return conn.execute(query, args).fetchone()
+        except sqlite3.OperationalError:  # schema not created yet
+            return None
+
+
+def committed_checkpoint(outbox_db: Path, adapter: str) -> dict[str, Any] | None:
+    """The checkpoint of ``adapter`` as committed in the outbox, as the daemon stored it.
+
+    Fault tests time their kills on this rather than on the stream: capture runs well
+    ahead of the relay, so the stream lags behind what has been captured.
+    """
+    row = _read_outbox(outbox_db, "SELECT value FROM checkpoints WHERE adapter=?", adapter)
+    return None if row is None else dict(json.loads(row[0]))
+
+
+def appended_events(outbox_db: Path) -> int:
+    """How many events were ever appended to a SQLite outbox (published ones included)."""
+    row = _read_outbox(outbox_db, "SELECT seq FROM sqlite_sequence WHERE name='outbox'")
+    return 0 if row is None else int(row[0])
 
 
 #: Every bridge process started by a test; tests/conftest.py kills leftovers after each

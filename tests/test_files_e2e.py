@@ -21,7 +21,13 @@ import nats.js.errors
 import orjson
 from nats.js import api
 
-from tests.helpers import BridgeProcess, StoredMessage, wait_for, write_config
+from tests.helpers import (
+    BridgeProcess,
+    StoredMessage,
+    appended_events,
+    wait_for,
+    write_config,
+)
 from tests.services.nats_server import NatsServer
 
 
@@ -215,10 +221,11 @@ def test_kill9_mid_file_rename_and_archive(tmp_path: Path, nats_server: NatsServ
                   "after": {"action": "archive", "archive_dir": str(tmp_path / "archive")}})
     bridge = BridgeProcess(cfg, tmp_path / "bridge.log")
     bridge.start()
-    wait_for(lambda: stream_count(nats_server.url) > 1000, what="first rows", timeout_s=30,
-             interval_s=0.05)
+    outbox = tmp_path / "state" / "outbox.db"
+    wait_for(lambda: appended_events(outbox) > 1000, what="first rows", timeout_s=30,
+             interval_s=0.005)
     bridge.kill9()
-    seen = stream_count(nats_server.url)
+    seen = appended_events(outbox)
     assert seen < total, "killed too late to test a crash mid-file"
     os.rename(drop / "big.csv", drop / "big-renamed.csv")  # identity survives renames
     bridge.start()

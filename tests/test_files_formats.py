@@ -150,6 +150,11 @@ def test_convert_edge_cases() -> None:
         convert("1.5", "int", "x")
     with pytest.raises(RowError):
         convert("NaN", "decimal", "x")
+    # floats JSON cannot hold travel as strings, as every source writes them, not null
+    assert convert("nan", "float", "x") == "NaN"
+    assert convert("-inf", "float", "x") == "-Infinity"
+    assert convert("1e400", "float", "x") == "Infinity"
+    assert convert("-2.5", "float", "x") == -2.5
 
 
 # --- fuzz: arbitrary bytes give rows or RowError, never anything else --------------------

@@ -8,15 +8,13 @@ duplicate id, none missing), per-key order, and the folded state equal to the ta
 from __future__ import annotations
 
 import contextlib
-import json
-import sqlite3
 import threading
 import time
 from pathlib import Path
 
 import psycopg
 
-from tests.helpers import BridgeProcess, wait_for
+from tests.helpers import BridgeProcess, committed_checkpoint, wait_for
 from tests.services.nats_server import NatsServer
 from tests.services.postgres import PostgresServer
 from tests.test_pg_adapter import (
@@ -60,10 +58,12 @@ def test_kill9_in_large_transaction_and_small_ones(
 
     writer = threading.Thread(target=small)
     writer.start()
+    outbox = tmp_path / "state" / "outbox.db"
     for round_ in range(2):  # kill while the big transaction is being emitted in batches
-        wait_for(lambda r=round_: stream_count(nats_server.url) >= 6000 * (r + 1),
-                 timeout_s=60, what="progress")
+        wait_for(lambda r=round_: _tx_done(outbox) >= 6000 * (r + 1), timeout_s=60,
+                 interval_s=0.005, what="part of the big transaction committed")
         bridge.kill9()
+        assert _tx_done(outbox) < big, "the kill must land mid-transaction"
         bridge = start_bridge(bridge_runner, cfg, tmp_path / f"bridge{round_ + 1}.log")
     writer.join()
     expected = set(range(1, big + 1501))
@@ -116,17 +116,15 @@ def test_postgres_restart_mid_stream(tmp_path: Path, nats_server: NatsServer,
     assert bridge.terminate() == 0, log
 
 
+def _tx_done(outbox: Path) -> int:
+    """Changes of the transaction in progress that the outbox holds (0: between them)."""
+    tx = (committed_checkpoint(outbox, "shop") or {}).get("tx")
+    return int(tx["done"]) if tx else 0
+
+
 def _snapshot_rows(outbox: Path) -> int:
     """Rows of the snapshot in progress that the outbox holds (0: none in progress)."""
-    if not outbox.exists():
-        return 0
-    with contextlib.closing(sqlite3.connect(f"file:{outbox}?mode=ro", uri=True,
-                                            timeout=5)) as conn:
-        try:
-            row = conn.execute("SELECT value FROM checkpoints WHERE adapter='shop'").fetchone()
-        except sqlite3.OperationalError:  # schema not created yet
-            return 0
-    snap = json.loads(row[0]).get("snapshot") if row else None
+    snap = (committed_checkpoint(outbox, "shop") or {}).get("snapshot")
     return int(snap["rows"]) if snap else 0
 
 

@@ -27,7 +27,7 @@ from typing import Any
 
 import psycopg
 
-from tests.helpers import BridgeProcess, wait_for
+from tests.helpers import BridgeProcess, committed_checkpoint, wait_for
 from tests.services.nats_server import NatsServer
 from tests.test_pg_adapter import (
     bridge_runner,  # noqa: F401  (fixture)
@@ -37,7 +37,6 @@ from tests.test_pg_adapter import (
     pg_dsn,  # noqa: F401  (fixture)
     sql,
     start_bridge,
-    stream_count,
     stream_messages,
 )
 
@@ -175,6 +174,12 @@ def test_live_resnapshot_under_concurrent_writes(
     assert bridge.terminate() == 0, bridge.log()[-3000:]
 
 
+def _resnap_rows(outbox: Path) -> int:
+    """Rows of the unfinished re-snapshot the outbox holds (0: none in progress)."""
+    resnap = (committed_checkpoint(outbox, "shop") or {}).get("resnapshot")
+    return int(resnap["rows"]) if resnap and not resnap.get("finished") else 0
+
+
 def test_kill9_mid_resnapshot_resumes_and_completes(
         tmp_path: Path, nats_server: NatsServer, pg_dsn: str,  # noqa: F811
         bridge_runner: list[BridgeProcess]) -> None:  # noqa: F811
@@ -186,14 +191,16 @@ def test_kill9_mid_resnapshot_resumes_and_completes(
     wait_for(lambda: "streaming from slot" in bridge.log(), what="streaming")
     writer = Writer(pg_dsn, n, pause_s=0.01)
     writer.start()
+    outbox = tmp_path / "state" / "outbox.db"
     follower = subprocess.Popen(
         [sys.executable, "-m", "bridge.cli", "snapshot", "-c", str(cfg), "shop", "acc",
          "--timeout", "120"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         wait_for(lambda: "re-snapshot gen 1 requested" in bridge.log(), what="the request")
-        wait_for(lambda: stream_count(nats_server.url) >= 2500, timeout_s=60, interval_s=0.05,
-                 what="part of the re-snapshot")
+        wait_for(lambda: _resnap_rows(outbox) >= 2500, timeout_s=60, interval_s=0.005,
+                 what="part of the re-snapshot committed")
         bridge.kill9()
+        assert _resnap_rows(outbox) < n, "the kill must land mid-re-snapshot"
         assert follower.poll() is None, "the CLI gave up while the daemon was down"
         time.sleep(1.0)  # writes while the bridge is down
         bridge = start_bridge(bridge_runner, cfg, tmp_path / "bridge1.log")

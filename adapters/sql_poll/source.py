@@ -27,6 +27,7 @@ Blocking code: callers run it in a worker thread.
 from __future__ import annotations
 
 import logging
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -107,6 +108,15 @@ def _sqlite_text_times(inspector: Any, table: sa.Table, column_info: dict[str, A
         column_info["type"] = sa.String()
 
 
+def _floats_as_floats(inspector: Any, table: sa.Table, column_info: dict[str, Any]) -> None:
+    """Binary floats stay JSON numbers: some dialects (MySQL ``DOUBLE``) reflect them as
+    decimals, which would write ``1.5`` as ``"1.5000000000"`` (digits the column never had).
+    """
+    kind = column_info["type"]
+    if isinstance(kind, sa.Float) and kind.asdecimal:
+        kind.asdecimal = False
+
+
 @dataclass(slots=True)
 class Rows:
     """One page: the rows read, the rows that could not be decoded, where the page ends."""
@@ -175,7 +185,7 @@ class TableSource:
     # --- set-up -----------------------------------------------------------------------
 
     def _reflect(self, engine: sa.Engine, schema: str | None, name: str) -> sa.Table:
-        listeners = []
+        listeners = [("column_reflect", _floats_as_floats)]
         if engine.dialect.name == "sqlite":
             listeners.append(("column_reflect", _sqlite_text_times))
         try:
@@ -348,4 +358,23 @@ class TableSource:
 def _fetch(conn: sa.Connection, query: sa.Select[Any]) -> list[dict[str, Any]]:
     result = conn.execute(query)
     keys = tuple(result.keys())
-    return [dict(zip(keys, row, strict=True)) for row in result]
+    rows = [dict(zip(keys, row, strict=True)) for row in result]
+    floats = _float_columns(query)
+    if floats and rows:
+        for row in rows:
+            for name in floats:
+                value = row.get(name)
+                if type(value) is float and not math.isfinite(value):
+                    row[name] = _NON_FINITE[str(value)]
+    return rows
+
+
+#: JSON has no NaN or infinities: they travel as these strings (as the postgres source
+#: writes them), never as ``null``, which would read as a missing value.
+_NON_FINITE = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
+
+
+def _float_columns(query: sa.Select[Any]) -> list[str]:
+    """Columns that may hold floats: declared float types, and untyped ones (``query``)."""
+    return [c.key for c in query.selected_columns
+            if isinstance(c.type, sa.Float | sa.types.NullType)]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
+import math
 from typing import Any
 
 _TRUE = frozenset({"1", "true", "t", "yes", "y"})
@@ -68,9 +69,11 @@ def convert(text: str, type_: str, name: str, *, implied: int = 0,
         return _number(text, implied, name)
     if type_ == "float":
         try:
-            return float(_signed(text))
+            number = float(_signed(text))
         except ValueError:
             raise RowError(f"field {name!r}: not a number: {text[:40]!r}") from None
+        # JSON has no NaN or infinities: the strings every source writes, never null
+        return number if math.isfinite(number) else _NON_FINITE[str(number)]
     if type_ == "bool":
         low = text.lower()
         if low in _TRUE:
@@ -81,6 +84,9 @@ def convert(text: str, type_: str, name: str, *, implied: int = 0,
     if type_ in ("date", "datetime"):
         return _when(text, type_, name, date_format)
     raise RowError(f"field {name!r}: unknown type {type_!r}")
+
+
+_NON_FINITE = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
 
 
 def _when(text: str, type_: str, name: str, fmt: str | None) -> Any:
