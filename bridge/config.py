@@ -81,6 +81,16 @@ class NatsConfig(StrictModel):
         return value
 
     @model_validator(mode="after")
+    def _one_auth_method(self) -> NatsConfig:
+        given = [name for name, on in (
+            ("user/password", self.user is not None or self.password is not None),
+            ("token", self.token is not None), ("nkey_seed_file", self.nkey_seed_file),
+            ("creds_file", self.creds_file)) if on]
+        if len(given) > 1:  # the client would quietly use one and ignore the rest
+            raise ValueError(f"give one way to authenticate, not {' and '.join(given)}")
+        return self
+
+    @model_validator(mode="after")
     def _window_covers_retries(self) -> NatsConfig:
         from outbox.delivery import min_duplicate_window
 

@@ -20,6 +20,7 @@ import nats.errors
 from nats.aio.client import Client as NATS
 
 from bridge.config import NatsConfig
+from bridge.errors import BridgeError
 from bridge.publisher import connect_options
 
 log = logging.getLogger("cdc_bridge.probe")
@@ -42,7 +43,10 @@ class NatsProbe:
         self._connecting = asyncio.create_task(self._connect(), name="nats-probe")
 
     async def _connect(self) -> None:
-        opts: dict[str, Any] = connect_options(self.cfg)
+        try:
+            opts: dict[str, Any] = connect_options(self.cfg)
+        except BridgeError:  # a bad key file: the relay reports it and stops the daemon
+            return
         opts.update(name="cdc-bridge-probe", allow_reconnect=True, max_reconnect_attempts=-1,
                     reconnect_time_wait=1)
         with contextlib.suppress(TimeoutError, OSError, nats.errors.Error):

@@ -37,6 +37,7 @@ from typing import Any
 import nats
 import nats.errors
 import nats.js.errors
+import nkeys
 import orjson
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -78,6 +79,43 @@ def _tls_context(cfg: NatsConfig) -> ssl.SSLContext | None:
     return ctx
 
 
+def _seed_ok(seed: bytes) -> bool:
+    try:
+        nkeys.from_seed(bytearray(seed.strip()))
+    except (nkeys.NkeysError, ValueError):
+        return False
+    return True
+
+
+def _after(lines: list[bytes], marker: bytes) -> bytes:
+    """The line after the one holding ``marker`` in a ``.creds`` file (empty if none)."""
+    for i, line in enumerate(lines[:-1]):
+        if marker in line:
+            return lines[i + 1].strip()
+    return b""
+
+
+def _check_key_files(cfg: NatsConfig) -> None:
+    """Refuse a seed or ``.creds`` file that nats-py would choke on, naming no secret.
+
+    nats-py reads them at every connect: a ``.creds`` file without its user JWT block
+    makes it loop forever (blocking the event loop), a bad seed raises a bare
+    ``TypeError`` or nkeys error. A file that cannot be read (yet) is left to the connect,
+    which retries.
+    """
+    with contextlib.suppress(OSError):
+        if cfg.nkey_seed_file and not _seed_ok(cfg.nkey_seed_file.read_bytes()):
+            raise ConfigError([f"nats.nkey_seed_file: {cfg.nkey_seed_file} does not hold "
+                               "an NKey seed (S...)"])
+    with contextlib.suppress(OSError):
+        if cfg.creds_file:
+            lines = cfg.creds_file.read_bytes().splitlines()
+            if not (_after(lines, b"BEGIN NATS USER JWT")
+                    and _seed_ok(_after(lines, b"BEGIN USER NKEY SEED"))):
+                raise ConfigError([f"nats.creds_file: {cfg.creds_file} is not a .creds file "
+                                   "(a NATS USER JWT block and a USER NKEY SEED block)"])
+
+
 def connect_options(cfg: NatsConfig, *, reconnect: bool = True) -> dict[str, Any]:
     """nats-py ``connect`` keyword arguments from the config (auth, TLS, timeouts).
 
@@ -99,6 +137,7 @@ def connect_options(cfg: NatsConfig, *, reconnect: bool = True) -> dict[str, Any
         opts["password"] = cfg.password
     if cfg.token:
         opts["token"] = cfg.token
+    _check_key_files(cfg)
     if cfg.creds_file:
         opts["user_credentials"] = str(cfg.creds_file)
     if cfg.nkey_seed_file:

@@ -163,3 +163,15 @@ def test_duplicate_window_must_fit_max_age() -> None:
     assert any("duplicate_window cannot exceed max_age" in e for e in errs), errs
     ok = parse_config(GOOD.replace("stream: CDC", "stream: CDC\n  max_age: 1d"), env={})
     assert ok.nats.max_age == 86400.0
+
+
+def test_one_nats_auth_method_at_a_time() -> None:
+    both = GOOD.replace("stream: CDC", "stream: CDC\n  creds_file: /s/b.creds\n"
+                                       "  nkey_seed_file: /s/b.nk\n  password: ${PW}")
+    errs = errors_of(both, {"PW": "hunter2"})
+    assert any("nats: " in e and "one way to authenticate, not user/password and "
+               "nkey_seed_file and creds_file" in e for e in errs), errs
+    assert not any("hunter2" in e for e in errs)
+    one = parse_config(GOOD.replace("stream: CDC", "stream: CDC\n  creds_file: /s/b.creds"),
+                       env={})
+    assert one.nats.creds_file == Path("/s/b.creds")

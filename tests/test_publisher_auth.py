@@ -1,22 +1,33 @@
 """NATS connection options for real deployments, against nats-servers started with config
-files: user/password, token, TLS with a CA and a client certificate, several URLs; and
-the stream created or updated to match the config.
+files: user/password, token, NKey seed, ``.creds`` (operator mode, JWT), TLS with a CA
+and a client certificate, several URLs; and the stream created or updated to match the
+config.
 """
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import nats
+import nats.js.errors
+import nkeys
+import orjson
 import pytest
+import yaml
+from nats.js import api
 
-from bridge.errors import ConfigError, FatalError
-from bridge.publisher import Publisher
+from bridge.errors import ConfigError, FatalError, PublishUnavailable
+from bridge.publisher import Publisher, connect_options
+from tests.helpers import BridgeProcess, wait_for, write_config
+from tests.services.nats_jwt import Trust, new_nkey, nkey_user
 from tests.services.nats_server import NatsServer
 from tests.services.ports import free_port
 from tests.test_relay import make_msgs, nats_cfg, read_all, running
+from tests.test_skeleton_e2e import bridge_config, insert_rows, make_source
 
 
 @pytest.fixture
@@ -135,3 +146,125 @@ async def test_stream_created_then_updated_to_match_config(nats_server: NatsServ
     with pytest.raises(ConfigError, match="storage"):
         await Publisher(nats_cfg(nats_server.url, storage="file")).connect()
     await nc.close()
+
+
+# -- NKey seed and .creds (JWT) -----------------------------------------------------------
+
+
+def _write_secret(path: Path, text: str) -> Path:
+    path.write_text(text + "\n")
+    path.chmod(0o600)
+    return path
+
+
+async def read_all_as(url: str, **auth: Any) -> list[bytes]:
+    """Every message body of stream CDC, read with the given nats-py credentials."""
+    nc = await nats.connect(url, allow_reconnect=False, **auth)
+    try:
+        js = nc.jetstream()
+        try:
+            total = (await js.stream_info("CDC")).state.messages
+        except nats.js.errors.NotFoundError:
+            return []
+        if not total:
+            return []
+        sub = await js.pull_subscribe(">", stream="CDC", config=api.ConsumerConfig(
+            ack_policy=api.AckPolicy.NONE, deliver_policy=api.DeliverPolicy.ALL))
+        out: list[bytes] = []
+        while len(out) < total:
+            out.extend(m.data for m in await sub.fetch(total - len(out), timeout=5))
+        return out
+    finally:
+        await nc.close()
+
+
+async def test_nkey_seed_file(tmp_path: Path, server_with: Any) -> None:
+    user, config = nkey_user()
+    server = server_with(config)
+    seed_file = _write_secret(tmp_path / "user.nk", user.seed)
+    await publish_some(tmp_path, server.url, nkey_seed_file=str(seed_file))
+    assert len(await read_all_as(server.url, nkeys_seed=str(seed_file))) == 50
+    # a seed the server does not know is turned away for good, and never echoed
+    stranger = nkey_user()[0]
+    other = _write_secret(tmp_path / "other.nk", stranger.seed)
+    with pytest.raises(FatalError, match="refused the credentials") as exc:
+        await Publisher(nats_cfg(server.url, nkey_seed_file=str(other))).connect()
+    assert stranger.seed not in str(exc.value)
+    # the server's own word: it refused that very key
+    assert f'authentication error - Nkey "{stranger.public}"' in (
+        server.store_dir / "server.log").read_text()
+
+
+async def test_creds_file_operator_mode_with_jetstream(tmp_path: Path,
+                                                       server_with: Any) -> None:
+    trust = Trust()
+    server = server_with(trust.server_config())
+    creds = trust.write_creds(tmp_path / "bridge.creds")
+    # the relay creates the stream and gets PubAcks: JetStream works for the account
+    await publish_some(tmp_path, server.url, creds_file=str(creds))
+    assert len(await read_all_as(server.url, user_credentials=str(creds))) == 50
+    # without credentials an operator-mode server admits nobody
+    with pytest.raises(FatalError, match="refused the credentials"):
+        await Publisher(nats_cfg(server.url)).connect()
+    # a user signed by an account the operator never signed is refused
+    rogue = new_nkey(nkeys.PREFIX_BYTE_ACCOUNT)
+    bad = trust.write_creds(tmp_path / "rogue.creds", account=rogue)
+    rogue_seed = bad.read_text().split("-----BEGIN USER NKEY SEED-----\n")[1].split()[0]
+    with pytest.raises(FatalError, match="refused the credentials") as exc:
+        await Publisher(nats_cfg(server.url, creds_file=str(bad))).connect()
+    assert rogue_seed not in str(exc.value)
+    # the server's own word: it could not find the user's account
+    assert "Account fetch failed: account missing" in (
+        server.store_dir / "server.log").read_text()
+
+
+async def test_malformed_key_files_are_config_errors(tmp_path: Path,
+                                                     server_with: Any) -> None:
+    """Files nats-py would choke on are refused before connecting, naming no secret: a
+    ``.creds`` file without its JWT block would make nats-py loop forever."""
+    trust = Trust()
+    server = server_with(trust.server_config())
+    good = trust.write_creds(tmp_path / "good.creds").read_text()
+    jwt_block, seed_block = good.split("------END NATS USER JWT------\n")
+    seed = seed_block.split("-----BEGIN USER NKEY SEED-----\n")[1].split()[0]
+    bad_creds = {
+        "seed block only": seed_block,
+        "JWT block only": jwt_block + "------END NATS USER JWT------\n",
+        "a bare seed": seed,
+        "empty": "",
+    }
+    for what, text in bad_creds.items():
+        path = _write_secret(tmp_path / "bad.creds", text)
+        with pytest.raises(ConfigError, match=r"not a \.creds file") as exc:
+            connect_options(nats_cfg(server.url, creds_file=str(path)))
+        assert seed not in str(exc.value), what
+    not_a_seed = _write_secret(tmp_path / "bad.nk", "SU-this-is-not-a-seed")
+    with pytest.raises(ConfigError, match="nkey_seed_file"):
+        await Publisher(nats_cfg(server.url, nkey_seed_file=str(not_a_seed))).connect()
+    # a file that is not there (yet) stays a retryable connect failure
+    with pytest.raises(PublishUnavailable):
+        await Publisher(nats_cfg(server.url, creds_file=str(tmp_path / "absent.creds"))
+                        ).connect()
+
+
+def test_daemon_end_to_end_with_creds_file(tmp_path: Path, server_with: Any) -> None:
+    """``cdc-bridge run`` with only a ``.creds`` file: the events reach the stream."""
+    trust = Trust()
+    server = server_with(trust.server_config())
+    creds = trust.write_creds(tmp_path / "bridge.creds")
+    db = tmp_path / "legacy.db"
+    make_source(db)
+    insert_rows(db, 1, 300)
+    path = bridge_config(tmp_path, server.url, db)
+    config = yaml.safe_load(path.read_text())
+    config["nats"]["creds_file"] = str(creds)
+    bridge = BridgeProcess(write_config(path, config), tmp_path / "bridge.log")
+    bridge.start()
+    try:
+        bodies = wait_for(lambda: (b := asyncio.run(read_all_as(
+            server.url, user_credentials=str(creds)))) and len(b) >= 300 and b,
+            what="300 events", timeout_s=60)
+    finally:
+        assert bridge.terminate() == 0, bridge.log()
+    ids = [orjson.loads(b)["data"]["after"]["id"] for b in bodies]
+    assert ids == list(range(1, 301))

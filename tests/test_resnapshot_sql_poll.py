@@ -98,6 +98,7 @@ def test_resnapshot_incrementing_and_diff(tmp_path: Path, nats_server: NatsServe
         try:
             time.sleep(0.3)
             inv = cli("snapshot", "-c", str(cfg), "erp", "invoices", "--timeout", "60")
+            newest_when_done = inserted[-1]
             cus = cli("snapshot", "-c", str(cfg), "erp", "customers", "--timeout", "60")
         finally:
             stop.set()
@@ -116,6 +117,8 @@ def test_resnapshot_incrementing_and_diff(tmp_path: Path, nats_server: NatsServe
         resnap = [d for d in invoices if d["source"].get("resnapshot")]
         assert {d["after"]["id"] for d in resnap} >= set(range(1, INVOICES + 1))
         assert all(d["op"] == "r" for d in resnap)
+        # the walk ends at the largest key of its start: later inserts are the polls' own
+        assert max(d["after"]["id"] for d in resnap) < newest_when_done
         reported = int(inv.stdout.split("done, ")[1].split(" rows")[0])
         assert reported == len(resnap)
         creates = [d["after"]["id"] for d in invoices if d["op"] == "c"]

@@ -3,12 +3,14 @@
 A re-snapshot of an ``incrementing``/``timestamp``/``timestamp+incrementing`` table is
 a separate keyset walk in *primary-key* order (``WHERE key > :after ORDER BY key LIMIT
 batch_size``), one page per scheduling unit, each row emitted as ``op: r`` with its
-current content. It shares nothing with the table's change cursor: the look-back
-window, high-water mark and base are neither read nor moved, so normal polls go on
-(they take turns with re-snapshot pages) and can neither skip nor repeat rows because
-of it. Order per key: every event is read after the ones emitted before it, and a poll
-reads the row as it is *now*, so an event that follows a key's ``r`` carries that
-state or a newer one.
+current content. The walk ends at the largest key the table held when it started: rows
+inserted later are the change polls' to capture, and a table that grows faster than
+pages are read would otherwise never finish. It shares nothing with the table's change
+cursor: the look-back window, high-water mark and base are neither read nor moved, so
+normal polls go on (they take turns with re-snapshot pages) and can neither skip nor
+repeat rows because of it. Order per key: every event is read after the ones emitted
+before it, and a poll reads the row as it is *now*, so an event that follows a key's
+``r`` carries that state or a newer one.
 
 Progress (``seq``, last key, rows done) is part of the table's checkpoint, committed
 with each page's events, so a crash resumes after the last committed page. Event
@@ -35,13 +37,18 @@ class Resnap:
     seq: int
     after: Any = None  # encoded key cursor
     done: int = 0
+    #: The largest key when the walk started (encoded); the walk ends there.
+    upto: Any = None
+    bounded: bool = False
 
     def to_json(self) -> dict[str, Any]:
-        return {"seq": self.seq, "after": self.after, "done": self.done}
+        return {"seq": self.seq, "after": self.after, "done": self.done, "upto": self.upto,
+                "bounded": self.bounded}
 
     @classmethod
     def from_json(cls, raw: dict[str, Any] | None) -> Resnap | None:
-        return None if not raw else cls(int(raw["seq"]), raw.get("after"), int(raw["done"]))
+        return None if not raw else cls(int(raw["seq"]), raw.get("after"), int(raw["done"]),
+                                        raw.get("upto"), bool(raw.get("bounded", False)))
 
 
 def resnap_page(adapter: str, source: TableSource, state: Resnap, batch_size: int,
@@ -49,7 +56,12 @@ def resnap_page(adapter: str, source: TableSource, state: Resnap, batch_size: in
                 ) -> tuple[list[ChangeEvent], list[DeadLetter], bool]:
     """One page of the walk: its ``r`` events, dead letters, and whether it is complete."""
     spec = source.spec
-    read = source.read_by_key(conn, decode_cursor(state.after), batch_size)
+    if not state.bounded:  # rows inserted later are the change polls' to capture
+        state.upto, state.bounded = encode_cursor(source.max_key(conn)), True
+        if state.upto is None:
+            return [], [], True  # the table is empty
+    read = source.read_by_key(conn, decode_cursor(state.after), batch_size,
+                              decode_cursor(state.upto))
     rows = read.rows
     events: list[ChangeEvent] = []
     for row in rows:

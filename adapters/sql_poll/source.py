@@ -253,14 +253,24 @@ class TableSource:
         not_null = self.ts_name is not None and self.mode != "diff"
         return self._read(conn, self.cursor_names, after, limit, not_null)
 
-    def read_by_key(self, conn: sa.Connection, after: Cursor | None, limit: int) -> Rows:
-        """Up to ``limit`` rows with key > ``after`` in key order (re-snapshots)."""
-        return self._read(conn, self.key_cols, after, limit, False)
+    def read_by_key(self, conn: sa.Connection, after: Cursor | None, limit: int,
+                    upto: Cursor | None = None) -> Rows:
+        """Up to ``limit`` rows with ``after`` < key <= ``upto`` in key order (re-snapshots)."""
+        cols = [self.selectable.c[n] for n in self.key_cols]
+        bound = None if upto is None else sa.not_(after_clause(cols, upto))
+        return self._read(conn, self.key_cols, after, limit, False, bound)
+
+    def max_key(self, conn: sa.Connection) -> Cursor | None:
+        """The largest key in the table, in the database's own order (``None``: empty)."""
+        cols = [self.selectable.c[n] for n in self.key_cols]
+        row = conn.execute(sa.select(*cols).order_by(*[c.desc() for c in cols])
+                           .limit(1)).first()
+        return None if row is None else tuple(row)
 
     def _read(self, conn: sa.Connection, order: list[str], after: Cursor | None, limit: int,
-              not_null: bool) -> Rows:
+              not_null: bool, bound: sa.ColumnElement[bool] | None = None) -> Rows:
         cols = [self.selectable.c[n] for n in order]
-        query = self._select(self.read_cols, cols, not_null).limit(limit)
+        query = self._select(self.read_cols, cols, not_null, bound).limit(limit)
         if after is not None:
             query = query.where(after_clause(cols, after))
         try:
@@ -269,22 +279,26 @@ class TableSource:
             if not undecodable(e):
                 raise
             conn.rollback()  # PostgreSQL aborts the transaction on an error
-            return self._isolate(conn, order, cols, after, limit, not_null)
+            return self._isolate(conn, order, cols, after, limit, not_null, bound)
         return Rows(rows, [], tuple(rows[-1][n] for n in order) if rows else None)
 
     def _select(self, what: Sequence[sa.ColumnElement[Any]],
-                order: Sequence[sa.ColumnElement[Any]], not_null: bool) -> sa.Select[Any]:
+                order: Sequence[sa.ColumnElement[Any]], not_null: bool,
+                bound: sa.ColumnElement[bool] | None = None) -> sa.Select[Any]:
         query = sa.select(*what).order_by(*order)
         if not_null and self.ts_name is not None:
             query = query.where(self.selectable.c[self.ts_name].is_not(None))
+        if bound is not None:
+            query = query.where(bound)
         return query
 
     def _isolate(self, conn: sa.Connection, order: list[str],
                  cols: Sequence[sa.ColumnElement[Any]], after: Cursor | None, limit: int,
-                 not_null: bool) -> Rows:
+                 not_null: bool, bound: sa.ColumnElement[bool] | None = None) -> Rows:
         """Re-read a page that failed to decode, setting aside only the rows that fail."""
         ids = list(dict.fromkeys([*order, *self.key_cols]))
-        probe = self._select([self.selectable.c[n] for n in ids], cols, not_null).limit(limit)
+        probe = self._select([self.selectable.c[n] for n in ids], cols, not_null,
+                             bound).limit(limit)
         if after is not None:
             probe = probe.where(after_clause(cols, after))
         marks = _fetch(conn, probe)  # a key/cursor value that fails here: DecodeError
@@ -299,8 +313,8 @@ class TableSource:
                 low = cursors[i - 1] if i else after
                 where = upper if low is None else sa.and_(after_clause(cols, low), upper)
             try:
-                out.rows.extend(_fetch(conn, self._select(self.read_cols, cols, not_null)
-                                       .where(where)))
+                out.rows.extend(_fetch(conn, self._select(self.read_cols, cols, not_null,
+                                                          bound).where(where)))
                 return
             except DBAPIError as e:
                 if not undecodable(e):
@@ -376,5 +390,5 @@ _NON_FINITE = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
 
 def _float_columns(query: sa.Select[Any]) -> list[str]:
     """Columns that may hold floats: declared float types, and untyped ones (``query``)."""
-    return [c.key for c in query.selected_columns
+    return [str(c.key) for c in query.selected_columns
             if isinstance(c.type, sa.Float | sa.types.NullType)]
