@@ -123,11 +123,14 @@ async def read_stream(url: str, stream: str = "CDC", subject: str = ">") -> list
                                       config=api.ConsumerConfig(
                                           ack_policy=api.AckPolicy.NONE,
                                           deliver_policy=api.DeliverPolicy.ALL))
+        deadline = time.monotonic() + 120
         while True:
+            # Done only when the consumer has nothing left to deliver: a fetch that comes
+            # back empty (a slow server, a busy machine) is not taken as the end.
             try:
-                msgs = await sub.fetch(1000, timeout=1.0)
+                msgs = await sub.fetch(1000, timeout=2.0)
             except (TimeoutError, nats.errors.TimeoutError):
-                break
+                msgs = []
             for m in msgs:
                 body: dict[str, Any]
                 try:
@@ -136,6 +139,11 @@ async def read_stream(url: str, stream: str = "CDC", subject: str = ">") -> list
                     body = {"_raw": m.data.decode("utf-8", "replace")}
                 out.append(StoredMessage(m.metadata.sequence.stream, m.subject,
                                          dict(m.headers or {}), body))
+            if len(msgs) < 1000:
+                if (await sub.consumer_info()).num_pending == 0:
+                    break
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"reading stream {stream} did not finish in 120s")
         await sub.unsubscribe()
         return out
     finally:

@@ -251,11 +251,11 @@ def test_sql_poll_invalid_utf8_is_reported_and_later_rows_flow(
     bridge.start()
     try:
         msgs = wait_for(lambda: (m := stream_messages(nats_server.url)) and len(m) >= 3 and m,
-                        what="3 messages (events or dead letters)", timeout_s=15)
+                        what="3 messages (events or dead letters)", timeout_s=60)
         with sqlite3.connect(db) as conn:  # a row written after the bad one, while running
             conn.execute("INSERT INTO t VALUES (4, 'later', 40)")
         msgs = wait_for(lambda: (m := stream_messages(nats_server.url)) and len(m) >= 4 and m,
-                        what="row 4 after the bad row", timeout_s=15)
+                        what="row 4 after the bad row", timeout_s=60)
         assert bridge.alive(), bridge.log()[-2000:]
     except AssertionError:
         msgs = stream_messages(nats_server.url)

@@ -285,17 +285,26 @@ def test_snapshot_with_concurrent_writes_no_gaps_no_doubles(
         bridge_runner: list[BridgeProcess]) -> None:
     """Serial writes v = 1, 2, ... race the snapshot. Writes up to some k must show in the
     ``r`` rows only, writes after k exactly once each, in order, as c/u/d events."""
-    n, LAST = 20_000, 4000
+    n = 20_000
     sql(pg_dsn, "CREATE TABLE acc (id int PRIMARY KEY, balance int)",
         f"INSERT INTO acc SELECT g, 0 FROM generate_series(1, {n}) g")
     cfg = pg_config(tmp_path, nats_server.url, pg_dsn, tables=["acc"],
                     snapshot_chunk_size=500)
     ops: list[tuple[int, str, int]] = []  # (version, kind, id)
+    log_path = tmp_path / "bridge.log"
 
     def writer() -> None:
+        """Writes span bridge start-up, slot creation and the copy, however slow they are:
+        it goes on until the snapshot has started, then 1500 more, ending on a delete."""
+        extra: int | None = None
         with psycopg.connect(pg_dsn, autocommit=True) as conn:
-            for v in range(1, LAST + 1):
-                time.sleep(0.001)  # spans bridge start-up, slot creation and the copy
+            v = 0
+            while extra is None or v < extra or v % 25:
+                v += 1
+                time.sleep(0.001)
+                if extra is None and v % 50 == 0 and log_path.exists() and \
+                        "snapshot gen 1" in log_path.read_text(errors="replace"):
+                    extra = v + 1500
                 if v % 25 == 0:
                     conn.execute("DELETE FROM acc WHERE id = %s", (v,))
                     ops.append((v, "d", v))
@@ -310,8 +319,10 @@ def test_snapshot_with_concurrent_writes_no_gaps_no_doubles(
 
     thread = threading.Thread(target=writer)
     thread.start()
-    bridge = start_bridge(bridge_runner, cfg, tmp_path / "bridge.log")
+    bridge = start_bridge(bridge_runner, cfg, log_path)
     thread.join()
+    LAST = ops[-1][0]
+    assert ops[-1][1] == "d"
     final = {r[0]: r[1] for r in sql(pg_dsn, "SELECT id, balance FROM acc")}
     deleted_version = {i: v for v, kind, i in ops if kind == "d"}
 
@@ -371,11 +382,10 @@ def test_idle_heartbeat_advances_confirmed_flush(
     # every 15 s), and the slot follows them
     start = sql(pg_dsn, "SELECT confirmed_flush_lsn FROM pg_replication_slots "
                 "WHERE slot_name = 'cdc_bridge_shop'")[0][0]
-    time.sleep(2.5)
-    rows = sql(pg_dsn, "SELECT confirmed_flush_lsn > %s, pg_current_wal_lsn() > %s "
-               "FROM pg_replication_slots WHERE slot_name = 'cdc_bridge_shop'",
-               params=(start, start))
-    assert rows == [(True, True)]
+    wait_for(lambda: sql(pg_dsn, "SELECT confirmed_flush_lsn > %s, pg_current_wal_lsn() > %s "
+                         "FROM pg_replication_slots WHERE slot_name = 'cdc_bridge_shop'",
+                         params=(start, start)) == [(True, True)],
+             timeout_s=30, interval_s=0.5, what="heartbeats moving the idle slot")
     assert "heartbeat failed" not in bridge.log()
     assert stream_messages(nats_server.url, subject="cdc.shop.>") == []  # no heartbeat events
     assert bridge.terminate() == 0

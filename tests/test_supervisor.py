@@ -6,6 +6,9 @@ import asyncio
 import itertools
 import logging
 import time
+from typing import Any
+
+import pytest
 
 from bridge.errors import SourceUnavailable
 from bridge.supervisor import supervise
@@ -35,6 +38,16 @@ async def test_backoff_grows_without_progress() -> None:
     assert sum(gaps) >= 0.02 * (1 + 2 + 4 + 8 + 16)
 
 
-async def test_backoff_resets_after_progress() -> None:
+async def test_backoff_resets_after_progress(monkeypatch: pytest.MonkeyPatch) -> None:
+    asked: list[float] = []  # the waits the supervisor asks for, not wall-clock gaps
+    real_sleep = asyncio.sleep
+
+    async def sleep(delay: float, *args: Any, **kwargs: Any) -> Any:
+        asked.append(delay)
+        return await real_sleep(0)
+
+    monkeypatch.setattr(asyncio, "sleep", sleep)
     gaps = await asyncio.wait_for(_restart_gaps(progress_each_run=True), 10)
-    assert max(gaps) < 0.3, gaps  # every restart after a productive run waits initial_s
+    assert len(gaps) == 5
+    # every restart after a productive run waits initial_s, never a grown back-off
+    assert asked == [0.02] * 5, asked

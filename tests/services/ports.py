@@ -2,14 +2,33 @@
 
 from __future__ import annotations
 
+import random
 import socket
 import time
 
+#: Ports handed out in this test session (each test server keeps its own across restarts).
+_GIVEN: set[int] = set()
+#: Below the kernel's ephemeral range (32768-60999 by default): a port from that range can
+#: be taken by any outgoing client connection (tests open many) between the choice and the
+#: server's bind, or while a server is stopped for a restart.
+_LOW, _HIGH = 20000, 32000
+
 
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port nothing listens on, outside the ephemeral range, not given out before."""
+    rng = random.Random()
+    for _ in range(1000):
+        port = rng.randrange(_LOW, _HIGH)
+        if port in _GIVEN:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _GIVEN.add(port)
+        return port
+    raise RuntimeError(f"no free port in {_LOW}-{_HIGH}")
 
 
 def listening(port: int, host: str = "127.0.0.1") -> bool:
