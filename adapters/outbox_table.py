@@ -19,6 +19,9 @@ that commits late with a lower ``seq`` is picked up by the next poll instead of 
 skipped forever (the pitfall of cursor-based pollers). Order per aggregate is the
 order in which the application wrote them, given that it serialises writes per
 aggregate, as aggregates do.
+
+The postgres adapter relays the same table by logical replication instead
+(``outbox_tables``); both build their messages with :func:`outbox_message`.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import asyncio
 import datetime as dt
 import logging
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any, Literal
 
 import orjson
@@ -60,27 +63,39 @@ class OutboxTableConfig(AdapterConfig):
     on_publish: Literal["delete", "mark"] = "delete"
 
 
-def to_message(row: tuple[Any, ...], adapter: str) -> RoutedMessage:
-    """One outbox row -> its routed CloudEvents message (pure)."""
-    _seq, eid, agg_type, agg_id, ev_type, payload, headers, created = row
-    created_at: dt.datetime = created
+def outbox_message(adapter: str, event_id: str, aggregate_type: str, aggregate_id: str,
+                   event_type: str, payload: str | bytes, headers: Mapping[str, Any] | None,
+                   created_at: dt.datetime) -> RoutedMessage:
+    """One outbox event -> its routed CloudEvents message (pure).
+
+    Shared by this adapter and the postgres adapter's ``outbox_tables``, so both publish
+    byte-identical messages for the same row. ``payload`` is JSON text, placed in
+    ``data`` unparsed (numbers keep their digits); ``created_at`` must be aware.
+    """
     ce = {
         "specversion": "1.0",
-        "id": str(eid),
+        "id": event_id,
         "source": f"/cdc-bridge/{adapter}",
-        "type": ev_type,
-        "subject": agg_id,
+        "type": event_type,
+        "subject": aggregate_id,
         "datacontenttype": "application/json",
         "time": created_at.astimezone(dt.UTC).isoformat(timespec="milliseconds")
         .replace("+00:00", "Z"),
-        "aggregatetype": agg_type,
-        "aggregateid": agg_id,
+        "aggregatetype": aggregate_type,
+        "aggregateid": aggregate_id,
         "data": orjson.Fragment(payload.encode() if isinstance(payload, str) else payload),
     }
     hdrs = {str(k): " ".join(str(v).split()) for k, v in (headers or {}).items()
             if _HEADER_NAME.match(str(k)) and str(k).lower() != "nats-msg-id"}
-    subject = f"{OUTBOX_TOKEN}.{subject_token(agg_type)}.{subject_token(ev_type)}"
-    return RoutedMessage(str(eid), subject, orjson.dumps(ce), hdrs or None)
+    subject = f"{OUTBOX_TOKEN}.{subject_token(aggregate_type)}.{subject_token(event_type)}"
+    return RoutedMessage(event_id, subject, orjson.dumps(ce), hdrs or None)
+
+
+def to_message(row: tuple[Any, ...], adapter: str) -> RoutedMessage:
+    """One row of :meth:`OutboxTableAdapter._read` -> its routed message (pure)."""
+    _seq, eid, agg_type, agg_id, ev_type, payload, headers, created = row
+    return outbox_message(adapter, str(eid), agg_type, agg_id, ev_type, payload, headers,
+                          created)
 
 
 class OutboxTableAdapter:

@@ -139,8 +139,6 @@ MEANINGS: dict[str, str] = {
     "FixedWidthOptions.fields": "The layout, at least one field; names unique.",
     "AfterProcessing.action": "`archive`: move to `archive_dir`; `delete`; `leave` in place "
     "(remembered, never read again).",
-    "PostgresConfig.tables": "Tables to capture: `schema.table`, `table` (schema "
-    "`public`), `schema.*`, or a mapping with `name` and `columns`.",
     "PostgresConfig.exclude_tables": "Tables left out (e.g. of a `schema.*`).",
     "PostgresConfig.snapshot": "Rows present before streaming starts: `initial` (copy "
     "them as `op: r` on first start), `never`, `when_needed` (also after the slot was "

@@ -17,6 +17,11 @@ as they were written; ``id`` (a UUID, generated here unless given) becomes the
 CloudEvents id and the ``Nats-Msg-Id``; ``payload`` is JSON; ``headers`` become NATS
 headers. A partial index keeps the unpublished rows cheap to find in ``mark`` mode.
 
+The postgres adapter can relay the same table by logical replication instead
+(``outbox_tables``): it publishes each inserted row from the WAL, so ``delete=True``
+may remove the row again in the same transaction and the table stays empty. Never
+with ``type: outbox_table``, which reads rows and would see none.
+
 Works with psycopg 3 connections, cursors (:func:`write_event`) and async connections
 (:func:`write_event_async`); nothing here commits.
 """
@@ -80,6 +85,11 @@ def create_outbox_table(conn: _Executes, table: str = DEFAULT_TABLE) -> None:
         conn.execute(stmt)
 
 
+def _delete(table: str, event_id: str) -> tuple[sql.Composed, tuple[Any, ...]]:
+    return (sql.SQL("DELETE FROM {t} WHERE id = %s").format(t=table_identifier(table)),
+            (event_id,))
+
+
 def _insert(table: str, aggregate_type: str, aggregate_id: str | int, event_type: str,
             payload: Any, headers: dict[str, str] | None,
             event_id: str | uuid.UUID | None) -> tuple[sql.Composed, tuple[Any, ...], str]:
@@ -102,15 +112,21 @@ def _insert(table: str, aggregate_type: str, aggregate_id: str | int, event_type
 
 def write_event(conn: _Executes, aggregate_type: str, aggregate_id: str | int, event_type: str,
                 payload: Any, headers: dict[str, str] | None = None, *,
-                table: str = DEFAULT_TABLE, event_id: str | uuid.UUID | None = None) -> str:
+                table: str = DEFAULT_TABLE, event_id: str | uuid.UUID | None = None,
+                delete: bool = False) -> str:
     """Insert one event into the outbox table inside the caller's transaction.
 
     ``payload`` is any JSON-able value (decimals become strings, bytes base64).
+    ``delete=True`` deletes the row again right away, in the same transaction: only for
+    a table relayed by replication (the postgres adapter's ``outbox_tables``), which
+    publishes the insert from the WAL; a polling relay would never see the event.
     Returns the event id. Raises ``ValueError`` for an empty type or a bad header.
     """
     query, params, eid = _insert(table, aggregate_type, aggregate_id, event_type, payload,
                                  headers, event_id)
     conn.execute(query, params)
+    if delete:
+        conn.execute(*_delete(table, eid))
     return eid
 
 
@@ -118,9 +134,12 @@ async def write_event_async(conn: _AsyncExecutes, aggregate_type: str,
                             aggregate_id: str | int, event_type: str, payload: Any,
                             headers: dict[str, str] | None = None, *,
                             table: str = DEFAULT_TABLE,
-                            event_id: str | uuid.UUID | None = None) -> str:
+                            event_id: str | uuid.UUID | None = None,
+                            delete: bool = False) -> str:
     """:func:`write_event` for ``psycopg.AsyncConnection`` / ``AsyncCursor``."""
     query, params, eid = _insert(table, aggregate_type, aggregate_id, event_type, payload,
                                  headers, event_id)
     await conn.execute(query, params)
+    if delete:
+        await conn.execute(*_delete(table, eid))
     return eid

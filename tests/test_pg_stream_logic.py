@@ -214,3 +214,103 @@ def test_checkpoint_round_trip() -> None:
     assert Position.from_checkpoint(None) is None
     pos.retire_filters(0x2000)
     assert pos.filters == []
+
+
+# ---------------------------------------------------------------- outbox tables
+
+OUTBOX_OID = 16500
+OUTBOX_COLS = (("seq", 20), ("id", 2950), ("aggregate_type", 25), ("aggregate_id", 25),
+               ("event_type", 25), ("payload", 3802), ("headers", 3802),
+               ("created_at", 1184), ("published_at", 1184))
+
+
+def outbox_relation() -> bytes:
+    cols = b"".join(struct.pack(">B", int(name == "seq")) + name.encode() + b"\0"
+                    + struct.pack(">Ii", oid, -1) for name, oid in OUTBOX_COLS)
+    return (b"R" + struct.pack(">I", OUTBOX_OID) + b"public\0cdc_outbox\0d"
+            + struct.pack(">h", len(OUTBOX_COLS)) + cols)
+
+
+def _tuple(values: list[str | None]) -> bytes:
+    out = struct.pack(">h", len(values))
+    for v in values:
+        out += b"n" if v is None else b"t" + struct.pack(">i", len(v.encode())) + v.encode()
+    return out
+
+
+def outbox_row(n: int, agg: str | None = "order", payload: str = '{"n": 1.50}'
+               ) -> list[str | None]:
+    return [str(n), f"00000000-0000-4000-8000-{n:012d}", agg, str(n % 3), "created",
+            payload, '{"Trace-Id": "t", "Nats-Msg-Id": "forged"}',
+            "2024-05-01 12:00:00.123456+02", None]
+
+
+def outbox_insert(values: list[str | None]) -> bytes:
+    return b"I" + struct.pack(">I", OUTBOX_OID) + b"N" + _tuple(values)
+
+
+def outbox_reader(script: list[bytes], pos: Position, **cfg: Any) -> StreamReader:
+    config = PostgresConfig(name="shop", type="postgres", dsn="postgresql://x/y",
+                            tables=["t"], outbox_tables=["cdc_outbox"], max_batch_delay=0.001,
+                            status_interval=0.05, **cfg)
+    table = TableInfo(REL_OID, "public", "t", [ColumnInfo("id", 23, -1),
+                                               ColumnInfo("v", 25, -1)], ["id"], "d", 0)
+    outbox = TableInfo(OUTBOX_OID, "public", "cdc_outbox",
+                       [ColumnInfo(n, o, -1) for n, o in OUTBOX_COLS], ["seq"], "d", 0)
+    builder = EventBuilder("shop", {"public.t": table}, ValueDecoder(),
+                           {"public.cdc_outbox": outbox})
+    return StreamReader(config, ScriptedConnection(script), builder,  # type: ignore[arg-type]
+                        pos)
+
+
+def outbox_tx(final_lsn: int = 0x8000, xid: int = 900) -> list[bytes]:
+    """Row inserts interleaved with outbox inserts, outbox updates, deletes, a truncate
+    and malformed outbox rows, in one transaction (18 changes)."""
+    body = [relation(), outbox_relation()]
+    for i in range(6):
+        body += [insert(i), outbox_insert(outbox_row(i))]
+    row1 = _tuple(outbox_row(1))
+    body += [b"U" + struct.pack(">I", OUTBOX_OID) + b"N" + row1,
+             b"D" + struct.pack(">I", OUTBOX_OID) + b"K" + row1,
+             b"T" + struct.pack(">IBI", 1, 0, OUTBOX_OID),
+             outbox_insert(outbox_row(6, agg="")),
+             outbox_insert(outbox_row(7, payload="not json")),
+             outbox_insert(outbox_row(8))]
+    msgs = [xlog(0x1000, begin(final_lsn, xid))]
+    msgs += [xlog(0x1000 + i, m) for i, m in enumerate(body)]
+    msgs.append(xlog(final_lsn, commit(final_lsn, final_lsn + 0x30)))
+    return msgs
+
+
+async def test_outbox_inserts_become_messages_counted_as_changes_of_their_transaction(
+        ) -> None:
+    r = outbox_reader(outbox_tx(), Position(lsn=0x100), batch_size=4)
+    batches = await collect(r, 6)
+    events = [e for b in batches for e in b.events]
+    msgs = [m for b in batches for m in b.messages]
+    dead = [d for b in batches for d in b.dead_letters]
+    assert [e.after["id"] for e in events if e.after] == list(range(6))
+    assert {e.table for e in events} == {"t"}, "outbox rows are not row-change events"
+    assert [m.id[-2:] for m in msgs] == ["00", "01", "02", "03", "04", "05", "08"]
+    first = msgs[0]
+    assert first.subject == "outbox.order.created"
+    assert first.headers == {"Trace-Id": "t"}
+    assert b'"data":{"n": 1.50}' in first.body, "the payload's text, digits kept"
+    assert b'"time":"2024-05-01T10:00:00.123Z"' in first.body
+    assert sorted(d.reason for d in dead) == ["public.cdc_outbox: aggregate_type is empty",
+                                              "public.cdc_outbox: payload is not JSON"]
+    # batches are cut on events + messages; ``done`` counts every change so far
+    assert [len(b.events) + len(b.messages) for b in batches if b.events or b.messages] \
+        == [4, 4, 4, 1]
+    mid = batches[1].checkpoint
+    assert mid is not None and mid["tx"] == {"lsn": "0/8000", "done": 8}
+    # a restart from there: the server resends the whole transaction, the first 8 of its
+    # changes are skipped, nothing after them is
+    r2 = outbox_reader(outbox_tx(), Position.from_checkpoint(mid) or Position(),
+                       batch_size=4)
+    again = await collect(r2, 2)
+    assert [m.id for b in again for m in b.messages] == [m.id for m in msgs[4:]]
+    assert [e.after["id"] for b in again for e in b.events if e.after] == [4, 5]
+    assert sorted(d.id for b in again for d in b.dead_letters) == sorted(d.id for d in dead)
+    last = again[-1].checkpoint
+    assert last is not None and last["lsn"] == "0/8030" and last["tx"] is None

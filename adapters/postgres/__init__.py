@@ -17,6 +17,8 @@ Modules, from the wire up:
   makes a resumed snapshot exact (the guarantee is stated there). Pure.
 * :mod:`adapters.postgres.changes` — messages and snapshot rows to events (keys, before
   images, TOAST placeholder, column rules). Pure.
+* :mod:`adapters.postgres.outbox` — rows of ``outbox_tables`` to routed messages (the
+  same as ``type: outbox_table`` publishes). Pure.
 * :mod:`adapters.postgres.stream` — the streaming loop: batches (also inside one large
   transaction), acknowledgements to slot flushes, keepalives.
 * :mod:`adapters.postgres.snapshot` — the chunked, resumable ``op: r`` copy.

@@ -20,6 +20,10 @@ run while streaming, chunk by chunk, interleaved with the stream (see
 checkpoint, so a restarted adapter resumes them, and :meth:`snapshot_progress` reports
 what the committed checkpoint says.
 
+Outbox tables (``outbox_tables``, :mod:`adapters.postgres.outbox`) share the
+publication, the slot and the snapshot with the captured tables; their rows become
+routed messages instead of events.
+
 Failures of the source (connection refused or cut, server restart) raise
 :class:`bridge.errors.SourceUnavailable`; the daemon's supervisor backs off (the shared
 policy of :mod:`bridge.backoff`) and builds a new adapter from the last committed
@@ -51,6 +55,7 @@ from adapters.postgres.setup import (
     check_server,
     check_slot,
     ensure_publication,
+    resolve_outbox_tables,
     resolve_tables,
     slot_info,
 )
@@ -101,12 +106,14 @@ class PostgresAdapter:
         self._sql = sql = await self._connect()
         user, database = await check_server(sql)
         tables = await resolve_tables(sql, self.config, user)
-        info = SourceInfo(tables, user, database)
-        info.actions += await ensure_publication(sql, self.config, tables, user)
+        outbox = await resolve_outbox_tables(sql, self.config, user)
+        info = SourceInfo(tables, user, database, outbox=outbox)
+        info.actions += await ensure_publication(sql, self.config, tables + outbox, user)
         for line in info.actions:
             log.info("%s: %s", self.name, line)
         self._values = ValueDecoder(sql)
-        await self._values.ensure_types(sql, {c.type_oid for t in tables for c in t.columns})
+        await self._values.ensure_types(
+            sql, {c.type_oid for t in tables + outbox for c in t.columns})
         return info
 
     async def init(self) -> list[str]:
@@ -139,7 +146,7 @@ class PostgresAdapter:
         existing = await slot_info(self._sql, slot)
         if existing is not None:
             check_slot(existing, slot, info.database)
-        names = [t.qualified for t in info.tables]
+        names = [t.qualified for t in info.tables + info.outbox]
         wants = cfg.snapshot != "never"
         if existing is None:
             if not cfg.create_slot:
@@ -162,7 +169,8 @@ class PostgresAdapter:
         if pos.snapshot is not None:
             self._copy = await self._connect()
             assert self._values is not None
-            await fresh_snapshot(self._copy, pos, self._tables, self._builder())
+            await fresh_snapshot(self._copy, pos, {**self._tables, **self._outbox},
+                                 self._builder())
         return pos
 
     async def _create_slot(self, slot: str, names: list[str], gen: int,
@@ -197,6 +205,7 @@ class PostgresAdapter:
         pos = Position.from_checkpoint(checkpoint)
         info = await self._setup()
         self._tables = info.by_name()
+        self._outbox = {t.qualified: t for t in info.outbox}
         pos = await self._plan(pos, info)
         self._pos = pos
         if pos.resnapshot is not None:
@@ -211,7 +220,7 @@ class PostgresAdapter:
         if pos.snapshot is not None:
             assert self._copy is not None
             reader = SnapshotReader(self._copy, builder, self._tables, pos,
-                                    self.config.snapshot_chunk_size)
+                                    self.config.snapshot_chunk_size, self._outbox)
             async for batch in reader.batches():
                 yield batch
             await self._copy.close()
@@ -321,10 +330,11 @@ class PostgresAdapter:
     # ---------------------------------------------------------------- helpers
 
     _tables: dict[str, TableInfo]
+    _outbox: dict[str, TableInfo]
 
     def _builder(self) -> EventBuilder:
         assert self._values is not None
-        return EventBuilder(self.name, self._tables, self._values)
+        return EventBuilder(self.name, self._tables, self._values, self._outbox)
 
     async def _prepare_relation(self, rel: po.Relation) -> None:
         assert self._values is not None and self._sql is not None

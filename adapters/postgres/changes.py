@@ -14,6 +14,8 @@ decoded Insert/Update/Delete/Truncate into events:
   :data:`UNCHANGED_TOAST_PLACEHOLDER` (never ``null``, which would be a lie); masking
   leaves it as is.
 * Column rules (exclude, mask) come from :mod:`adapters.transform`.
+* Rows of ``outbox_tables`` are not change events: :meth:`EventBuilder.outbox_message`
+  turns an inserted row into its routed message (:mod:`adapters.postgres.outbox`).
 
 The event id is (commit LSN of the transaction, ordinal of the change in it): the same
 after any redelivery, since the server resends a transaction whole and in order.
@@ -25,12 +27,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from adapters.postgres.outbox import row_message
 from adapters.postgres.pgoutput import UNCHANGED_TOAST, Delete, Insert, Relation, Truncate, Update
 from adapters.postgres.position import orderable, sort_key
 from adapters.postgres.setup import TableInfo
 from adapters.transform import ColumnRules, apply_rules, mask_value
 from bridge.errors import DecodeError
-from bridge.events import ChangeEvent, Op
+from bridge.events import ChangeEvent, Op, RoutedMessage
 
 #: Stands for an unchanged TOASTed column value the server did not send.
 UNCHANGED_TOAST_PLACEHOLDER = "__cdc_bridge_unchanged_toast__"
@@ -60,6 +63,8 @@ class RelationState:
     key_idx: tuple[int, ...]
     rules: ColumnRules | None
     captured: bool
+    #: One of ``outbox_tables``: inserts become routed messages, nothing else is emitted.
+    outbox: bool = False
 
     @property
     def key_oids(self) -> tuple[int, ...]:
@@ -71,10 +76,13 @@ class RelationState:
 
 class EventBuilder:
     def __init__(self, adapter: str, tables: Mapping[str, TableInfo],
-                 values: ValueConverter) -> None:
+                 values: ValueConverter,
+                 outbox: Mapping[str, TableInfo] | None = None) -> None:
         self.adapter = adapter
         self.tables = tables
         self.values = values
+        #: The ``outbox_tables`` (see :mod:`adapters.postgres.outbox`).
+        self.outbox: Mapping[str, TableInfo] = outbox or {}
         self.relations: dict[int, RelationState] = {}
 
     # ---------------------------------------------------------------- relations
@@ -82,6 +90,7 @@ class EventBuilder:
     def relation(self, msg: Relation) -> RelationState:
         qualified = f"{msg.namespace}.{msg.name}"
         info = self.tables.get(qualified)
+        outbox = self.outbox.get(qualified)
         names = tuple(c.name for c in msg.columns)
         if msg.replica_identity == "f" or not any(c.is_key for c in msg.columns):
             pk = info.primary_key if info else []
@@ -91,17 +100,18 @@ class EventBuilder:
         state = RelationState(
             msg.namespace, msg.name, qualified, names,
             tuple(c.type_oid for c in msg.columns), tuple(c.type_modifier for c in msg.columns),
-            key_idx, info.rules if info else None, info is not None)
+            key_idx, info.rules if info else None, info is not None, outbox is not None)
         self.relations[msg.oid] = state
         return state
 
     def table_state(self, info: TableInfo) -> RelationState:
         """The same shape for a snapshot of ``info`` (columns from the catalogue)."""
         names = tuple(c.name for c in info.columns)
+        outbox = info.qualified in self.outbox
         return RelationState(
             info.schema, info.name, info.qualified, names,
             tuple(c.type_oid for c in info.columns), tuple(c.type_modifier for c in info.columns),
-            tuple(names.index(k) for k in info.primary_key), info.rules, True)
+            tuple(names.index(k) for k in info.primary_key), info.rules, not outbox, outbox)
 
     def rel(self, oid: int) -> RelationState:
         try:
@@ -202,6 +212,13 @@ class EventBuilder:
                   if rel.captured else None)
             out.append((first_index + i, ev))
         return out
+
+    def outbox_message(self, rel: RelationState, values: Sequence[Any]) -> RoutedMessage:
+        """An inserted (or snapshot) row of an outbox table -> its routed message.
+
+        Raises :class:`adapters.postgres.outbox.OutboxRowError` for a malformed row.
+        """
+        return row_message(self.adapter, rel.names, rel.oids, values, self.values.decode)
 
     def snapshot_event(self, rel: RelationState, texts: Sequence[str | None], position: str,
                        ts_ms: int, extra: dict[str, Any]) -> ChangeEvent:

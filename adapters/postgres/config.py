@@ -8,6 +8,7 @@
     - public.orders
     - {name: public.customers, columns: {exclude: [notes], mask: [email], mask_salt: "${SALT}"}}
   exclude_tables: [public.orders_archive]
+  outbox_tables: [public.cdc_outbox]  # relayed as domain events (see outbox.app), not rows
   snapshot: initial               # initial | never | when_needed
   slot: cdc_bridge_shop           # default: cdc_bridge_<name>
   publication: cdc_bridge_shop    # default: cdc_bridge_<name>
@@ -24,7 +25,7 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from adapters.base import AdapterConfig
 from adapters.transform import ColumnRules
@@ -46,8 +47,17 @@ class PostgresConfig(AdapterConfig):
     type: Literal["postgres"]
     #: libpq connection string or URI; the same role is used for replication.
     dsn: str = Field(repr=False)
-    tables: list[str | PgTable] = Field(min_length=1)
+    #: Tables to capture: ``schema.table``, ``table`` (schema ``public``), ``schema.*``,
+    #: or a mapping with ``name`` and ``columns``. May be empty when ``outbox_tables``
+    #: is not.
+    tables: list[str | PgTable] = Field(default_factory=list)
     exclude_tables: list[str] = Field(default_factory=list)
+    #: Application outbox tables (``name`` or ``schema.name``, the layout of
+    #: ``outbox.app``): each inserted row is published to
+    #: ``<prefix>.outbox.<aggregate_type>.<event_type>`` like ``type: outbox_table``
+    #: does; their updates, deletes and truncates are ignored, and they yield no row
+    #: change events.
+    outbox_tables: list[str] = Field(default_factory=list)
     snapshot: Literal["initial", "never", "when_needed"] = "initial"
     slot: str | None = None
     publication: str | None = None
@@ -77,6 +87,26 @@ class PostgresConfig(AdapterConfig):
             raise ValueError("must match [a-z_][a-z0-9_]* (at most 63 characters)")
         return value
 
+    @field_validator("outbox_tables")
+    @classmethod
+    def _outbox_names(cls, value: list[str]) -> list[str]:
+        for name in value:
+            parts = name.split(".")
+            if not 1 <= len(parts) <= 2 or not all(parts) or "*" in name:
+                raise ValueError(f"outbox table must be 'name' or 'schema.name', got {name!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _something_to_relay(self) -> PostgresConfig:
+        if not self.tables and not self.outbox_tables:
+            raise ValueError("set tables, outbox_tables or both")
+        both = {".".join(split_name(t.name)) for t in self.table_specs()} & set(
+            self.outbox_names())
+        if both:
+            raise ValueError(f"{', '.join(sorted(both))} listed in both tables and "
+                             "outbox_tables: an outbox table is relayed as events, not rows")
+        return self
+
     @field_validator("messages")
     @classmethod
     def _no_heartbeat(cls, value: list[str]) -> list[str]:
@@ -92,6 +122,10 @@ class PostgresConfig(AdapterConfig):
 
     def table_specs(self) -> list[PgTable]:
         return [t if isinstance(t, PgTable) else PgTable(name=t) for t in self.tables]
+
+    def outbox_names(self) -> list[str]:
+        """``outbox_tables`` as ``schema.name`` (schema ``public`` when omitted)."""
+        return [".".join(split_name(n)) for n in self.outbox_tables]
 
 
 def _default_ident(adapter: str) -> str:

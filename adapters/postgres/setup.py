@@ -9,7 +9,10 @@ DEFAULT), a publication we may not create, a slot of the wrong plugin or databas
 Configured names are resolved against the catalogue once (``schema.*`` expands to the
 schema's tables, ``exclude_tables`` removes some) into :class:`TableInfo` records that
 the snapshot and the stream share: primary key, columns with type OIDs, row estimate
-and column rules. Identifiers only ever reach SQL through :mod:`psycopg.sql`.
+and column rules. Outbox tables (``outbox_tables``) are resolved apart, checked for the
+columns :mod:`adapters.postgres.outbox` reads, never captured as row changes (not even
+through a ``schema.*``), and published like the captured tables. Identifiers only ever
+reach SQL through :mod:`psycopg.sql`.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import psycopg
 from psycopg import sql
 
 from adapters.postgres.config import PgTable, PostgresConfig, split_name
+from adapters.postgres.outbox import OUTBOX_COLUMNS
 from adapters.transform import ColumnRules
 from bridge.errors import SourceSetupError
 
@@ -69,6 +73,8 @@ class SourceInfo:
     user: str
     database: str
     actions: list[str] = field(default_factory=list)
+    #: The ``outbox_tables``, relayed as routed messages (not captured as rows).
+    outbox: list[TableInfo] = field(default_factory=list)
 
     def by_name(self) -> dict[str, TableInfo]:
         return {t.qualified: t for t in self.tables}
@@ -116,6 +122,7 @@ SELECT attname, atttypid, atttypmod FROM pg_attribute
 async def resolve_tables(conn: psycopg.AsyncConnection[tuple[Any, ...]],
                          config: PostgresConfig, user: str) -> list[TableInfo]:
     excluded = {".".join(split_name(n)) for n in config.exclude_tables}
+    excluded.update(config.outbox_names())
     found: dict[str, TableInfo] = {}
     for spec in config.table_specs():
         schema, name = split_name(spec.name)
@@ -129,10 +136,33 @@ async def resolve_tables(conn: psycopg.AsyncConnection[tuple[Any, ...]],
             info = await _table_info(conn, row, spec, user)
             if info.qualified not in excluded:
                 found.setdefault(info.qualified, info)
-    if not found:
+    if not found and not config.outbox_tables:
         raise SourceSetupError("no table to capture: the configured tables and exclude_tables "
                                "leave nothing")
     return list(found.values())
+
+
+async def resolve_outbox_tables(conn: psycopg.AsyncConnection[tuple[Any, ...]],
+                                config: PostgresConfig, user: str) -> list[TableInfo]:
+    """The ``outbox_tables``: they must exist and have the outbox columns."""
+    out: list[TableInfo] = []
+    for qualified in config.outbox_names():
+        schema, name = split_name(qualified)
+        cur = await conn.execute(_TABLES_SQL, (schema, False, name))
+        row = await cur.fetchone()
+        if row is None:
+            raise SourceSetupError(
+                f"outbox table {qualified} (outbox_tables) not found in the source database: "
+                "create it with outbox.app.create_outbox_table (see docs/sources/outbox_table.md)")
+        info = await _table_info(conn, row, PgTable(name=qualified), user)
+        missing = [c for c in OUTBOX_COLUMNS if c not in {col.name for col in info.columns}]
+        if missing:
+            raise SourceSetupError(
+                f"outbox table {qualified} lacks the column(s) {', '.join(missing)}: an outbox "
+                "table needs the columns of outbox.app's DDL (id, aggregate_type, aggregate_id, "
+                "event_type, payload, created_at; headers and published_at optional)")
+        out.append(info)
+    return out
 
 
 async def _table_info(conn: psycopg.AsyncConnection[tuple[Any, ...]],
@@ -160,9 +190,13 @@ async def ensure_publication(conn: psycopg.AsyncConnection[tuple[Any, ...]],
                              user: str) -> list[str]:
     """Create or sync the publication (managed) or check it (existing); returns actions."""
     pub = config.publication_name()
-    cur = await conn.execute("SELECT puballtables FROM pg_publication WHERE pubname = %s",
-                             (pub,))
+    cur = await conn.execute("SELECT puballtables, pubinsert FROM pg_publication "
+                             "WHERE pubname = %s", (pub,))
     row = await cur.fetchone()
+    if row is not None and config.outbox_tables and not row[1]:
+        raise SourceSetupError(
+            f"publication {pub} does not publish inserts, which outbox_tables are made of: "
+            f"run ALTER PUBLICATION {pub} SET (publish = 'insert, update, delete, truncate');")
     wanted = {t.qualified for t in tables}
     if row is None:
         if config.publication_mode == "existing":

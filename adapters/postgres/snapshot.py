@@ -16,6 +16,14 @@ visibility filter on the stream (see :mod:`adapters.postgres.position` for the e
 guarantee). Values are read in text form (``PGresult`` values, no Python loaders) and
 converted by the same code as streamed values, so ``r`` and ``c`` rows look alike.
 
+Outbox tables (``outbox_tables``) are copied the same way, but their rows become routed
+messages, not ``r`` events, and only rows not marked published (``published_at IS
+NULL``, when the table has that column): events written before the slot existed are
+relayed, not lost. The id of such a message is the row's id, as when it is streamed, so
+where a resumed copy and the stream both carry a row, JetStream's duplicate window
+drops the copy (an outbox row is never dropped by the visibility filter: a row deleted
+by the transaction that inserted it exists only in the stream).
+
 Progress is logged every few seconds: rows done / estimated total and rate.
 """
 
@@ -32,6 +40,7 @@ from psycopg import sql
 
 from adapters.base import ChangeBatch
 from adapters.postgres.changes import EventBuilder, RelationState
+from adapters.postgres.outbox import OutboxRowError
 from adapters.postgres.position import Position, SnapshotFilter, SnapshotProgress
 from adapters.postgres.setup import TableInfo
 from bridge.errors import DecodeError, SourceUnavailable
@@ -84,10 +93,12 @@ async def fresh_snapshot(conn: SqlConn, pos: Position,
 
 class SnapshotReader:
     def __init__(self, conn: SqlConn, builder: EventBuilder, tables: dict[str, TableInfo],
-                 pos: Position, chunk_size: int) -> None:
+                 pos: Position, chunk_size: int,
+                 outbox: dict[str, TableInfo] | None = None) -> None:
         self.conn = conn
         self.builder = builder
-        self.tables = tables
+        #: Captured tables and outbox tables alike (the builder tells them apart).
+        self.tables = {**tables, **(outbox or {})}
         self.pos = pos
         self.chunk_size = chunk_size
 
@@ -140,15 +151,7 @@ class SnapshotReader:
             prefix = f"snap:{progress.gen}.{progress.attempt}:{info.qualified}:"
             for i, row in enumerate(texts):
                 key = [ctids[i]] if by_ctid else [row[j] for j in rel.key_idx]
-                position = prefix + orjson.dumps(key).decode()
-                try:
-                    batch.events.append(self.builder.snapshot_event(
-                        rel, row, position, now_ms, {"snapshot": True}))
-                except (DecodeError, ValueError) as e:
-                    batch.dead_letters.append(DeadLetter(
-                        self.builder.adapter, position, f"{info.qualified}: {e}",
-                        orjson.dumps({"table": info.qualified, "values": list(row)}),
-                        context={"table": info.qualified}))
+                self._add(batch, rel, row, prefix + orjson.dumps(key).decode(), now_ms)
             last = texts[-1]
             progress.after = [ctids[-1]] if by_ctid else [last[j] for j in rel.key_idx]
             progress.rows += len(texts)
@@ -163,6 +166,21 @@ class SnapshotReader:
                 break
         _progress(info, done, time.monotonic() - started, final=True)
 
+    def _add(self, batch: ChangeBatch, rel: RelationState, row: list[str | None],
+             position: str, now_ms: int) -> None:
+        """One copied row -> an ``r`` event, or an outbox table's message, or a dead letter."""
+        try:
+            if rel.outbox:
+                batch.messages.append(self.builder.outbox_message(rel, row))
+            else:
+                batch.events.append(self.builder.snapshot_event(
+                    rel, row, position, now_ms, {"snapshot": True}))
+        except (DecodeError, OutboxRowError, ValueError) as e:
+            batch.dead_letters.append(DeadLetter(
+                self.builder.adapter, position, f"{rel.qualified}: {e}",
+                orjson.dumps({"table": rel.qualified, "values": list(row)}),
+                context={"table": rel.qualified}))
+
     async def _chunk(self, info: TableInfo, rel: RelationState, after: list[str | None] | None,
                      by_ctid: bool) -> tuple[list[list[str | None]], list[str]]:
         cols = sql.SQL(", ").join(sql.Identifier(c.name) for c in info.columns)
@@ -171,15 +189,19 @@ class SnapshotReader:
             cols = sql.SQL("{}, ctid::text").format(cols)
         else:
             order = sql.SQL(", ").join(sql.Identifier(k) for k in info.primary_key)
-        where: sql.Composable = sql.SQL("")
+        conds: list[sql.Composable] = []
         params: list[Any] = []
         if after is not None:
             if by_ctid:
-                where = sql.SQL(" WHERE ctid > {}::tid").format(sql.Placeholder())
+                conds.append(sql.SQL("ctid > {}::tid").format(sql.Placeholder()))
             else:
-                where = sql.SQL(" WHERE ({}) > ({})").format(
-                    order, sql.SQL(", ").join(sql.Placeholder() * len(after)))
+                conds.append(sql.SQL("({}) > ({})").format(
+                    order, sql.SQL(", ").join(sql.Placeholder() * len(after))))
             params = list(after)
+        if rel.outbox and "published_at" in rel.names:
+            conds.append(sql.SQL("published_at IS NULL"))
+        where: sql.Composable = (sql.SQL(" WHERE ") + sql.SQL(" AND ").join(conds)
+                                 if conds else sql.SQL(""))
         query = sql.SQL("SELECT {} FROM {}{} ORDER BY {} LIMIT {}").format(
             cols, info.ident(), where, order, sql.Literal(self.chunk_size))
         try:

@@ -13,6 +13,12 @@ one: batches are cut inside it, with a checkpoint naming the transaction's commi
 how many of its changes are already in the outbox; the slot stays at the end of the
 previous transaction until the last batch of this one is committed.
 
+Outbox tables (``outbox_tables``): an Insert becomes a routed message
+(:meth:`~adapters.postgres.changes.EventBuilder.outbox_message`), a malformed row a dead
+letter; their updates, deletes and truncates yield nothing. A message is one change of
+its transaction like an event: it counts towards ``batch_size`` and in the checkpoint's
+``done``, so a transaction resumed after a crash neither skips nor repeats one.
+
 Re-snapshots on demand (:mod:`adapters.postgres.resnapshot`): between two transactions
 the loop lets the :class:`~adapters.postgres.resnapshot.Resnapshotter` read the next
 chunk, reports each change of a held table to it, and at each known WAL position (a
@@ -43,7 +49,7 @@ from adapters.postgres.position import Position, governing
 from adapters.postgres.replication import ReplicationConnection
 from adapters.postgres.resnapshot import Resnapshotter
 from bridge.errors import DecodeError
-from bridge.events import ChangeEvent, DeadLetter
+from bridge.events import ChangeEvent, DeadLetter, RoutedMessage
 from bridge.metrics import SOURCE_LAG
 
 log = logging.getLogger("cdc_bridge.adapter.postgres")
@@ -72,6 +78,8 @@ class StreamReader:
         self.prepare_relation = prepare_relation
         self.events: list[ChangeEvent] = []
         self.dead: list[DeadLetter] = []
+        #: Routed messages of outbox tables, in WAL order.
+        self.messages: list[RoutedMessage] = []
         self.tx: _Tx | None = None
         self.tx_lsn = 0
         self.dirty = False
@@ -104,7 +112,7 @@ class StreamReader:
                 rel = self._handle(raw)
                 if rel is not None and self.prepare_relation is not None:
                     await self.prepare_relation(rel)
-                if len(self.events) >= cfg.batch_size:
+                if len(self.events) + len(self.messages) >= cfg.batch_size:
                     yield self._take()
                 if self.tx is None and self.resnap is not None and self.resnap.wants_chunk():
                     await self.resnap.read_chunk()
@@ -113,7 +121,7 @@ class StreamReader:
             now = time.monotonic()
             if raws:
                 self.last_data_at = now
-            pending = bool(self.events or self.dead or self.dirty)
+            pending = self._pending()
             age = now - self.first_at
             if pending and ((not raws and age >= delay) or age >= 5 * delay + 0.05):
                 yield self._take()
@@ -144,14 +152,13 @@ class StreamReader:
             pos.tx_lsn, pos.tx_done = self.tx_lsn, max(self.tx.index, self.tx.skip_below)
         else:
             pos.tx_lsn, pos.tx_done = None, 0
-        batch = ChangeBatch(self.events, pos.to_checkpoint(), self.dead)
-        self.events, self.dead, self.dirty = [], [], False
+        batch = ChangeBatch(self.events, pos.to_checkpoint(), self.dead, self.messages)
+        self.events, self.dead, self.messages, self.dirty = [], [], [], False
         self.unacked = True
         return batch
 
     async def _status(self, now: float) -> None:
-        if (self.tx is None and not self.unacked and not self.events and not self.dead
-                and not self.dirty):
+        if self.tx is None and not self.unacked and not self._pending():
             # nothing pending: everything up to the server's last WAL end is handled
             self.flushed = max(self.flushed, self.idle_end)
         moved = self.flushed != self.sent_flush
@@ -163,8 +170,11 @@ class StreamReader:
             if self.server_end:
                 self.lag.set(max(0, self.server_end - lsn))
 
+    def _pending(self) -> bool:
+        return bool(self.events or self.dead or self.messages or self.dirty)
+
     def _note(self) -> None:
-        if not (self.events or self.dead or self.dirty):
+        if not self._pending():
             self.first_at = time.monotonic()
 
     def _handle(self, raw: bytes) -> po.Relation | None:
@@ -265,6 +275,10 @@ class StreamReader:
             return
         tx, index = step
         rel = self.builder.rel(m.relation_oid)
+        if rel.outbox:
+            if isinstance(m, po.Insert):
+                self._outbox(m, rel, tx, index, lsn)
+            return
         if not rel.captured:
             return
         row = m.new if not isinstance(m, po.Delete) else (m.old or m.key)
@@ -279,11 +293,24 @@ class StreamReader:
         try:
             self.events.append(self.builder.change(m, rel, tx.meta, index, extra))
         except (DecodeError, ValueError) as e:
-            self.dead.append(DeadLetter(
-                self.name, f"{tx.meta.position}:{index}", f"{rel.qualified}: {e}",
-                orjson.dumps({"table": rel.qualified, "op": type(m).__name__,
-                              "values": _raw(m)}, default=str),
-                context={"table": rel.qualified, "lsn": po.lsn_to_str(lsn)}))
+            self._dead(m, rel, tx, index, lsn, e)
+
+    def _outbox(self, m: po.Insert, rel: RelationState, tx: _Tx, index: int,
+                lsn: int) -> None:
+        """An outbox row: a routed message (malformed: a dead letter), never filtered."""
+        self._note()
+        try:
+            self.messages.append(self.builder.outbox_message(rel, m.new.values))
+        except ValueError as e:
+            self._dead(m, rel, tx, index, lsn, e)
+
+    def _dead(self, m: po.Insert | po.Update | po.Delete, rel: RelationState, tx: _Tx,
+              index: int, lsn: int, e: Exception) -> None:
+        self.dead.append(DeadLetter(
+            self.name, f"{tx.meta.position}:{index}", f"{rel.qualified}: {e}",
+            orjson.dumps({"table": rel.qualified, "op": type(m).__name__,
+                          "values": _raw(m)}, default=str),
+            context={"table": rel.qualified, "lsn": po.lsn_to_str(lsn)}))
 
     def _truncate(self, m: po.Truncate, lsn: int) -> None:
         tx = self.tx
