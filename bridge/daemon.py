@@ -1,8 +1,11 @@
 """The daemon: wires config, embedded NATS, outbox, adapters and relay, and supervises them.
 
-Start-up: state_dir, then the embedded nats-server (when ``nats.url`` is absent), the
-outbox store, the relay, one supervised task per adapter, and the operations tasks
-(metrics refresh, control channel, optional HTTP endpoint).
+Start-up: state_dir and the instance locks (:mod:`bridge.instance`: a second daemon on
+the same state_dir or PostgreSQL outbox schema exits 1 here, having started nothing),
+then the embedded nats-server (when ``nats.url`` is absent), the outbox store, the
+relay, one supervised task per adapter, and the operations tasks (metrics refresh,
+control channel, optional HTTP endpoint). Losing the schema lock to another daemon
+while running is a fatal error.
 
 Supervision (:mod:`bridge.supervisor`): each adapter task loads its checkpoint from the
 store, iterates the adapter's batches, commits each batch to the outbox (events +
@@ -36,6 +39,7 @@ import logging
 import signal
 import time
 from collections import Counter
+from collections.abc import Sequence
 from typing import Any
 
 from adapters.base import AdapterConfig
@@ -46,6 +50,7 @@ from bridge.control import ControlDb, control_path
 from bridge.embedded import EmbeddedNats
 from bridge.errors import FatalError
 from bridge.http import HttpServer
+from bridge.instance import InstanceGuard
 from bridge.logs import RedactingFilter
 from bridge.probe import NatsProbe
 from bridge.relay_process import RelayProcess
@@ -78,6 +83,7 @@ class Daemon:
         self.relay_state = "starting"
         self.control = ControlDb(control_path(config.state_dir))
         self.http: HttpServer | None = None
+        self.instance: InstanceGuard | None = None
         self.probe: NatsProbe | None = None
         self._outbox: dict[str, Any] = {}
         self._redactor = RedactingFilter(config.secrets)
@@ -93,7 +99,13 @@ class Daemon:
         """Run until stopped; returns the process exit code."""
         cfg = self.config
         cfg.state_dir.mkdir(parents=True, exist_ok=True)
-        background: list[asyncio.Task[Any]] = []
+        # Before anything else: a second daemon on the same state must start nothing.
+        instance = self.instance = InstanceGuard(cfg.state_dir, cfg.outbox_url())
+        if not await self._until_stopped(instance.acquire()):
+            await instance.release()
+            return 0
+        background: list[asyncio.Task[Any]] = [
+            asyncio.create_task(self._keep_instance_lock(), name="instance-lock")]
         nats_cfg = cfg.nats
         try:
             if nats_cfg.url is None:
@@ -134,6 +146,7 @@ class Daemon:
                 t.cancel()
             await asyncio.gather(*background, return_exceptions=True)
             await self._close()
+            await instance.release()  # last: the relay child and the store are gone
         return 1 if self.fatal is not None else 0
 
     async def _shutdown(self, adapter_tasks: list[asyncio.Task[Any]],
@@ -186,6 +199,26 @@ class Daemon:
             log.exception("%s: unexpected error: %s", what, e)
             self.fatal = e
             self.request_stop()
+
+    async def _until_stopped(self, work: Any) -> bool:
+        """Await ``work`` unless a stop is requested first (then cancel it: False)."""
+        task = asyncio.ensure_future(work)
+        stop = asyncio.ensure_future(self.stop_event.wait())
+        try:
+            await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+        if task.done():
+            task.result()  # raises what the work raised
+            return True
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        return False
+
+    async def _keep_instance_lock(self) -> None:
+        """Re-acquire the schema lock after a lost connection; a rival's lock is fatal."""
+        assert self.instance is not None
+        await self._guard(self.instance.watch(), "instance lock")
 
     # -- relay ------------------------------------------------------------------------
 
@@ -255,7 +288,8 @@ class Daemon:
                 # shield: once started, a commit completes even if we are being cancelled,
                 # so the acknowledged checkpoint always matches what is in the outbox.
                 await asyncio.shield(writer.commit(batch))
-                self._count(cfg.name, stats, batch.events, len(batch.dead_letters))
+                self._count(cfg.name, stats, batch.events, len(batch.dead_letters),
+                            batch.messages)
                 await adapter.acknowledge(batch.checkpoint)
         finally:
             promote.cancel()
@@ -273,9 +307,10 @@ class Daemon:
                     self.ready_grace_s, self._promote, name, stats, adapter)
 
     @staticmethod
-    def _count(name: str, stats: AdapterStats, events: list[Any], dead: int) -> None:
+    def _count(name: str, stats: AdapterStats, events: list[Any], dead: int,
+               messages: Sequence[Any] = ()) -> None:
         stats.batches += 1
-        stats.events += len(events)
+        stats.events += len(events) + len(messages)
         stats.dead_letters += dead
         stats.last_batch_ms = int(time.time() * 1000)
         per_table: Counter[str] = Counter()
@@ -284,6 +319,8 @@ class Daemon:
             per_table[table] += 1
             if ev.op == "r":
                 stats.snapshot_reads[table] = stats.snapshot_reads.get(table, 0) + 1
+        for msg in messages:  # routed (outbox) messages: labelled by ``outbox.<aggregate>``
+            per_table[msg.subject.rpartition(".")[0] or msg.subject] += 1
         for table, n in per_table.items():
             metrics.EVENTS_CAPTURED.labels(name, table).inc(n)
         if dead:

@@ -5,6 +5,9 @@ JetStream on ``<prefix>.outbox.<aggregate_type>.<event_type>``.
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -71,6 +74,12 @@ def test_committed_events_arrive_once_rolled_back_never(
             late = write_event(conn, "order", 99, "cancelled", {"id": 99})
         msgs = wait_for(lambda: (m := outbox_msgs(nats_server.url)) and len(m) >= 41 and m,
                         what="late event", timeout_s=30)
+        # the routed messages count as the adapter's captured events (status, metrics)
+        status = wait_for(lambda: (st := json.loads(subprocess.run(
+            [sys.executable, "-m", "bridge.cli", "status", "-c", str(cfg), "--json"],
+            capture_output=True, text=True, timeout=60).stdout)["adapters"][0])
+            and st.get("events") == 41 and st, what="41 events in status", timeout_s=30)
+        assert status["name"] == "shop-outbox"
     finally:
         assert bridge.terminate() == 0, bridge.log()
     ids = [m.headers["Nats-Msg-Id"] for m in msgs]
