@@ -6,17 +6,29 @@ lives under ``state_dir/nats`` and survives restarts; its log goes to
 ``state_dir/nats/nats-server.log``. If the process dies, :meth:`EmbeddedNats.supervise`
 starts it again with back-off; :meth:`EmbeddedNats.stop` ends it with SIGTERM (then
 SIGKILL after a bound).
+
+The server does not outlive the daemon: on Linux it gets SIGTERM from the kernel when
+the daemon dies (``PR_SET_PDEATHSIG``, set between fork and exec), so a ``kill -9`` of
+the daemon does not leave it holding the port. Its pid is kept in
+``state_dir/nats/nats-server.pid``; a start that finds that server still running (it
+is still shutting down, or the daemon died where the kernel could not tell it) stops it
+first. Only a daemon holding the state_dir lock (:mod:`bridge.instance`) gets here, so
+such a server is a leftover of this state_dir, never another daemon's.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import os
 import shutil
+import signal
 import socket
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from bridge.errors import ConfigError, FatalError
@@ -42,6 +54,39 @@ def port_in_use(host: str, port: int) -> bool:
         return s.connect_ex((host, port)) == 0
 
 
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent_hook() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that has the kernel send SIGTERM when the daemon dies (Linux).
+
+    The C function is looked up here, before the fork: the hook itself only calls it.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+    def hook() -> None:
+        prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+
+    return hook
+
+
+def leftover_pid(pid_file: Path, store_dir: Path) -> int | None:
+    """The pid in ``pid_file`` if it is a live nats-server on ``store_dir`` (Linux)."""
+    try:
+        pid = int(pid_file.read_text().strip())
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except (OSError, ValueError):
+        return None
+    # a zombie (dead, not yet reaped) has an empty command line: nothing to stop
+    is_server = bool(argv) and Path(os.fsdecode(argv[0])).name == "nats-server"
+    return pid if is_server and os.fsencode(str(store_dir)) in argv else None
+
+
 class EmbeddedNats:
     def __init__(self, host: str, port: int, store_dir: Path) -> None:
         self.host = host
@@ -54,18 +99,42 @@ class EmbeddedNats:
     def url(self) -> str:
         return f"nats://{self.host}:{self.port}"
 
+    @property
+    def pid_file(self) -> Path:
+        return self.store_dir / "nats-server.pid"
+
+    async def _stop_leftover(self, timeout_s: float = 15.0) -> None:
+        """Stop a server of this store that a previous daemon left running."""
+        pid = leftover_pid(self.pid_file, self.store_dir)
+        if pid is None:
+            return
+        log.warning("stopping the embedded nats-server (pid %d) left running by a previous "
+                    "daemon of this state_dir", pid)
+        sig = signal.SIGTERM
+        deadline = time.monotonic() + timeout_s
+        while leftover_pid(self.pid_file, self.store_dir) == pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+            if time.monotonic() > deadline:
+                sig = signal.SIGKILL
+            await asyncio.sleep(0.1)
+        while port_in_use(self.host, self.port) and time.monotonic() < deadline + 5:
+            await asyncio.sleep(0.1)  # the port is freed a moment after the exit
+
     async def start(self, timeout_s: float = 15.0) -> None:
+        self.store_dir.mkdir(parents=True, exist_ok=True)
+        await self._stop_leftover()
         if port_in_use(self.host, self.port):
             raise ConfigError([
                 f"nats.embedded.port: {self.host}:{self.port} is already in use; choose another "
                 "port for the embedded nats-server, or set nats.url to use that server"])
-        self.store_dir.mkdir(parents=True, exist_ok=True)
         logfile = self.store_dir / "nats-server.log"
         self.proc = await asyncio.create_subprocess_exec(
             nats_server_binary(), "-a", self.host, "-p", str(self.port), "-js",
-            "-sd", str(self.store_dir), "-l", str(logfile),
+            "-sd", str(self.store_dir), "-l", str(logfile), "-P", str(self.pid_file),
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.DEVNULL, start_new_session=True,
+            preexec_fn=_die_with_parent_hook(),
         )
         deadline = asyncio.get_running_loop().time() + timeout_s
         while not port_in_use(self.host, self.port):
