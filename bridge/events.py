@@ -98,6 +98,16 @@ def dead_letter_subject(prefix: str, adapter: str) -> str:
     return f"{prefix}.{DLQ_TOKEN}.{subject_token(adapter)}"
 
 
+#: JSON has no NaN or infinities: every source writes them as these strings (never
+#: ``null``, which would read as a missing value).
+_NON_FINITE = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
+
+
+def non_finite_text(value: float) -> str:
+    """``"NaN"``, ``"Infinity"`` or ``"-Infinity"`` for a float that is not finite."""
+    return _NON_FINITE[str(value)]
+
+
 def _json_default(value: Any) -> Any:
     if isinstance(value, decimal.Decimal):
         return str(value)  # exact: never through float

@@ -47,6 +47,7 @@ from adapters.sql_poll.badrows import BadRow, undecodable
 from adapters.sql_poll.config import PollTable
 from adapters.sql_poll.values import Cursor
 from bridge.errors import BridgeError, DecodeError, SourceSetupError, SourceUnavailable
+from bridge.events import non_finite_text
 
 log = logging.getLogger("cdc_bridge.adapter.sql_poll")
 
@@ -379,13 +380,8 @@ def _fetch(conn: sa.Connection, query: sa.Select[Any]) -> list[dict[str, Any]]:
             for name in floats:
                 value = row.get(name)
                 if type(value) is float and not math.isfinite(value):
-                    row[name] = _NON_FINITE[str(value)]
+                    row[name] = non_finite_text(value)
     return rows
-
-
-#: JSON has no NaN or infinities: they travel as these strings (as the postgres source
-#: writes them), never as ``null``, which would read as a missing value.
-_NON_FINITE = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
 
 
 def _float_columns(query: sa.Select[Any]) -> list[str]:

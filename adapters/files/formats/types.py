@@ -15,6 +15,8 @@ import decimal
 import math
 from typing import Any
 
+from bridge.events import non_finite_text
+
 _TRUE = frozenset({"1", "true", "t", "yes", "y"})
 _FALSE = frozenset({"0", "false", "f", "no", "n"})
 
@@ -73,7 +75,7 @@ def convert(text: str, type_: str, name: str, *, implied: int = 0,
         except ValueError:
             raise RowError(f"field {name!r}: not a number: {text[:40]!r}") from None
         # JSON has no NaN or infinities: the strings every source writes, never null
-        return number if math.isfinite(number) else _NON_FINITE[str(number)]
+        return number if math.isfinite(number) else non_finite_text(number)
     if type_ == "bool":
         low = text.lower()
         if low in _TRUE:
@@ -84,9 +86,6 @@ def convert(text: str, type_: str, name: str, *, implied: int = 0,
     if type_ in ("date", "datetime"):
         return _when(text, type_, name, date_format)
     raise RowError(f"field {name!r}: unknown type {type_!r}")
-
-
-_NON_FINITE = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
 
 
 def _when(text: str, type_: str, name: str, fmt: str | None) -> Any:
