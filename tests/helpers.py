@@ -19,6 +19,7 @@ import nats
 import nats.js.errors
 import orjson
 import yaml
+from nats.aio.msg import Msg
 from nats.js import api
 
 
@@ -106,18 +107,21 @@ class StoredMessage:
     body: dict[str, Any]
 
 
-async def read_stream(url: str, stream: str = "CDC", subject: str = ">") -> list[StoredMessage]:
-    """Every message in ``stream`` (matching ``subject``), in stream order."""
-    nc = await nats.connect(url)
+async def read_raw(url: str, stream: str = "CDC", subject: str = ">",
+                   **connect: Any) -> list[Msg]:
+    """Every message in ``stream`` (matching ``subject``), in stream order, as nats-py
+    delivers them; ``connect``: nats-py options (credentials). The one stream reader of
+    the tests: done only when the consumer has nothing left to deliver, so a fetch that
+    comes back empty (a slow server, a busy machine) is not taken as the end."""
+    nc = await nats.connect(url, **connect)
     try:
         js = nc.jetstream()
         try:
             info = await js.stream_info(stream)
         except nats.js.errors.NotFoundError:
             return []
-        total = info.state.messages
-        out: list[StoredMessage] = []
-        if total == 0:
+        out: list[Msg] = []
+        if info.state.messages == 0:
             return out
         sub = await js.pull_subscribe(subject, stream=stream,
                                       config=api.ConsumerConfig(
@@ -125,20 +129,11 @@ async def read_stream(url: str, stream: str = "CDC", subject: str = ">") -> list
                                           deliver_policy=api.DeliverPolicy.ALL))
         deadline = time.monotonic() + 120
         while True:
-            # Done only when the consumer has nothing left to deliver: a fetch that comes
-            # back empty (a slow server, a busy machine) is not taken as the end.
             try:
                 msgs = await sub.fetch(1000, timeout=2.0)
             except (TimeoutError, nats.errors.TimeoutError):
                 msgs = []
-            for m in msgs:
-                body: dict[str, Any]
-                try:
-                    body = orjson.loads(m.data)
-                except orjson.JSONDecodeError:
-                    body = {"_raw": m.data.decode("utf-8", "replace")}
-                out.append(StoredMessage(m.metadata.sequence.stream, m.subject,
-                                         dict(m.headers or {}), body))
+            out.extend(msgs)
             if len(msgs) < 1000:
                 if (await sub.consumer_info()).num_pending == 0:
                     break
@@ -150,8 +145,36 @@ async def read_stream(url: str, stream: str = "CDC", subject: str = ">") -> list
         await nc.close()
 
 
+def _decoded(m: Msg) -> StoredMessage:
+    body: dict[str, Any]
+    try:
+        body = orjson.loads(m.data)
+    except orjson.JSONDecodeError:
+        body = {"_raw": m.data.decode("utf-8", "replace")}
+    return StoredMessage(m.metadata.sequence.stream, m.subject, dict(m.headers or {}), body)
+
+
+async def read_stream(url: str, stream: str = "CDC", subject: str = ">") -> list[StoredMessage]:
+    """Every message in ``stream`` (matching ``subject``), in stream order, JSON decoded."""
+    return [_decoded(m) for m in await read_raw(url, stream, subject)]
+
+
 def stream_messages(url: str, stream: str = "CDC", subject: str = ">") -> list[StoredMessage]:
     return asyncio.run(read_stream(url, stream, subject))
+
+
+def stream_count(url: str, stream: str = "CDC") -> int:
+    """How many messages ``stream`` holds now (0 before it exists): stream info only."""
+    async def count() -> int:
+        nc = await nats.connect(url)
+        try:
+            return int((await nc.jetstream().stream_info(stream)).state.messages)
+        except nats.js.errors.NotFoundError:
+            return 0
+        finally:
+            await nc.close()
+
+    return asyncio.run(count())
 
 
 def wait_for(predicate: Any, timeout_s: float = 60.0, interval_s: float = 0.2,

@@ -9,74 +9,21 @@ still being written is not read until stable.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import time
 from pathlib import Path
 from typing import Any
 
-import nats
-import nats.errors
-import nats.js.errors
-import orjson
-from nats.js import api
-
 from tests.helpers import (
     BridgeProcess,
     StoredMessage,
     appended_events,
+    stream_count,
+    stream_messages,
     wait_for,
     write_config,
 )
 from tests.services.nats_server import NatsServer
-
-
-async def _read(url: str, count_only: bool) -> tuple[int, list[StoredMessage]]:
-    """The stream's message count and (unless ``count_only``) every message, in order.
-
-    Stops as soon as it has as many messages as the stream held when it started; a fetch
-    that times out (either of nats-py's timeout errors) is asked again, not taken as the
-    end.
-    """
-    nc = await nats.connect(url)
-    try:
-        js = nc.jetstream()
-        try:
-            total = (await js.stream_info("CDC")).state.messages
-        except nats.js.errors.NotFoundError:
-            return 0, []
-        out: list[StoredMessage] = []
-        if count_only or total == 0:
-            return total, out
-        sub = await js.pull_subscribe(">", stream="CDC", config=api.ConsumerConfig(
-            ack_policy=api.AckPolicy.NONE, deliver_policy=api.DeliverPolicy.ALL))
-        deadline = time.monotonic() + 60
-        while len(out) < total:
-            try:
-                batch = await sub.fetch(min(5000, total - len(out)), timeout=2.0)
-            except (nats.errors.TimeoutError, TimeoutError):
-                if time.monotonic() > deadline:  # the stream holds them: keep asking
-                    raise AssertionError(f"read {len(out)} of {total} messages in 60s") from None
-                continue
-            for m in batch:
-                try:
-                    body = orjson.loads(m.data)
-                except orjson.JSONDecodeError:
-                    body = {"_raw": m.data.decode("utf-8", "replace")}
-                out.append(StoredMessage(m.metadata.sequence.stream, m.subject,
-                                         dict(m.headers or {}), body))
-        await sub.unsubscribe()
-        return total, out
-    finally:
-        await nc.close()
-
-
-def stream_messages(url: str) -> list[StoredMessage]:
-    return asyncio.run(_read(url, False))[1]
-
-
-def stream_count(url: str) -> int:
-    return asyncio.run(_read(url, True))[0]
 
 
 def config(tmp: Path, nats_url: str, *adapters: dict[str, Any]) -> Path:

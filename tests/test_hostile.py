@@ -17,7 +17,6 @@ code: see ``tests/test_pgoutput.py`` and ``tests/test_files_formats.py``.
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import re
 import sqlite3
@@ -31,11 +30,10 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bench.soak.stream import Message, read_all
 from bridge.config import BridgeConfig, parse_config
 from bridge.errors import ConfigError
 from bridge.events import subject_token
-from tests.helpers import BridgeProcess, wait_for, write_config
+from tests.helpers import BridgeProcess, StoredMessage, stream_messages, wait_for, write_config
 from tests.services.nats_server import NatsServer
 
 # -- config loader fuzzing -------------------------------------------------------------
@@ -176,21 +174,11 @@ def _bridge(tmp: Path, nats_url: str, adapter: dict[str, Any]) -> BridgeProcess:
     return BridgeProcess(cfg, tmp / "bridge.log")
 
 
-def stream_messages(url: str) -> list[Message]:
-    """The whole stream (helpers.read_stream can stop early on nats-py's other timeout)."""
-    try:
-        return asyncio.run(read_all(url, "CDC"))
-    except Exception as e:  # stream not created yet
-        if "not found" in str(e).lower() or type(e).__name__ == "NotFoundError":
-            return []
-        raise
-
-
-def _changes(msgs: list[Message]) -> list[Message]:
+def _changes(msgs: list[StoredMessage]) -> list[StoredMessage]:
     return [m for m in msgs if not m.subject.startswith("cdc._dlq.")]
 
 
-def _dead(msgs: list[Message]) -> list[Message]:
+def _dead(msgs: list[StoredMessage]) -> list[StoredMessage]:
     return [m for m in msgs if m.subject.startswith("cdc._dlq.")]
 
 

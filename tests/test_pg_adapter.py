@@ -9,7 +9,6 @@ Fault tests (kill -9, PostgreSQL restart, snapshot resume) are in
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import threading
 import time
@@ -18,14 +17,18 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import nats
-import nats.js.errors
 import psycopg
 import pytest
 
 from bridge.events import event_id
-from tests.helpers import BridgeProcess, StoredMessage, wait_for, write_config
-from tests.helpers import stream_messages as _stream_messages
+from tests.helpers import (  # stream_count/stream_messages: other test modules take them here
+    BridgeProcess,
+    StoredMessage,
+    stream_count,
+    stream_messages,
+    wait_for,
+    write_config,
+)
 from tests.services.nats_server import NatsServer
 from tests.services.postgres import PostgresServer
 
@@ -65,34 +68,6 @@ def pg_config(tmp: Path, nats_url: str, dsn: str, **adapter: Any) -> Path:
         "nats": {"url": nats_url, "stream": "CDC", "subject_prefix": "cdc", "ack_timeout": "5s"},
         "adapters": [block],
     })
-
-
-def stream_messages(url: str, subject: str = ">") -> list[StoredMessage]:
-    """``tests.helpers.stream_messages``, retried: its last fetch can raise a bare
-    ``asyncio.TimeoutError`` (nats-py) that the helper does not catch."""
-    for attempt in range(5):
-        try:
-            return _stream_messages(url, subject=subject)
-        except TimeoutError:
-            if attempt == 4:
-                raise
-    raise AssertionError("unreachable")
-
-
-def stream_count(url: str, stream: str = "CDC") -> int:
-    """How many messages the stream holds (cheap: stream info, no reading)."""
-    async def count() -> int:
-        nc = await nats.connect(url)
-        try:
-            try:
-                info = await nc.jetstream().stream_info(stream)
-            except nats.js.errors.NotFoundError:
-                return 0
-            return int(info.state.messages)
-        finally:
-            await nc.close()
-
-    return asyncio.run(count())
 
 
 def wait_stable(url: str, at_least: int, timeout_s: float = 90.0) -> int:

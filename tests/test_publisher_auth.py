@@ -13,16 +13,14 @@ from pathlib import Path
 from typing import Any
 
 import nats
-import nats.js.errors
 import nkeys
 import orjson
 import pytest
 import yaml
-from nats.js import api
 
 from bridge.errors import ConfigError, FatalError, PublishUnavailable
 from bridge.publisher import Publisher, connect_options
-from tests.helpers import BridgeProcess, wait_for, write_config
+from tests.helpers import BridgeProcess, read_raw, wait_for, write_config
 from tests.services.nats_jwt import Trust, new_nkey, nkey_user
 from tests.services.nats_server import NatsServer
 from tests.services.ports import free_port
@@ -108,7 +106,6 @@ async def test_tls_with_ca_and_client_certificate(tmp_path: Path, server_with: A
 
     ctx = ssl.create_default_context(cafile=str(certs / "ca.pem"))
     ctx.load_cert_chain(str(certs / "client.pem"), str(certs / "client.key"))
-    import nats
 
     nc = await nats.connect(url, tls=ctx)
     info = await nc.jetstream().stream_info("CDC")
@@ -123,7 +120,6 @@ async def test_several_urls_first_one_dead(tmp_path: Path, nats_server: NatsServ
 
 
 async def test_stream_created_then_updated_to_match_config(nats_server: NatsServer) -> None:
-    import nats
 
     p = Publisher(nats_cfg(nats_server.url, storage="memory", max_age="1h",
                            max_bytes=10_000_000, max_msg_size=65536, duplicate_window="2m"))
@@ -159,23 +155,7 @@ def _write_secret(path: Path, text: str) -> Path:
 
 async def read_all_as(url: str, **auth: Any) -> list[bytes]:
     """Every message body of stream CDC, read with the given nats-py credentials."""
-    nc = await nats.connect(url, allow_reconnect=False, **auth)
-    try:
-        js = nc.jetstream()
-        try:
-            total = (await js.stream_info("CDC")).state.messages
-        except nats.js.errors.NotFoundError:
-            return []
-        if not total:
-            return []
-        sub = await js.pull_subscribe(">", stream="CDC", config=api.ConsumerConfig(
-            ack_policy=api.AckPolicy.NONE, deliver_policy=api.DeliverPolicy.ALL))
-        out: list[bytes] = []
-        while len(out) < total:
-            out.extend(m.data for m in await sub.fetch(total - len(out), timeout=5))
-        return out
-    finally:
-        await nc.close()
+    return [m.data for m in await read_raw(url, allow_reconnect=False, **auth)]
 
 
 async def test_nkey_seed_file(tmp_path: Path, server_with: Any) -> None:

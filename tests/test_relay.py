@@ -21,7 +21,6 @@ import nats
 import nats.errors
 import nats.js.errors
 import pytest
-from nats.js import api
 
 from bridge import metrics
 from bridge.config import NatsConfig
@@ -31,6 +30,7 @@ from outbox.base import OutboxMessage, OutboxStore
 from outbox.postgres import PostgresStore
 from outbox.runner import AsyncStore
 from outbox.sqlite import SqliteStore
+from tests.helpers import read_raw
 from tests.services.nats_server import NatsServer
 from tests.services.postgres import PostgresServer
 
@@ -47,32 +47,8 @@ class Stored:
 
 async def read_all(url: str, stream: str = "CDC", subject: str = ">") -> list[Stored]:
     """Every message of ``stream`` in stream order (an ordered, headers-and-body read)."""
-    nc = await nats.connect(url)
-    try:
-        js = nc.jetstream()
-        try:
-            info = await js.stream_info(stream)
-        except nats.js.errors.NotFoundError:
-            return []
-        if not info.state.messages:
-            return []
-        sub = await js.pull_subscribe(subject, stream=stream, config=api.ConsumerConfig(
-            ack_policy=api.AckPolicy.NONE, deliver_policy=api.DeliverPolicy.ALL))
-        out: list[Stored] = []
-        last = info.state.last_seq
-        while not out or out[-1].seq < last:
-            try:
-                batch = await sub.fetch(2000, timeout=2.0)
-            except (TimeoutError, nats.errors.TimeoutError):
-                if subject != ">":
-                    break
-                continue
-            out.extend(Stored(m.metadata.sequence.stream, m.subject, dict(m.headers or {}),
-                              m.data) for m in batch)
-        await sub.unsubscribe()
-        return out
-    finally:
-        await nc.close()
+    return [Stored(m.metadata.sequence.stream, m.subject, dict(m.headers or {}), m.data)
+            for m in await read_raw(url, stream, subject)]
 
 
 def make_msgs(start: int, n: int, subjects: tuple[str, ...] = ("cdc.erp._.a.c",),

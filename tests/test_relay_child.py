@@ -27,11 +27,10 @@ from nats.js import api
 from bridge import metrics
 from bridge.relay_process import MetricMirror
 from outbox.sqlite import SqliteStore
-from tests.helpers import BridgeProcess, wait_for, write_config
+from tests.helpers import BridgeProcess, stream_count, wait_for, write_config
 from tests.services.nats_server import NatsServer
 from tests.services.ports import free_port
 from tests.test_relay import assert_once_in_order, make_msgs, read_all
-from tests.test_relay_process import stream_count
 
 SUBJECTS = ("cdc.erp._.a.c", "cdc.erp._.b.c", "cdc.crm.public.c.u")
 

@@ -8,27 +8,10 @@ import asyncio
 import time
 from pathlib import Path
 
-import nats
-import nats.js.errors
-
 from outbox.sqlite import SqliteStore
-from tests.helpers import BridgeProcess, wait_for, write_config
+from tests.helpers import BridgeProcess, stream_count, wait_for, write_config
 from tests.services.nats_server import NatsServer
 from tests.test_relay import assert_once_in_order, make_msgs, read_all
-
-
-async def _count(url: str) -> int:
-    nc = await nats.connect(url)
-    try:
-        return int((await nc.jetstream().stream_info("CDC")).state.messages)
-    except nats.js.errors.NotFoundError:
-        return 0
-    finally:
-        await nc.close()
-
-
-def stream_count(url: str) -> int:
-    return asyncio.run(_count(url))
 
 
 def test_kill_9_while_relaying_then_restart(tmp_path: Path, nats_server: NatsServer) -> None:
