@@ -182,6 +182,7 @@ class TableSource:
         self.cursor_cols = [cols[c] for c in cursor_names]
         self.key_elems = [cols[c] for c in self.key_cols]
         self.read_cols = self._read_columns()
+        self.float_cols = _float_columns(self.read_cols)
 
     # --- set-up -----------------------------------------------------------------------
 
@@ -275,7 +276,7 @@ class TableSource:
         if after is not None:
             query = query.where(after_clause(cols, after))
         try:
-            rows = _fetch(conn, query)
+            rows = _fetch(conn, query, self.float_cols)
         except DBAPIError as e:
             if not undecodable(e):
                 raise
@@ -315,7 +316,8 @@ class TableSource:
                 where = upper if low is None else sa.and_(after_clause(cols, low), upper)
             try:
                 out.rows.extend(_fetch(conn, self._select(self.read_cols, cols, not_null,
-                                                          bound).where(where)))
+                                                          bound).where(where),
+                                       self.float_cols))
                 return
             except DBAPIError as e:
                 if not undecodable(e):
@@ -370,12 +372,14 @@ class TableSource:
         return tuple(row[c] for c in self.cursor_names)
 
 
-def _fetch(conn: sa.Connection, query: sa.Select[Any]) -> list[dict[str, Any]]:
+def _fetch(conn: sa.Connection, query: sa.Select[Any],
+           floats: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """The rows of ``query`` as dicts; non-finite values of the ``floats`` columns become
+    their JSON-safe strings."""
     result = conn.execute(query)
     keys = tuple(result.keys())
     rows = [dict(zip(keys, row, strict=True)) for row in result]
-    floats = _float_columns(query)
-    if floats and rows:
+    if floats:
         for row in rows:
             for name in floats:
                 value = row.get(name)
@@ -384,7 +388,6 @@ def _fetch(conn: sa.Connection, query: sa.Select[Any]) -> list[dict[str, Any]]:
     return rows
 
 
-def _float_columns(query: sa.Select[Any]) -> list[str]:
+def _float_columns(columns: Sequence[sa.ColumnElement[Any]]) -> list[str]:
     """Columns that may hold floats: declared float types, and untyped ones (``query``)."""
-    return [str(c.key) for c in query.selected_columns
-            if isinstance(c.type, sa.Float | sa.types.NullType)]
+    return [str(c.key) for c in columns if isinstance(c.type, sa.Float | sa.types.NullType)]
