@@ -211,10 +211,7 @@ def replay(config_path: Path, target: str, filter_subject: str | None, from_seq:
             for line in e.errors:
                 _err(config, f"cdc-bridge replay: {line}")
             sys.exit(2)
-        except FatalError as e:
-            _err(config, f"cdc-bridge replay: {e}")
-            sys.exit(1)
-        except BridgeError as e:
+        except BridgeError as e:  # fatal or not: the replay stops
             _err(config, f"cdc-bridge replay: {e}")
             sys.exit(1)
     span = (f"stream sequences {result.first_seq}..{result.last_seq}"

@@ -288,14 +288,21 @@ def test_two_daemons_sharing_a_pg_outbox_schema(
     assert len(ids) == len(set(ids)) == 300
 
 
-def test_postgres_restart_the_daemon_reacquires_and_keeps_running(
-        tmp_path: Path, nats_server: NatsServer, fresh_postgres: PostgresServer) -> None:
-    url = f"{fresh_postgres.dsn}?schema=cdc_bridge"
+def pg_outbox_setup(tmp_path: Path, nats_server: NatsServer, pg: PostgresServer,
+                    rows: int) -> tuple[Path, Path]:
+    """A legacy SQLite source holding ``rows`` rows and a bridge config whose outbox is
+    schema ``cdc_bridge`` on ``pg``: (source path, config path)."""
     db = tmp_path / "legacy.db"
     make_source(db)
-    insert_rows(db, 1, 100)
+    insert_rows(db, 1, rows)
     cfg = bridge_config(tmp_path / "bridge.yaml", db, tmp_path / "state",
-                        {"url": nats_server.url}, url)
+                        {"url": nats_server.url}, f"{pg.dsn}?schema=cdc_bridge")
+    return db, cfg
+
+
+def test_postgres_restart_the_daemon_reacquires_and_keeps_running(
+        tmp_path: Path, nats_server: NatsServer, fresh_postgres: PostgresServer) -> None:
+    db, cfg = pg_outbox_setup(tmp_path, nats_server, fresh_postgres, rows=100)
     bridge = BridgeProcess(cfg, tmp_path / "bridge.log")
     bridge.start()
     assert bridge.proc is not None
@@ -319,12 +326,7 @@ def test_postgres_restart_the_daemon_reacquires_and_keeps_running(
 
 def test_outbox_database_down_at_start_the_daemon_waits_for_it(
         tmp_path: Path, nats_server: NatsServer, fresh_postgres: PostgresServer) -> None:
-    url = f"{fresh_postgres.dsn}?schema=cdc_bridge"
-    db = tmp_path / "legacy.db"
-    make_source(db)
-    insert_rows(db, 1, 50)
-    cfg = bridge_config(tmp_path / "bridge.yaml", db, tmp_path / "state",
-                        {"url": nats_server.url}, url)
+    _db, cfg = pg_outbox_setup(tmp_path, nats_server, fresh_postgres, rows=50)
     fresh_postgres.stop()
     waiting = "instance lock on outbox schema cdc_bridge failed (attempt 2)"
     # stopped while it waits: a clean exit, nothing started
