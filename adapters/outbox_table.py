@@ -1,4 +1,6 @@
-"""``type: outbox_table``: relay an application's outbox table (see :mod:`outbox.app`).
+"""``type: outbox_table``: relay an application's outbox table.
+
+The table and ``write_event`` are in :mod:`cdc_bridge.client.outbox`.
 
 Polls the table for rows not yet relayed, oldest ``seq`` first, and turns each into a
 CloudEvents message routed to ``<prefix>.outbox.<aggregate_type>.<event_type>`` (tokens
@@ -38,11 +40,17 @@ import psycopg
 from psycopg import sql
 from pydantic import Field
 
-from adapters.base import AdapterConfig, AdapterContext, AdapterType, ChangeBatch, Checkpoint
-from bridge.errors import SourceSetupError, SourceUnavailable
-from bridge.events import RoutedMessage, subject_token
-from bridge.model import Duration
-from outbox.app import DEFAULT_TABLE, ddl, table_identifier
+from cdc_bridge.adapters.contract import (
+    AdapterConfig,
+    AdapterContext,
+    AdapterType,
+    ChangeBatch,
+    Checkpoint,
+)
+from cdc_bridge.kernel.errors import SourceSetupError, SourceUnavailable
+from cdc_bridge.kernel.events import RoutedMessage, subject_token
+from cdc_bridge.kernel.model import Duration
+from cdc_bridge.kernel.outbox_table import DEFAULT_TABLE, ddl, table_identifier
 
 log = logging.getLogger("cdc_bridge.adapter.outbox_table")
 
@@ -105,6 +113,8 @@ class OutboxTableAdapter:
         self.table = table_identifier(config.table)
         self.conn: psycopg.Connection[Any] | None = None
         self._unacked: list[int] = []
+        #: Reached the table and relaying it (see the source contract).
+        self.connected = False
 
     # -- blocking parts (run in a thread) ---------------------------------------------
 
@@ -118,7 +128,8 @@ class OutboxTableAdapter:
         row = self.conn.execute("SELECT to_regclass(%s)", (self.config.table,)).fetchone()
         if row is None or row[0] is None:
             raise SourceSetupError(f"outbox table {self.config.table!r} does not exist "
-                                   "(create it with outbox.app.create_outbox_table or "
+                                   "(create it with cdc_bridge.client.outbox.create_outbox_table "
+                                   "or "
                                    "cdc-bridge init)")
 
     def _read(self) -> list[tuple[Any, ...]]:
@@ -146,6 +157,8 @@ class OutboxTableAdapter:
             return fn(self.conn)
         except psycopg.OperationalError as e:
             raise SourceUnavailable(f"outbox database error: {type(e).__name__}") from None
+        except psycopg.errors.InsufficientPrivilege as e:
+            raise SourceSetupError(f"outbox table {self.config.table}: {e}") from None
         except psycopg.Error as e:
             raise SourceUnavailable(f"outbox query failed: {type(e).__name__}: {e}") from e
 
@@ -153,6 +166,7 @@ class OutboxTableAdapter:
 
     async def changes(self, checkpoint: Checkpoint | None) -> AsyncIterator[ChangeBatch]:
         await asyncio.to_thread(self._open)
+        self.connected = True
         log.info("%s: relaying outbox table %s (%s after publish)", self.name,
                  self.config.table, self.config.on_publish)
         while True:
@@ -163,6 +177,9 @@ class OutboxTableAdapter:
                                   checkpoint={"seq": self._unacked[-1]})
             if len(rows) < self.config.batch_size:
                 await asyncio.sleep(self.config.poll_interval)
+
+    def lag(self) -> dict[str, float]:
+        return {}
 
     async def acknowledge(self, checkpoint: Checkpoint | None) -> None:
         """The batch is in the bridge's outbox: delete (or mark) its rows."""
@@ -181,6 +198,7 @@ class OutboxTableAdapter:
         return [f"outbox table {self.config.table} is ready"]
 
     async def close(self) -> None:
+        self.connected = False
         if self.conn is not None:
             await asyncio.to_thread(self.conn.close)
 

@@ -21,8 +21,8 @@ from typing import Any
 
 from pydantic import Field
 
-from bridge.events import dumps
-from bridge.model import StrictModel
+from cdc_bridge.kernel.events import dumps
+from cdc_bridge.kernel.model import StrictModel
 
 
 class ColumnRules(StrictModel):

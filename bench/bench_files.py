@@ -28,8 +28,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from adapters.files.config import FilesConfig
-from adapters.files.session import EventBuilder, FileSession
 from bench.common import (
     bridge,
     bridge_config,
@@ -39,6 +37,8 @@ from bench.common import (
     vmhwm_mb,
     wait_stored,
 )
+from cdc_bridge.adapters.files.config import FilesConfig
+from cdc_bridge.adapters.files.session import EventBuilder, FileSession
 
 
 def write_csv(path: Path, rows: int) -> int:

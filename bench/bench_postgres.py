@@ -51,7 +51,7 @@ from bench.common import (
     wait_log,
     wait_stored,
 )
-from bridge.events import ChangeEvent
+from cdc_bridge.kernel.events import ChangeEvent
 from tests.services.postgres import PostgresServer
 
 TABLE_DDL = "CREATE TABLE ev (id bigint PRIMARY KEY, customer text, amount numeric, note text)"

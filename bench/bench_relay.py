@@ -7,7 +7,7 @@ same run and on the same server, measures:
    payloads), waiting for every PubAck: the ceiling for one Python process.
 2. ``outbox+relay``: a producer appends the same messages to the outbox store in
    batches (as the daemon's capture path does, on the store's capture thread) while
-   :class:`bridge.relay.Relay` publishes them; events/s from the first append to the
+   :class:`cdc_bridge.relay.relay.Relay` publishes them; events/s from the first append to the
    last PubAck.
 3. ``drain``: the relay alone emptying a pre-filled outbox (capture already done).
 4. ``latency``: append->PubAck p50/p99 at a steady rate (default 2,000 events/s, in
@@ -33,14 +33,14 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import Pacer, emit, latency, publish_ceiling, services
-from bridge import metrics
-from bridge.config import NatsConfig
-from bridge.events import ChangeEvent
-from bridge.publisher import Publisher
-from bridge.relay import Relay
-from outbox.base import OutboxMessage, OutboxStore
-from outbox.factory import open_store
-from outbox.runner import AsyncStore
+from cdc_bridge import metrics
+from cdc_bridge.config import NatsConfig, OutboxConfig
+from cdc_bridge.kernel.events import ChangeEvent
+from cdc_bridge.outbox.base import OutboxMessage, OutboxStore
+from cdc_bridge.outbox.factory import open_store
+from cdc_bridge.outbox.runner import AsyncStore
+from cdc_bridge.relay.publisher import Publisher
+from cdc_bridge.relay.relay import Relay
 
 
 def make_messages(n: int, run: str) -> list[OutboxMessage]:
@@ -76,7 +76,7 @@ async def relay_run(url: str, store: OutboxStore, msgs: list[OutboxMessage], str
     astore = AsyncStore(store)
     cfg = NatsConfig(url=url, stream=stream, subject_prefix="cdc")
     publisher = Publisher(cfg)
-    relay = Relay(astore, publisher, prefix="cdc", batch=batch, max_in_flight=4000)
+    relay = Relay(astore, publisher, OutboxConfig(relay_batch=batch, max_in_flight=4000))
 
     async def produce() -> None:
         for i in range(0, len(msgs), batch):
@@ -121,7 +121,7 @@ async def latency_run(url: str, store: OutboxStore, rate: int, seconds: float,
     metrics.PUBLISH_LATENCY = recorder  # type: ignore[assignment]
     astore = AsyncStore(store)
     publisher = Publisher(NatsConfig(url=url, stream=stream, subject_prefix="cdc"))
-    relay = Relay(astore, publisher, prefix="cdc")
+    relay = Relay(astore, publisher)
     task = asyncio.create_task(relay.run())
     per_tx = 20
     msgs = make_messages(int(rate * seconds), "lat")

@@ -83,15 +83,15 @@ def snapshot(env: Services, url: str, rows: int) -> dict[str, Any]:
 
 def diff_child(url: str, state_dir: str, changed: float, rows: int) -> None:
     """Runs in a child process so that its peak RSS is the diff's alone."""
-    from adapters.sql_poll.adapter import SqlPollAdapter
-    from adapters.sql_poll.config import SqlPollConfig
+    from cdc_bridge.adapters.sql_poll.adapter import SqlPollAdapter
+    from cdc_bridge.adapters.sql_poll.config import SqlPollConfig
 
     cfg = SqlPollConfig.model_validate({
         "name": "bench", "type": "sql_poll", "url": url, "poll_interval": "0s",
         "batch_size": 2000, "tables": [{"name": "bench_rows", "mode": "diff", "snapshot": "none"}]})
 
     async def one_pass(checkpoint: Any) -> tuple[Any, int, float]:
-        from adapters.registry import AdapterContext
+        from cdc_bridge.adapters.registry import AdapterContext
 
         adapter = SqlPollAdapter(cfg, AdapterContext(state_dir=Path(state_dir)))
         gen = adapter.changes(checkpoint)

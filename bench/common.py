@@ -48,7 +48,7 @@ from tests.services.postgres import PostgresServer
 
 T = TypeVar("T")
 
-#: The bridge publisher's client settings (bridge/publisher.py, bridge/relay.py,
+#: The bridge publisher's client settings (bridge/relay/publisher.py, bridge/relay/relay.py,
 #: NatsConfig.duplicate_window): the ceiling uses the same.
 PENDING_BYTES = 64 << 20
 MAX_IN_FLIGHT = 4000

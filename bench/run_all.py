@@ -56,7 +56,7 @@ def machine() -> dict[str, str]:
         mem = f"{mem_kb / 1024 / 1024:.1f} GiB"
     except (OSError, ValueError, IndexError):
         mem = "unknown"
-    from bridge.embedded import nats_server_binary
+    from cdc_bridge.daemon.embedded import nats_server_binary
 
     pg = first(["pg_config", "--version"])
     return {

@@ -16,7 +16,7 @@ Because appends are serialised and ``seq`` is gap-free, a reader never sees ``se
 ``last - first + 1`` (cheap, exact) rather than a table scan.
 
 Stores are synchronous; the daemon drives them from worker threads (see
-:mod:`outbox.runner`) so that a slow disk never stalls the event loop. Each backend
+:mod:`cdc_bridge.outbox.runner`) so that a slow disk never stalls the event loop. Each backend
 must pass :mod:`tests.test_outbox_conformance`.
 """
 
@@ -25,7 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
-from bridge.errors import RetryableError
+from cdc_bridge.kernel.errors import RetryableError
 
 
 class OutboxMessage(NamedTuple):

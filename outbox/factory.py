@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from outbox.base import OutboxStore
-from outbox.sqlite import SqliteStore
+from cdc_bridge.outbox.base import OutboxStore
+from cdc_bridge.outbox.sqlite import SqliteStore
 
 
 def open_store(url: str) -> OutboxStore:
     if url.startswith("sqlite:///"):
         return SqliteStore(url[len("sqlite:///"):])
     if url.startswith(("postgresql://", "postgres://")):
-        from outbox.postgres import PostgresStore
+        from cdc_bridge.outbox.postgres import PostgresStore
 
         return PostgresStore(url)
     scheme = url.split(":", 1)[0]

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from outbox.factory import open_store
+from cdc_bridge.outbox.factory import open_store
 
 
 def store_kind(url: str) -> str:

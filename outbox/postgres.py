@@ -13,7 +13,7 @@ upserted, all in one transaction.
 
 Published rows are deleted; autovacuum reclaims the space. A broken connection is
 closed and reopened on the next call; the failing call raises
-:class:`outbox.base.StoreUnavailable` (retryable).
+:class:`cdc_bridge.outbox.base.StoreUnavailable` (retryable).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import psycopg
 from psycopg import sql
 
-from outbox.base import OutboxMessage, PendingRow, StoreStats, StoreUnavailable
+from cdc_bridge.outbox.base import OutboxMessage, PendingRow, StoreStats, StoreUnavailable
 
 DEFAULT_SCHEMA = "cdc_bridge"
 _IDENT = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
@@ -76,7 +76,7 @@ def split_url(url: str) -> tuple[str, str]:
 
 
 class PostgresStore:
-    """:class:`outbox.base.OutboxStore` on tables of one PostgreSQL schema."""
+    """:class:`cdc_bridge.outbox.base.OutboxStore` on tables of one PostgreSQL schema."""
 
     def __init__(self, url: str, connect_timeout_s: int = 10) -> None:
         self._dsn, self.schema = split_url(url)

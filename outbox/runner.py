@@ -1,4 +1,4 @@
-"""Drive a synchronous :class:`outbox.base.OutboxStore` from asyncio.
+"""Drive a synchronous :class:`cdc_bridge.outbox.base.OutboxStore` from asyncio.
 
 Two single-thread executors: one for capture (appends), one for the relay (reads and
 deletes), so a long append never delays publishing and vice versa. Every append sets
@@ -11,7 +11,7 @@ import asyncio
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from outbox.base import OutboxMessage, OutboxStore, PendingRow, StoreStats
+from cdc_bridge.outbox.base import OutboxMessage, OutboxStore, PendingRow, StoreStats
 
 
 class AsyncStore:

@@ -33,7 +33,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from outbox.base import OutboxMessage, PendingRow, StoreStats, StoreUnavailable
+from cdc_bridge.outbox.base import OutboxMessage, PendingRow, StoreStats, StoreUnavailable
 
 log = logging.getLogger("cdc_bridge.outbox")
 
@@ -66,7 +66,7 @@ def _transient(e: sqlite3.OperationalError) -> bool:
 
 
 class SqliteStore:
-    """:class:`outbox.base.OutboxStore` on one SQLite file."""
+    """:class:`cdc_bridge.outbox.base.OutboxStore` on one SQLite file."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)

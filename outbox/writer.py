@@ -1,18 +1,18 @@
-"""Turn an adapter's :class:`adapters.base.ChangeBatch` into outbox messages and commit it.
+"""Turn a source's :class:`cdc_bridge.kernel.batch.ChangeBatch` into outbox messages; commit it.
 
 Encoding (CloudEvents JSON, subject, headers) happens here, once, in the capture path;
 the relay then only moves bytes. The commit itself runs on the store's capture thread
-(:class:`outbox.runner.AsyncStore`), and wakes the relay.
+(:class:`cdc_bridge.outbox.runner.AsyncStore`), and wakes the relay.
 """
 
 from __future__ import annotations
 
 import time
 
-from adapters.base import ChangeBatch
-from bridge.events import dead_letter_subject
-from outbox.base import OutboxMessage
-from outbox.runner import AsyncStore
+from cdc_bridge.kernel.batch import ChangeBatch
+from cdc_bridge.kernel.events import dead_letter_subject
+from cdc_bridge.outbox.base import OutboxMessage
+from cdc_bridge.outbox.runner import AsyncStore
 
 
 def encode_batch(batch: ChangeBatch, prefix: str) -> list[OutboxMessage]:

@@ -1,20 +1,38 @@
 #!/usr/bin/env bash
-# Run the whole test suite against real services that the fixtures start themselves
-# (nats-server, PostgreSQL with wal_level=logical, MariaDB) on free ports, plus ruff.
-# Usage: bash scripts/test.sh [pytest args...]
+# The whole check, as CI runs it: ruff, mypy --strict, then the two test lanes:
+#   fast     tests/fast/: pure logic, no servers (seconds)
+#   service  everything else, against real services the fixtures start themselves on
+#            free ports (nats-server, PostgreSQL with wal_level=logical, MariaDB), so
+#            services already running on this machine are neither needed nor disturbed.
+# Usage: bash scripts/test.sh                 everything
+#        bash scripts/test.sh -m fast         one lane (any pytest arguments: one run)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh --with-test-servers || exit 1
-lint=0
-.venv/bin/ruff check bridge adapters outbox tests bench examples || lint=1
-.venv/bin/python -m pytest "$@"
-code=$?
-if [ "$code" = 5 ]; then
-    echo "pytest collected no tests: failing on purpose" >&2
+
+failed=()
+.venv/bin/ruff check bridge adapters outbox tests bench examples docs setup.py || failed+=(ruff)
+bash scripts/typecheck.sh || failed+=(mypy)
+
+run_pytest() {  # pytest, where "collected no tests" (exit 5) is a failure too
+    .venv/bin/python -m pytest "$@"
+    local code=$?
+    if [ "$code" = 5 ]; then
+        echo "pytest collected no tests for: $*" >&2
+        return 1
+    fi
+    return "$code"
+}
+
+if [ $# -gt 0 ]; then
+    run_pytest "$@" || failed+=(pytest)
+else
+    run_pytest -m fast -p no:cacheprovider || failed+=("fast lane")
+    run_pytest -m service -p no:cacheprovider || failed+=("service lane")
+fi
+
+if [ ${#failed[@]} -gt 0 ]; then
+    echo "FAILED: ${failed[*]}" >&2
     exit 1
 fi
-if [ "$code" = 0 ] && [ "$lint" != 0 ]; then
-    echo "tests passed but ruff found problems" >&2
-    exit 1
-fi
-exit "$code"
+echo "all checks passed: ruff, mypy --strict, tests"

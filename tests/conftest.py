@@ -1,12 +1,23 @@
-"""Shared fixtures: a real nats-server per test, helpers to read the stream."""
+"""Shared fixtures (a real nats-server per test, PostgreSQL, MariaDB) and the two lanes.
+
+Every test is in one of two lanes, selectable by marker:
+
+* ``fast`` — the modules under ``tests/fast/``: pure logic, no servers, seconds in all
+  (``pytest -m fast``); network connections are refused there, so a test that reaches
+  a server fails loudly instead of slowing the lane down;
+* ``service`` — every other module: real nats-server, PostgreSQL, MariaDB, files and
+  bridge processes (``pytest -m service``).
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import signal
+import socket
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,6 +25,31 @@ from tests.helpers import STARTED
 from tests.services.mariadb import MariaDBServer
 from tests.services.nats_server import NatsServer
 from tests.services.postgres import PostgresServer
+
+FAST_DIR = Path(__file__).resolve().parent / "fast"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        fast = FAST_DIR in Path(str(item.path)).resolve().parents
+        item.add_marker(pytest.mark.fast if fast else pytest.mark.service)
+
+
+@pytest.fixture(autouse=True)
+def _fast_lane_has_no_network(request: pytest.FixtureRequest,
+                              monkeypatch: pytest.MonkeyPatch) -> None:
+    if request.node.get_closest_marker("fast") is None:
+        return
+    real_connect = socket.socket.connect
+
+    def refuse(sock: socket.socket, address: Any) -> Any:
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            raise AssertionError(
+                f"a fast-lane test connected to {address}: mark it (or its module) "
+                "@pytest.mark.service, or use a server fixture")
+        return real_connect(sock, address)
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
 
 
 @pytest.fixture(autouse=True)

@@ -75,7 +75,7 @@ class BridgeProcess:
         env = dict(os.environ)
         env.update(self.env or {})
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bridge.cli", "run", "-c", str(self.config_path)],
+            [sys.executable, "-m", "cdc_bridge.cli", "run", "-c", str(self.config_path)],
             stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
         )
         log.close()

@@ -18,7 +18,7 @@ from tests.services.nats_server import NatsServer
 
 
 def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "bridge.cli", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "cdc_bridge.cli", *args], capture_output=True,
                           text=True, timeout=timeout)
 
 
@@ -82,8 +82,11 @@ def test_init_reports_unreachable_nats(tmp_path: Path) -> None:
 
 def test_status_table_and_json(running: Any, nats_server: NatsServer) -> None:
     cfg, db, bridge = running
-    wait_for(lambda: json.loads(cli("status", "-c", str(cfg), "--json").stdout)
-             ["adapters"][0]["checkpoint"] is not None, what="checkpoint in status")
+    def captured() -> bool:  # the checkpoint (outbox) and the state (1 s heartbeat)
+        erp = json.loads(cli("status", "-c", str(cfg), "--json").stdout)["adapters"][0]
+        return erp["checkpoint"] is not None and erp["state"] == "running"
+
+    wait_for(captured, what="checkpoint and running state in status")
     data = json.loads(cli("status", "-c", str(cfg), "--json").stdout)
     assert data["daemon"]["running"] is True and data["daemon"]["via"] == "control"
     erp = data["adapters"][0]
@@ -121,7 +124,7 @@ def test_tail_raw_pretty_count_and_new(running: Any, nats_server: NatsServer) ->
     assert lines[0].startswith("#1 ") and "cdc.erp._.invoices.r op=r key={\"id\":1}" in lines[0]
     assert "Nats-Msg-Id=" in lines[0]
     # --new: only what arrives after the tail started (rows keep coming until it has 3)
-    proc = subprocess.Popen([sys.executable, "-m", "bridge.cli", "tail", "-c", str(cfg),
+    proc = subprocess.Popen([sys.executable, "-m", "cdc_bridge.cli", "tail", "-c", str(cfg),
                              "cdc.erp.>", "--new", "--raw", "--count", "3"],
                             stdout=subprocess.PIPE, text=True)
     try:
@@ -169,9 +172,9 @@ def test_replay_to_a_new_prefix(running: Any, nats_server: NatsServer) -> None:
 
 def test_snapshot_on_sql_poll(running: Any) -> None:
     """sql_poll: refused clearly if it lacks SupportsSnapshot; otherwise it completes."""
-    from adapters.base import SupportsSnapshot
-    from adapters.registry import AdapterContext, create
-    from bridge.config import load_config
+    from cdc_bridge.adapters.contract import SupportsSnapshot
+    from cdc_bridge.adapters.registry import AdapterContext, create
+    from cdc_bridge.config import load_config
 
     cfg, _, _ = running
     conf = load_config(cfg)

@@ -1,4 +1,4 @@
-"""bridge.consumer with real JetStream: redelivery, idempotency, dead letters; decoding."""
+"""cdc_bridge.client.consumer with real JetStream: redelivery, idempotency, dead letters."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import nats
 import pytest
 from nats.js import api
 
-from bridge.consumer import Consumer, ConsumerSettings, Event, decode_event
-from bridge.events import ChangeEvent
-from bridge.seen import MemorySeenStore, SqliteSeenStore
+from cdc_bridge.client.consumer import Consumer, ConsumerSettings, Event, decode_event
+from cdc_bridge.client.seen import MemorySeenStore, SqliteSeenStore
+from cdc_bridge.kernel.events import ChangeEvent
 from tests.helpers import read_stream
 from tests.services.nats_server import NatsServer
 

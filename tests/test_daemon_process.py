@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from bridge.embedded import nats_server_binary
+from cdc_bridge.daemon.embedded import nats_server_binary
 from tests.helpers import BridgeProcess, wait_for, write_config
 from tests.services.nats_server import NatsServer
 from tests.services.ports import free_port, wait_closed, wait_listening
@@ -46,7 +46,7 @@ def _run_bridge(cfg: Path, log_path: Path, env: dict[str, str],
                 *args: str) -> subprocess.Popen[bytes]:
     with open(log_path, "wb") as log:
         return subprocess.Popen(
-            [sys.executable, "-m", "bridge.cli", "run", "-c", str(cfg), *args],
+            [sys.executable, "-m", "cdc_bridge.cli", "run", "-c", str(cfg), *args],
             stdout=subprocess.PIPE, stderr=log, env={**os.environ, **env},
             start_new_session=True)
 
@@ -89,7 +89,7 @@ def test_json_logs_and_no_secret_anywhere(tmp_path: Path) -> None:
                  what="several failed source connections", timeout_s=60)
         time.sleep(1.0)
         status = subprocess.run(
-            [sys.executable, "-m", "bridge.cli", "status", "-c", str(cfg), "--json"],
+            [sys.executable, "-m", "cdc_bridge.cli", "status", "-c", str(cfg), "--json"],
             capture_output=True, text=True, env={**os.environ, **env}, timeout=60)
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(30)

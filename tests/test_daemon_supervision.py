@@ -4,94 +4,25 @@ Covers supervision (a crashing adapter is restarted with back-off, reported in m
 and state, while another adapter keeps flowing; a FatalError stops the daemon with exit
 code 1) and on-demand snapshots through the control channel (the CLI client side
 against the running daemon, progress, "not supported" for types without the protocol).
-The test types are registered by monkeypatching ``adapters.registry.REGISTRY``.
+The toy source types come from :mod:`tests.toy_source` (registered per test).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any
 
 import pytest
 
-from adapters.base import AdapterConfig, ChangeBatch, Checkpoint
-from adapters.registry import REGISTRY, AdapterContext, AdapterType
-from bridge.config import BridgeConfig
-from bridge.control import DONE, FAILED, ControlDb, control_path
-from bridge.daemon import Daemon
-from bridge.errors import SourceSetupError
-from bridge.events import ChangeEvent
-from bridge.metrics import REGISTRY as METRICS
-from bridge.snapshot_cli import request_snapshot
+from cdc_bridge.cli.snapshot import request_snapshot
+from cdc_bridge.config import BridgeConfig
+from cdc_bridge.daemon.control import DONE, FAILED, ControlDb, control_path
+from cdc_bridge.daemon.daemon import Daemon
+from cdc_bridge.metrics import REGISTRY as METRICS
 from tests.helpers import read_stream
 from tests.services.nats_server import NatsServer
-
-
-class ToyConfig(AdapterConfig):
-    type: Literal["t_plain", "t_snap"]
-    fail_times: int = 0
-    fatal: bool = False
-    rows: int = 5
-
-
-class PlainAdapter:
-    """Emits ``rows`` inserts, then idles; crashes on its first ``fail_times`` starts."""
-
-    starts: ClassVar[dict[str, int]] = {}
-
-    def __init__(self, cfg: ToyConfig) -> None:
-        self.name = cfg.name
-        self.cfg = cfg
-        self.requests: asyncio.Queue[list[str] | None] = asyncio.Queue()
-
-    def _event(self, i: int, op: Literal["c", "r"], position: str) -> ChangeEvent:
-        return ChangeEvent(adapter=self.name, table="items", op=op, position=position,
-                           key={"id": i}, after={"id": i, "v": f"row {i}"})
-
-    async def changes(self, checkpoint: Checkpoint | None) -> AsyncIterator[ChangeBatch]:
-        n = self.starts[self.name] = self.starts.get(self.name, 0) + 1
-        await asyncio.sleep(0.05)
-        if self.cfg.fatal:
-            raise SourceSetupError("permission denied for table items (simulated)")
-        if n <= self.cfg.fail_times:
-            raise RuntimeError(f"simulated crash #{n}")
-        start = int((checkpoint or {}).get("n", 0))
-        for i in range(start, self.cfg.rows):
-            yield ChangeBatch([self._event(i, "c", f"c:{i}")], {"n": i + 1})
-        snapshots = 0
-        while True:
-            await self.requests.get()
-            snapshots += 1
-            for base in range(0, self.cfg.rows, 10):
-                await asyncio.sleep(0.05)
-                yield ChangeBatch([self._event(i, "r", f"snap{snapshots}:{i}")
-                                   for i in range(base, min(base + 10, self.cfg.rows))], None)
-
-    async def acknowledge(self, checkpoint: Checkpoint | None) -> None:
-        return None
-
-    async def close(self) -> None:
-        return None
-
-
-class SnapAdapter(PlainAdapter):
-    async def request_snapshot(self, tables: list[str] | None) -> None:
-        self.requests.put_nowait(tables)
-
-
-def _factory(cfg: AdapterConfig, context: AdapterContext) -> Any:
-    assert isinstance(cfg, ToyConfig)
-    return SnapAdapter(cfg) if cfg.type == "t_snap" else PlainAdapter(cfg)
-
-
-@pytest.fixture(autouse=True)
-def toy_types(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    for name in ("t_plain", "t_snap"):
-        monkeypatch.setitem(REGISTRY, name, AdapterType(name, ToyConfig, _factory))
-    PlainAdapter.starts.clear()
-    yield
+from tests.toy_source import PlainAdapter, ToyConfig, toy_types  # noqa: F401 (fixture)
 
 
 def make_config(tmp: Path, nats_url: str, *adapters: ToyConfig) -> BridgeConfig:
@@ -150,8 +81,11 @@ async def test_crashing_adapter_is_restarted_while_the_other_keeps_running(
                       table="items") - captured_before == 7
         ready, detail = daemon.readiness()
         assert ready, detail
-        live = ControlDb(control_path(cfg.state_dir)).read_state()
-        assert live is not None and live.state["adapters"]["crashy"]["restarts"] == 2
+        def published_restarts() -> int | None:  # the control heartbeat: every 0.2 s
+            live = ControlDb(control_path(cfg.state_dir)).read_state()
+            return live.state["adapters"]["crashy"]["restarts"] if live else None
+
+        await wait_until(lambda: published_restarts() == 2, what="restarts in the heartbeat")
     finally:
         daemon.request_stop()
         code = await asyncio.wait_for(run, 30)

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 import yaml
 
-from bridge.embedded import nats_server_binary
+from cdc_bridge.daemon.embedded import nats_server_binary
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 SECRETS_ENV = {"CDC_PG_PASSWORD": "x", "CDC_ERP_PASSWORD": "x", "NATS_BRIDGE_PASSWORD": "x",
@@ -32,7 +32,7 @@ SECRETS_ENV = {"CDC_PG_PASSWORD": "x", "CDC_ERP_PASSWORD": "x", "NATS_BRIDGE_PAS
 
 
 def validate_bridge_config(path: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "bridge.cli", "validate", "-c", str(path)],
+    return subprocess.run([sys.executable, "-m", "cdc_bridge.cli", "validate", "-c", str(path)],
                           capture_output=True, text=True, env={**os.environ, **SECRETS_ENV},
                           timeout=60)
 

@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from bridge.embedded import leftover_pid, nats_server_binary
+from cdc_bridge.daemon.embedded import leftover_pid, nats_server_binary
 from tests.helpers import BridgeProcess, wait_for
 from tests.services.ports import free_port, listening
 from tests.test_instance_lock import (
@@ -116,7 +116,7 @@ def test_a_server_of_another_store_on_the_port_is_not_touched(tmp_path: Path) ->
         pid_file.write_text(str(stranger.pid))  # even a pid file naming it: not our store
         started = time.monotonic()
         proc = subprocess.run(
-            [sys.executable, "-m", "bridge.cli", "run", "-c", str(cfg)],
+            [sys.executable, "-m", "cdc_bridge.cli", "run", "-c", str(cfg)],
             capture_output=True, text=True, timeout=60)
         assert proc.returncode == 2, proc.stderr
         assert "already in use" in proc.stderr

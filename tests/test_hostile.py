@@ -1,6 +1,6 @@
 """The bad-input round: fuzzed configs, and hostile values end to end through a real bridge.
 
-Config loader (``bridge.config.parse_config``), fuzzed with hypothesis: arbitrary text,
+Config loader (``cdc_bridge.config.parse_config``), fuzzed with hypothesis: arbitrary text,
 YAML-ish token soup, arbitrary nested structures, and valid configs of every adapter
 type with random mutations at random paths. The only allowed outcomes are a
 ``BridgeConfig`` or a ``ConfigError`` whose every line names where the problem is;
@@ -12,7 +12,7 @@ arrive intact; invalid UTF-8 and odd identifiers (spaces, dots, quotes, unicode,
 ``>``) either arrive with sanitised subjects or are reported, never silently dropped.
 
 The pgoutput decoder and the file parsers are fuzzed by their authors beside their own
-code: see ``tests/test_pgoutput.py`` and ``tests/test_files_formats.py``.
+code: see ``tests/fast/test_pgoutput.py`` and ``tests/fast/test_files_formats.py``.
 """
 
 from __future__ import annotations
@@ -30,9 +30,9 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bridge.config import BridgeConfig, parse_config
-from bridge.errors import ConfigError
-from bridge.events import subject_token
+from cdc_bridge.config import BridgeConfig, parse_config
+from cdc_bridge.kernel.errors import ConfigError
+from cdc_bridge.kernel.events import subject_token
 from tests.helpers import BridgeProcess, StoredMessage, stream_messages, wait_for, write_config
 from tests.services.nats_server import NatsServer
 
@@ -152,7 +152,7 @@ def test_wildcards_in_prefix_and_names_are_refused_with_their_path(
         node = node[part]
     node[path[-1]] = value
     cfg = write_config(tmp_path / "bad.yaml", bad)
-    res = subprocess.run([sys.executable, "-m", "bridge.cli", "run", "-c", str(cfg)],
+    res = subprocess.run([sys.executable, "-m", "cdc_bridge.cli", "run", "-c", str(cfg)],
                          capture_output=True, text=True, timeout=60, env={**ENV, "PATH": ""})
     assert res.returncode == 2, res.stderr
     assert where in res.stderr

@@ -26,8 +26,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from bridge.errors import FatalError
-from bridge.instance import (
+from cdc_bridge.daemon.instance import (
     Holder,
     InstanceLocked,
     LockUnavailable,
@@ -38,6 +37,7 @@ from bridge.instance import (
     schema_lock_key,
     state_dir_message,
 )
+from cdc_bridge.kernel.errors import FatalError
 from tests.helpers import BridgeProcess, stream_messages, wait_for, write_config
 from tests.services.nats_server import NatsServer
 from tests.services.ports import free_port
@@ -196,7 +196,7 @@ def test_second_daemon_on_the_same_state_dir_exits_1_and_first_keeps_going(
     assert f") is running with state_dir {state}; stop it first" in log
 
     # other commands do not take the lock
-    status = subprocess.run([sys.executable, "-m", "bridge.cli", "status", "-c", str(cfg)],
+    status = subprocess.run([sys.executable, "-m", "cdc_bridge.cli", "status", "-c", str(cfg)],
                             capture_output=True, text=True, timeout=60)
     assert status.returncode == 0, status.stderr
 

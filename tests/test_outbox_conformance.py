@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from outbox.base import OutboxMessage, OutboxStore
-from outbox.factory import open_store
+from cdc_bridge.outbox.base import OutboxMessage, OutboxStore
+from cdc_bridge.outbox.factory import open_store
 from tests.services.postgres import PostgresServer
 
 Opener = Callable[[], OutboxStore]

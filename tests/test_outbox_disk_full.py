@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from outbox.base import OutboxMessage, StoreUnavailable
-from outbox.sqlite import SqliteStore
+from cdc_bridge.outbox.base import OutboxMessage, StoreUnavailable
+from cdc_bridge.outbox.sqlite import SqliteStore
 
 
 def test_full_store_raises_retryable_and_keeps_state(tmp_path: Path) -> None:

@@ -2,7 +2,7 @@
 
 Real PostgreSQL (``wal_level=logical``), the real bridge process, real JetStream:
 
-- ``outbox.app.write_event`` in business transactions -> one message each on
+- ``cdc_bridge.client.outbox.write_event`` in business transactions -> one message each on
   ``cdc.outbox.<aggregate_type>.<event_type>``, in commit order, byte for byte what the
   polling adapter (``type: outbox_table``) makes of the same row; insert + delete in one
   transaction still published; rollback -> nothing; updates, deletes and truncates of
@@ -31,13 +31,13 @@ import psycopg
 import pytest
 from pydantic import ValidationError
 
-import adapters.registry  # noqa: F401  (registry first: it imports the adapters)
-from adapters.base import AdapterContext
-from adapters.outbox_table import to_message
-from adapters.postgres.adapter import PostgresAdapter
-from adapters.postgres.config import PostgresConfig
-from bridge.errors import SourceSetupError
-from outbox.app import create_outbox_table, write_event
+import cdc_bridge.adapters.registry  # noqa: F401  (registry first: it imports the adapters)
+from cdc_bridge.adapters.contract import AdapterContext
+from cdc_bridge.adapters.outbox_table import to_message
+from cdc_bridge.adapters.postgres.adapter import PostgresAdapter
+from cdc_bridge.adapters.postgres.config import PostgresConfig
+from cdc_bridge.client.outbox import create_outbox_table, write_event
+from cdc_bridge.kernel.errors import SourceSetupError
 from tests.helpers import (
     BridgeProcess,
     appended_events,

@@ -1,4 +1,4 @@
-"""The application outbox end to end: ``outbox.app.write_event`` in a service's own
+"""The application outbox end to end: ``cdc_bridge.client.outbox.write_event`` in a service's own
 PostgreSQL transactions -> ``type: outbox_table`` adapter in the real bridge process ->
 JetStream on ``<prefix>.outbox.<aggregate_type>.<event_type>``.
 """
@@ -15,7 +15,7 @@ import orjson
 import psycopg
 import pytest
 
-from outbox.app import create_outbox_table, write_event
+from cdc_bridge.client.outbox import create_outbox_table, write_event
 from tests.helpers import BridgeProcess, wait_for, write_config
 from tests.services.nats_server import NatsServer
 from tests.services.postgres import PostgresServer
@@ -76,7 +76,7 @@ def test_committed_events_arrive_once_rolled_back_never(
                         what="late event", timeout_s=30)
         # the routed messages count as the adapter's captured events (status, metrics)
         status = wait_for(lambda: (st := json.loads(subprocess.run(
-            [sys.executable, "-m", "bridge.cli", "status", "-c", str(cfg), "--json"],
+            [sys.executable, "-m", "cdc_bridge.cli", "status", "-c", str(cfg), "--json"],
             capture_output=True, text=True, timeout=60).stdout)["adapters"][0])
             and st.get("events") == 41 and st, what="41 events in status", timeout_s=30)
         assert status["name"] == "shop-outbox"

@@ -20,7 +20,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from bridge.events import event_id
+from cdc_bridge.kernel.events import event_id
 from tests.helpers import (  # stream_count/stream_messages: other test modules take them here
     BridgeProcess,
     StoredMessage,

@@ -21,8 +21,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from adapters.postgres.pgoutput import Insert, Relation, decode_message
-from adapters.postgres.values import (
+from cdc_bridge.adapters.postgres.pgoutput import Insert, Relation, decode_message
+from cdc_bridge.adapters.postgres.values import (
     PgType,
     ValueDecoder,
     interval_to_iso,
@@ -266,7 +266,7 @@ def test_unconvertible_values_fall_back_to_text_once_logged(
     row = raw_text_row(
         conn, "SELECT '0044-03-15 BC'::date, '12000-01-01'::date, '24:00:00'::time, "
         "'275000-01-01 00:00+00'::timestamptz")
-    with caplog.at_level(logging.WARNING, logger="adapters.postgres.values"):
+    with caplog.at_level(logging.WARNING, logger="cdc_bridge.adapters.postgres.values"):
         assert [decoder.decode(oid, text) for oid, text in row] == [t for _, t in row]
     date_oid, time_oid, tstz_oid = row[0][0], row[2][0], row[3][0]
     assert decoder.fallbacks == {date_oid: 2, time_oid: 1, tstz_oid: 1}

@@ -18,8 +18,8 @@ import orjson
 import pytest
 import yaml
 
-from bridge.errors import ConfigError, FatalError, PublishUnavailable
-from bridge.publisher import Publisher, connect_options
+from cdc_bridge.kernel.errors import ConfigError, FatalError, PublishUnavailable
+from cdc_bridge.relay.publisher import Publisher, connect_options
 from tests.helpers import BridgeProcess, read_raw, wait_for, write_config
 from tests.services.nats_jwt import Trust, new_nkey, nkey_user
 from tests.services.nats_server import NatsServer

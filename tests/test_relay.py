@@ -22,14 +22,14 @@ import nats.errors
 import nats.js.errors
 import pytest
 
-from bridge import metrics
-from bridge.config import NatsConfig
-from bridge.publisher import Publisher
-from bridge.relay import Relay
-from outbox.base import OutboxMessage, OutboxStore
-from outbox.postgres import PostgresStore
-from outbox.runner import AsyncStore
-from outbox.sqlite import SqliteStore
+from cdc_bridge import metrics
+from cdc_bridge.config import NatsConfig, OutboxConfig
+from cdc_bridge.outbox.base import OutboxMessage, OutboxStore
+from cdc_bridge.outbox.postgres import PostgresStore
+from cdc_bridge.outbox.runner import AsyncStore
+from cdc_bridge.outbox.sqlite import SqliteStore
+from cdc_bridge.relay.publisher import Publisher
+from cdc_bridge.relay.relay import Relay
 from tests.helpers import read_raw
 from tests.services.nats_server import NatsServer
 from tests.services.postgres import PostgresServer
@@ -71,8 +71,8 @@ class RelayRunner:
         self.raw = store or SqliteStore(path)
         self.store = AsyncStore(self.raw)
         self.publisher = Publisher(cfg)
-        self.relay = Relay(self.store, self.publisher, prefix=cfg.subject_prefix,
-                           poll_interval_s=0.2, **relay_kw)
+        self.relay = Relay(self.store, self.publisher,
+                           OutboxConfig(poll_interval=0.2, **relay_kw))
         self.task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -345,11 +345,11 @@ def test_order_window_is_detected_only_for_a_later_stored_message_on_the_same_su
         tmp_path: Path) -> None:
     from collections import deque
 
-    from bridge.publisher import Slot
-    from outbox.delivery import OK, RETRY
+    from cdc_bridge.relay.publisher import Slot
+    from cdc_bridge.relay.rules import OK, RETRY
 
     relay = Relay(AsyncStore(SqliteStore(tmp_path / "o.db")),
-                  Publisher(nats_cfg("nats://127.0.0.1:1")), prefix="cdc")
+                  Publisher(nats_cfg("nats://127.0.0.1:1")))
     failed = Slot(1, OutboxMessage("a", "cdc.x.y.z.c", b""))
     failed.outcome, failed.reason = RETRY, "no responders"
     other = Slot(2, OutboxMessage("b", "cdc.x.y.w.c", b""))

@@ -1,4 +1,4 @@
-"""The relay in its own process (bridge.relay_process / bridge.relay_child), for real.
+"""The relay in its own process (cdc_bridge.daemon.relay_process and .relay_child), for real.
 
 - kill -9 of the relay child while it drains a large outbox: the daemon restarts it and
   every row reaches the stream exactly once, in order; the daemon exits 0 afterwards;
@@ -24,9 +24,9 @@ import nats
 import pytest
 from nats.js import api
 
-from bridge import metrics
-from bridge.relay_process import MetricMirror
-from outbox.sqlite import SqliteStore
+from cdc_bridge import metrics
+from cdc_bridge.daemon.relay_process import MetricMirror
+from cdc_bridge.outbox.sqlite import SqliteStore
 from tests.helpers import BridgeProcess, stream_count, wait_for, write_config
 from tests.services.nats_server import NatsServer
 from tests.services.ports import free_port

@@ -8,7 +8,7 @@ import asyncio
 import time
 from pathlib import Path
 
-from outbox.sqlite import SqliteStore
+from cdc_bridge.outbox.sqlite import SqliteStore
 from tests.helpers import BridgeProcess, stream_count, wait_for, write_config
 from tests.services.nats_server import NatsServer
 from tests.test_relay import assert_once_in_order, make_msgs, read_all

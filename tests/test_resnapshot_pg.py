@@ -44,7 +44,7 @@ Op = tuple[int, str, int]  # (version, kind, id)
 
 
 def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "bridge.cli", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "cdc_bridge.cli", *args], capture_output=True,
                           text=True, timeout=timeout)
 
 
@@ -193,7 +193,7 @@ def test_kill9_mid_resnapshot_resumes_and_completes(
     writer.start()
     outbox = tmp_path / "state" / "outbox.db"
     follower = subprocess.Popen(
-        [sys.executable, "-m", "bridge.cli", "snapshot", "-c", str(cfg), "shop", "acc",
+        [sys.executable, "-m", "cdc_bridge.cli", "snapshot", "-c", str(cfg), "shop", "acc",
          "--timeout", "120"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         wait_for(lambda: "re-snapshot gen 1 requested" in bridge.log(), what="the request")

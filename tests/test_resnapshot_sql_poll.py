@@ -24,7 +24,7 @@ from tests.services.nats_server import NatsServer
 
 
 def cli(*args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "bridge.cli", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "cdc_bridge.cli", *args], capture_output=True,
                           text=True, timeout=timeout)
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from bridge.events import event_id
+from cdc_bridge.kernel.events import event_id
 from tests.helpers import BridgeProcess, StoredMessage, stream_messages, wait_for, write_config
 from tests.services.nats_server import NatsServer
 

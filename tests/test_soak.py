@@ -28,7 +28,7 @@ from bench.soak.stream import read_contents
 from bench.soak.table import render
 from bench.soak.verify import Delivered, verify_table
 from bench.soak.workload import AppendLog, Change, KeySpace
-from bridge.events import ChangeEvent
+from cdc_bridge.kernel.events import ChangeEvent
 from tests.services.nats_server import NatsServer
 
 # -- the verifier ----------------------------------------------------------------------

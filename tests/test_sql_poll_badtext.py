@@ -18,10 +18,10 @@ from typing import Any
 import orjson
 import pytest
 
-from adapters.base import ChangeBatch
-from adapters.sql_poll.window import Window
-from bridge.errors import BridgeError, DecodeError
-from bridge.events import DeadLetter
+from cdc_bridge.adapters.contract import ChangeBatch
+from cdc_bridge.adapters.sql_poll.window import Window
+from cdc_bridge.kernel.errors import BridgeError, DecodeError
+from cdc_bridge.kernel.events import DeadLetter
 from tests.test_sql_poll_support import Run, adapter_config, after_ids, run_adapter
 
 BAD = "CAST(X'66FF6FC328' AS TEXT)"  # "f\xffo\xc3(": not UTF-8
@@ -116,8 +116,8 @@ async def test_diff_mode_reports_a_bad_row_once_and_never_as_deleted(tmp_path: P
 
 
 async def test_resnapshot_dead_letters_bad_rows(tmp_path: Path) -> None:
-    from adapters.base import AdapterContext
-    from adapters.sql_poll.adapter import SqlPollAdapter
+    from cdc_bridge.adapters.contract import AdapterContext
+    from cdc_bridge.adapters.sql_poll.adapter import SqlPollAdapter
 
     url = sqlite_db(tmp_path, "CREATE TABLE t (id INTEGER PRIMARY KEY, note TEXT)",
                     ["1, 'a'", f"2, {BAD}", "3, 'c'"])

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from bridge.errors import SourceUnavailable
+from cdc_bridge.kernel.errors import SourceUnavailable
 from tests import test_sql_poll_support
 from tests.services.postgres import PostgresServer
 from tests.test_sql_poll_support import SourceDb, adapter_config, after_ids, ops_by_id, run_adapter

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from adapters.sql_poll.values import key_text
-from bridge.errors import SourceSetupError
+from cdc_bridge.adapters.sql_poll.values import key_text
+from cdc_bridge.kernel.errors import SourceSetupError
 from tests import test_sql_poll_support
 from tests.test_sql_poll_support import (
     SourceDb,

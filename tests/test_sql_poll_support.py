@@ -17,10 +17,11 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
 
-from adapters.base import ChangeBatch
-from adapters.registry import AdapterContext
-from adapters.sql_poll import SqlPollAdapter, SqlPollConfig
-from bridge.events import ChangeEvent
+from cdc_bridge.adapters.contract import ChangeBatch
+from cdc_bridge.adapters.registry import AdapterContext
+from cdc_bridge.adapters.sql_poll import SqlPollConfig
+from cdc_bridge.adapters.sql_poll.adapter import SqlPollAdapter
+from cdc_bridge.kernel.events import ChangeEvent
 
 BACKENDS = ["sqlite", "mariadb", "postgres"]
 

@@ -1,7 +1,7 @@
 """``type: files`` — the adapter the daemon sees; it delegates to the configured mode.
 
-Modes (:mod:`adapters.files.modes`) share one shape: ``run(checkpoint)`` yields
-:class:`~adapters.base.ChangeBatch` objects whose checkpoint is the mode's position,
+Modes (:mod:`cdc_bridge.adapters.files.modes`) share one shape: ``run(checkpoint)`` yields
+:class:`~cdc_bridge.adapters.contract.ChangeBatch` objects whose checkpoint is the mode's position,
 ``acknowledge(checkpoint)`` does what may only happen after a commit (archiving a file,
 swapping a snapshot), ``close()`` releases files. Blocking file work runs in worker
 threads; the folder or file is polled every ``poll_interval`` (no inotify needed).
@@ -13,14 +13,13 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Protocol
 
-from adapters.base import AdapterConfig, AdapterContext, AdapterType, ChangeBatch, Checkpoint
-from adapters.files.config import FilesConfig
-from adapters.files.identity import header_safe_name
-from adapters.files.modes.drop import DropMode
-from adapters.files.modes.snapshot import SnapshotMode
-from adapters.files.modes.tail import TailMode
-from bridge.errors import FatalError, SourceUnavailable
-from bridge.metrics import ADAPTER_UP
+from cdc_bridge.adapters.contract import AdapterContext, ChangeBatch, Checkpoint
+from cdc_bridge.adapters.files.config import FilesConfig
+from cdc_bridge.adapters.files.identity import header_safe_name
+from cdc_bridge.adapters.files.modes.drop import DropMode
+from cdc_bridge.adapters.files.modes.snapshot import SnapshotMode
+from cdc_bridge.adapters.files.modes.tail import TailMode
+from cdc_bridge.kernel.errors import FatalError, SourceUnavailable
 
 
 class Mode(Protocol):
@@ -30,6 +29,9 @@ class Mode(Protocol):
 
     async def close(self) -> None: ...
 
+    @property
+    def lag(self) -> dict[str, float]: ...
+
 
 class FilesAdapter:
     def __init__(self, config: FilesConfig, context: AdapterContext) -> None:
@@ -37,6 +39,8 @@ class FilesAdapter:
         self.config = config
         self.log = logging.getLogger(f"cdc_bridge.adapter.{config.name}")
         self.mode: Mode
+        #: Capturing (see the source contract).
+        self.connected = False
         if config.mode == "drop":
             self.mode = DropMode(config, self.log)
         elif config.mode == "tail":
@@ -51,7 +55,7 @@ class FilesAdapter:
                 f"adapter {self.name}: the stored checkpoint is for mode "
                 f"{checkpoint.get('mode')!r}, config says {self.config.mode!r}; "
                 "reset the checkpoint to switch modes")
-        ADAPTER_UP.labels(self.name).set(1)
+        self.connected = True
         try:
             async for batch in self.mode.run(checkpoint):
                 yield batch
@@ -60,18 +64,14 @@ class FilesAdapter:
                 f"adapter {self.name}: file error: {e.strerror or e} "
                 f"({header_safe_name(str(e.filename or ''))})") from e
         finally:
-            ADAPTER_UP.labels(self.name).set(0)
+            self.connected = False
+
+    def lag(self) -> dict[str, float]:
+        return dict(self.mode.lag)
 
     async def acknowledge(self, checkpoint: Checkpoint | None) -> None:
         await self.mode.acknowledge(checkpoint)
 
     async def close(self) -> None:
+        self.connected = False
         await self.mode.close()
-
-
-def _factory(config: AdapterConfig, context: AdapterContext) -> FilesAdapter:
-    assert isinstance(config, FilesConfig)
-    return FilesAdapter(config, context)
-
-
-ADAPTER_TYPE = AdapterType("files", FilesConfig, _factory)

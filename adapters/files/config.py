@@ -33,9 +33,9 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from adapters.base import AdapterConfig
-from adapters.transform import ColumnRules
-from bridge.model import Duration, StrictModel
+from cdc_bridge.adapters.contract import AdapterConfig
+from cdc_bridge.adapters.transform import ColumnRules
+from cdc_bridge.kernel.model import Duration, StrictModel
 
 ValueType = Literal["str", "int", "decimal", "float", "bool", "date", "datetime"]
 

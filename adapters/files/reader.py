@@ -1,7 +1,7 @@
 """Bounded, resumable reading of records from a binary file (blocking: run in a thread).
 
 :class:`RecordReader` reads physical lines with ``readline(limit)`` from an offset and
-groups them into records (with a :class:`~adapters.files.formats.csv.QuoteJoiner` for
+groups them into records (with a :class:`~cdc_bridge.adapters.files.formats.csv.QuoteJoiner` for
 CSV quoted newlines). Each :class:`RawRecord` carries the byte offset and 1-based line
 number where it starts: together with the file identity that is its deterministic
 position. The reader never holds more than ``max_record_bytes`` of one record: a longer
@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from adapters.files.formats.csv import QuoteJoiner
+from cdc_bridge.adapters.files.formats.csv import QuoteJoiner
 
 UTF8_BOM = b"\xef\xbb\xbf"
 

@@ -1,7 +1,7 @@
 """One file being read: BOM, header, parsing, and turning records into events (blocking).
 
 A :class:`FileSession` owns an open file, its format (a fresh parser per file, since a
-header sets the columns), and a :class:`~adapters.files.reader.RecordReader` at the
+header sets the columns), and a :class:`~cdc_bridge.adapters.files.reader.RecordReader` at the
 resume position. :meth:`FileSession.read` returns parsed records: a row or the reason it
 could not be parsed. Resuming mid-file re-reads only the header (from the file's start)
 and seeks to the committed offset, so nothing before it is parsed again.
@@ -11,8 +11,8 @@ whatever the configured encoding (a BOM is the writer saying so). A bad header m
 every record of the file a dead letter (with the header's own reason), never a silent
 skip. Blank records (only whitespace) carry no data and are skipped.
 
-:class:`EventBuilder` turns parsed records into :class:`~bridge.events.ChangeEvent`
-(``op`` given by the mode) and :class:`~bridge.events.DeadLetter` entries whose
+:class:`EventBuilder` turns parsed records into :class:`~cdc_bridge.kernel.events.ChangeEvent`
+(``op`` given by the mode) and :class:`~cdc_bridge.kernel.events.DeadLetter` entries whose
 position is ``<file position>@<byte offset>``, deterministic across re-reads.
 """
 
@@ -24,12 +24,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from adapters.files.config import FilesConfig
-from adapters.files.formats import RecordFormat, RowError, make_format
-from adapters.files.identity import header_safe_name
-from adapters.files.reader import RawRecord, RecordReader, skip_bom
-from adapters.transform import apply_rules, mask_value
-from bridge.events import ChangeEvent, DeadLetter, Op
+from cdc_bridge.adapters.files.config import FilesConfig
+from cdc_bridge.adapters.files.formats import RecordFormat, RowError, make_format
+from cdc_bridge.adapters.files.identity import header_safe_name
+from cdc_bridge.adapters.files.reader import RawRecord, RecordReader, skip_bom
+from cdc_bridge.adapters.transform import apply_rules, mask_value
+from cdc_bridge.kernel.events import ChangeEvent, DeadLetter, Op
 
 _UTF8 = ("utf-8", "utf8", "utf_8")
 

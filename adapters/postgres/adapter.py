@@ -16,18 +16,18 @@ checkpoint, slot missing          [when_needed] new slot and a new snapshot gene
 
 Re-snapshots on demand (``cdc-bridge snapshot``, :meth:`PostgresAdapter.request_snapshot`)
 run while streaming, chunk by chunk, interleaved with the stream (see
-:mod:`adapters.postgres.resnap_state` for the guarantee); their progress is part of the
+:mod:`cdc_bridge.adapters.postgres.resnap_state` for the guarantee); their progress is part of the
 checkpoint, so a restarted adapter resumes them, and :meth:`snapshot_progress` reports
 what the committed checkpoint says.
 
-Outbox tables (``outbox_tables``, :mod:`adapters.postgres.outbox`) share the
+Outbox tables (``outbox_tables``, :mod:`cdc_bridge.adapters.postgres.outbox`) share the
 publication, the slot and the snapshot with the captured tables; their rows become
 routed messages instead of events.
 
 Failures of the source (connection refused or cut, server restart) raise
-:class:`bridge.errors.SourceUnavailable`; the daemon's supervisor backs off (the shared
-policy of :mod:`bridge.backoff`) and builds a new adapter from the last committed
-checkpoint. What a person must fix raises :class:`bridge.errors.SourceSetupError`.
+:class:`cdc_bridge.kernel.errors.SourceUnavailable`; the daemon's supervisor backs off (the shared
+policy of :mod:`cdc_bridge.kernel.backoff`) and builds a new adapter from the last committed
+checkpoint. What a person must fix raises :class:`cdc_bridge.kernel.errors.SourceSetupError`.
 """
 
 from __future__ import annotations
@@ -40,16 +40,22 @@ from typing import Any
 
 import psycopg
 
-from adapters.base import AdapterConfig, AdapterContext, AdapterType, ChangeBatch, Checkpoint
-from adapters.postgres import pgoutput as po
-from adapters.postgres.changes import EventBuilder
-from adapters.postgres.config import PostgresConfig, split_name
-from adapters.postgres.heartbeat import run_heartbeat
-from adapters.postgres.position import Position, SnapshotProgress
-from adapters.postgres.replication import ReplicationConnection, connection_error
-from adapters.postgres.resnap_state import ResnapProgress
-from adapters.postgres.resnapshot import Resnapshotter
-from adapters.postgres.setup import (
+from cdc_bridge.adapters.contract import (
+    AdapterContext,
+    ChangeBatch,
+    Checkpoint,
+    SnapshotReport,
+    SnapshotRequestError,
+)
+from cdc_bridge.adapters.postgres import pgoutput as po
+from cdc_bridge.adapters.postgres.changes import EventBuilder
+from cdc_bridge.adapters.postgres.config import PostgresConfig, split_name
+from cdc_bridge.adapters.postgres.heartbeat import run_heartbeat
+from cdc_bridge.adapters.postgres.position import Position, SnapshotProgress
+from cdc_bridge.adapters.postgres.replication import ReplicationConnection, connection_error
+from cdc_bridge.adapters.postgres.resnap_state import ResnapProgress
+from cdc_bridge.adapters.postgres.resnapshot import Resnapshotter
+from cdc_bridge.adapters.postgres.setup import (
     SourceInfo,
     TableInfo,
     check_server,
@@ -59,12 +65,10 @@ from adapters.postgres.setup import (
     resolve_tables,
     slot_info,
 )
-from adapters.postgres.snapshot import SnapshotReader, fresh_snapshot, import_snapshot
-from adapters.postgres.stream import StreamReader
-from adapters.postgres.values import ValueDecoder
-from bridge.errors import SourceSetupError, SourceUnavailable
-from bridge.metrics import ADAPTER_UP
-from bridge.snapshots import SnapshotReport, SnapshotRequestError
+from cdc_bridge.adapters.postgres.snapshot import SnapshotReader, fresh_snapshot, import_snapshot
+from cdc_bridge.adapters.postgres.stream import StreamReader
+from cdc_bridge.adapters.postgres.values import ValueDecoder
+from cdc_bridge.kernel.errors import SourceSetupError, SourceUnavailable
 
 log = logging.getLogger("cdc_bridge.adapter.postgres")
 
@@ -87,6 +91,8 @@ class PostgresAdapter:
         #: Re-snapshot progress as of the last acknowledged (committed) checkpoint.
         self._committed: ResnapProgress | None = None
         self._ready = asyncio.Event()
+        #: Set up and capturing (snapshot or stream); see the source contract.
+        self.connected = False
 
     # ---------------------------------------------------------------- set-up
 
@@ -216,6 +222,7 @@ class PostgresAdapter:
                          self.name, pos.resnapshot.gen, pos.resnapshot.rows,
                          pos.resnapshot.total, ", ".join(pos.resnapshot.remaining()))
         self._ready.set()
+        self.connected = True
         builder = self._builder()
         if pos.snapshot is not None:
             assert self._copy is not None
@@ -235,9 +242,11 @@ class PostgresAdapter:
         if self.config.heartbeat_interval > 0:
             self._heartbeat = asyncio.create_task(run_heartbeat(
                 self.name, self.config.dsn, self.config.heartbeat_interval, stream.idle_s))
-        ADAPTER_UP.labels(adapter=self.name).set(1)
         async for batch in stream.batches():
             yield batch
+
+    def lag(self) -> dict[str, float]:
+        return {"bytes": float(self._stream.lag_bytes)} if self._stream is not None else {}
 
     async def acknowledge(self, checkpoint: Checkpoint | None) -> None:
         if checkpoint is not None and self._stream is not None:
@@ -309,7 +318,7 @@ class PostgresAdapter:
                               bool(done and done.finished))
 
     async def close(self) -> None:
-        ADAPTER_UP.labels(adapter=self.name).set(0)
+        self.connected = False
         if self._heartbeat is not None:
             self._heartbeat.cancel()
             with contextlib.suppress(BaseException):
@@ -349,11 +358,3 @@ class PostgresAdapter:
 
 def _first_line(e: BaseException) -> str:
     return (str(e).strip().splitlines() or [type(e).__name__])[0]
-
-
-def _factory(config: AdapterConfig, context: AdapterContext) -> PostgresAdapter:
-    assert isinstance(config, PostgresConfig)
-    return PostgresAdapter(config, context)
-
-
-ADAPTER_TYPE = AdapterType("postgres", PostgresConfig, _factory)

@@ -13,9 +13,9 @@ decoded Insert/Update/Delete/Truncate into events:
 * An unchanged TOASTed value, which the server does not send, becomes the string
   :data:`UNCHANGED_TOAST_PLACEHOLDER` (never ``null``, which would be a lie); masking
   leaves it as is.
-* Column rules (exclude, mask) come from :mod:`adapters.transform`.
+* Column rules (exclude, mask) come from :mod:`cdc_bridge.adapters.transform`.
 * Rows of ``outbox_tables`` are not change events: :meth:`EventBuilder.outbox_message`
-  turns an inserted row into its routed message (:mod:`adapters.postgres.outbox`).
+  turns an inserted row into its routed message (:mod:`cdc_bridge.adapters.postgres.outbox`).
 
 The event id is (commit LSN of the transaction, ordinal of the change in it): the same
 after any redelivery, since the server resends a transaction whole and in order.
@@ -27,13 +27,20 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from adapters.postgres.outbox import row_message
-from adapters.postgres.pgoutput import UNCHANGED_TOAST, Delete, Insert, Relation, Truncate, Update
-from adapters.postgres.position import orderable, sort_key
-from adapters.postgres.setup import TableInfo
-from adapters.transform import ColumnRules, apply_rules, mask_value
-from bridge.errors import DecodeError
-from bridge.events import ChangeEvent, Op, RoutedMessage
+from cdc_bridge.adapters.postgres.outbox import row_message
+from cdc_bridge.adapters.postgres.pgoutput import (
+    UNCHANGED_TOAST,
+    Delete,
+    Insert,
+    Relation,
+    Truncate,
+    Update,
+)
+from cdc_bridge.adapters.postgres.position import orderable, sort_key
+from cdc_bridge.adapters.postgres.setup import TableInfo
+from cdc_bridge.adapters.transform import ColumnRules, apply_rules, mask_value
+from cdc_bridge.kernel.errors import DecodeError
+from cdc_bridge.kernel.events import ChangeEvent, Op, RoutedMessage
 
 #: Stands for an unchanged TOASTed column value the server did not send.
 UNCHANGED_TOAST_PLACEHOLDER = "__cdc_bridge_unchanged_toast__"
@@ -81,7 +88,7 @@ class EventBuilder:
         self.adapter = adapter
         self.tables = tables
         self.values = values
-        #: The ``outbox_tables`` (see :mod:`adapters.postgres.outbox`).
+        #: The ``outbox_tables`` (see :mod:`cdc_bridge.adapters.postgres.outbox`).
         self.outbox: Mapping[str, TableInfo] = outbox or {}
         self.relations: dict[int, RelationState] = {}
 
@@ -216,7 +223,7 @@ class EventBuilder:
     def outbox_message(self, rel: RelationState, values: Sequence[Any]) -> RoutedMessage:
         """An inserted (or snapshot) row of an outbox table -> its routed message.
 
-        Raises :class:`adapters.postgres.outbox.OutboxRowError` for a malformed row.
+        Raises :class:`cdc_bridge.adapters.postgres.outbox.OutboxRowError` for a malformed row.
         """
         return row_message(self.adapter, rel.names, rel.oids, values, self.values.decode)
 

@@ -8,7 +8,7 @@
     - public.orders
     - {name: public.customers, columns: {exclude: [notes], mask: [email], mask_salt: "${SALT}"}}
   exclude_tables: [public.orders_archive]
-  outbox_tables: [public.cdc_outbox]  # relayed as domain events (see outbox.app), not rows
+  outbox_tables: [public.cdc_outbox]  # relayed as domain events (write_event), not rows
   snapshot: initial               # initial | never | when_needed
   slot: cdc_bridge_shop           # default: cdc_bridge_<name>
   publication: cdc_bridge_shop    # default: cdc_bridge_<name>
@@ -16,7 +16,7 @@
   heartbeat_interval: 10s         # 0 disables
 ```
 
-Durations accept ``250ms``, ``5s``... (see :mod:`bridge.model`). The slot and publication
+Durations accept ``250ms``, ``5s``... (see :mod:`cdc_bridge.kernel.model`). The slot and publication
 names are checked here so they can be quoted safely later.
 """
 
@@ -27,9 +27,9 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from adapters.base import AdapterConfig
-from adapters.transform import ColumnRules
-from bridge.model import Duration, StrictModel
+from cdc_bridge.adapters.contract import AdapterConfig
+from cdc_bridge.adapters.transform import ColumnRules
+from cdc_bridge.kernel.model import Duration, StrictModel
 
 _IDENT = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
@@ -53,7 +53,7 @@ class PostgresConfig(AdapterConfig):
     tables: list[str | PgTable] = Field(default_factory=list)
     exclude_tables: list[str] = Field(default_factory=list)
     #: Application outbox tables (``name`` or ``schema.name``, the layout of
-    #: ``outbox.app``): each inserted row is published to
+    #: ``cdc_bridge.client.outbox``): each inserted row is published to
     #: ``<prefix>.outbox.<aggregate_type>.<event_type>`` like ``type: outbox_table``
     #: does; their updates, deletes and truncates are ignored, and they yield no row
     #: change events.

@@ -7,7 +7,7 @@ to send and the slot's ``restart_lsn`` stays behind, so the server keeps WAL (De
 :func:`run_heartbeat` writes a tiny non-transactional logical message
 (``pg_logical_emit_message(false, 'cdc-bridge-heartbeat', '')``) on an ordinary
 connection. The stream sees it (and the keepalive after it), has nothing pending, and
-confirms that LSN (see :mod:`adapters.postgres.stream`); the message itself never becomes
+confirms that LSN (see :mod:`cdc_bridge.adapters.postgres.stream`); the message itself never becomes
 an event.
 
 Heartbeat failures are logged, never fatal: the stream is what matters and has its own
@@ -22,7 +22,7 @@ from collections.abc import Callable
 
 import psycopg
 
-from adapters.postgres.config import HEARTBEAT_PREFIX
+from cdc_bridge.adapters.postgres.config import HEARTBEAT_PREFIX
 
 log = logging.getLogger("cdc_bridge.adapter.postgres")
 

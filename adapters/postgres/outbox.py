@@ -1,10 +1,10 @@
 """Outbox tables relayed by replication (``outbox_tables``): rows -> routed messages. Pure.
 
-An application writes domain events into its outbox table (:mod:`outbox.app`) inside
+An application writes domain events into its outbox table (:mod:`cdc_bridge.client.outbox`) inside
 its business transactions. With the table in ``outbox_tables`` the postgres adapter
 reads it from the WAL instead of polling it: each *inserted* row becomes one
-:class:`~bridge.events.RoutedMessage`, built by the same function as ``type:
-outbox_table`` uses (:func:`adapters.outbox_table.outbox_message`), so a row yields the
+:class:`~cdc_bridge.kernel.events.RoutedMessage`, built by the same function as ``type:
+outbox_table`` uses (:func:`cdc_bridge.adapters.outbox_table.outbox_message`), so a row yields the
 same bytes whichever adapter relays it: id = the row's ``id`` (and ``Nats-Msg-Id``),
 subject ``outbox.<aggregate_type>.<event_type>`` below the prefix, ``data`` = the
 payload's JSON text exactly as the server sends it (numbers keep their digits),
@@ -29,15 +29,15 @@ from typing import Any
 
 import orjson
 
-from adapters.outbox_table import outbox_message
-from bridge.events import RoutedMessage
+from cdc_bridge.adapters.outbox_table import outbox_message
+from cdc_bridge.kernel.events import RoutedMessage
 
 #: Columns an outbox table must have (``headers`` and ``published_at`` are optional).
 OUTBOX_COLUMNS = ("id", "aggregate_type", "aggregate_id", "event_type", "payload",
                   "created_at")
 
 #: ``decode(type_oid, text)``: a column's text form to its JSON-able value
-#: (:meth:`adapters.postgres.values.ValueDecoder.decode`).
+#: (:meth:`cdc_bridge.adapters.postgres.values.ValueDecoder.decode`).
 Decode = Callable[[int, str], Any]
 
 

@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable
 from typing import Final
 
-from adapters.postgres.pgoutput_messages import (
+from cdc_bridge.adapters.postgres.pgoutput_messages import (
     PG_EPOCH_OFFSET_US,
     UNCHANGED_TOAST,
     Begin,

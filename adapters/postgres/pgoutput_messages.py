@@ -1,6 +1,6 @@
 """The values the pgoutput decoder produces: frozen dataclasses, one per message kind.
 
-Split from :mod:`adapters.postgres.pgoutput` (the decoder) so that code consuming
+Split from :mod:`cdc_bridge.adapters.postgres.pgoutput` (the decoder) so that code consuming
 messages can read their shapes without the parsing machinery. Pure data, no logic
 beyond ``__repr__`` of the unchanged-TOAST sentinel.
 """
@@ -11,7 +11,7 @@ import enum
 from dataclasses import dataclass
 from typing import Final, Literal
 
-from bridge.errors import DecodeError
+from cdc_bridge.kernel.errors import DecodeError
 
 #: Microseconds between the Unix epoch and PostgreSQL's epoch (2000-01-01 UTC).
 PG_EPOCH_OFFSET_US: Final = 946_684_800_000_000

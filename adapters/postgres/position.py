@@ -18,7 +18,7 @@ already in the outbox:
     see below.
 ``resnapshot``
     an on-demand re-snapshot of live tables (present once one was requested; see
-    :mod:`adapters.postgres.resnap_state`). Absent in older checkpoints.
+    :mod:`cdc_bridge.adapters.postgres.resnap_state`). Absent in older checkpoints.
 
 Resuming a snapshot after a crash. The exported snapshot that made the first copy
 consistent with the slot died with its connection. Rows not yet copied are read from a
@@ -42,14 +42,12 @@ from __future__ import annotations
 import decimal
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from adapters.postgres.pgoutput import lsn_to_str, str_to_lsn
+from cdc_bridge.adapters.postgres.pgoutput import lsn_to_str, str_to_lsn
+from cdc_bridge.adapters.postgres.resnap_state import ResnapProgress
+from cdc_bridge.adapters.postgres.xids import XID_MASK, precedes
 
-if TYPE_CHECKING:
-    from adapters.postgres.resnap_state import ResnapProgress
-
-_XID_MASK = 0xFFFF_FFFF
 #: Type OIDs whose text form converts to a Python value ordered like PostgreSQL orders it.
 _ORDERABLE: dict[int, Any] = {
     20: int, 21: int, 23: int, 26: int, 1700: decimal.Decimal, 2950: str.lower,
@@ -63,11 +61,6 @@ def orderable(type_oids: Sequence[int]) -> bool:
 def sort_key(type_oids: Sequence[int], texts: Sequence[str | None]) -> tuple[Any, ...]:
     """Key values (PostgreSQL text form) as a tuple ordered like PostgreSQL orders them."""
     return tuple(_ORDERABLE[t](v) for t, v in zip(type_oids, texts, strict=True))
-
-
-def _precedes(a: int, b: int) -> bool:
-    """32-bit transaction id ``a`` is older than ``b`` (modulo-2^32, like PostgreSQL)."""
-    return ((a - b) & _XID_MASK) >= 0x8000_0000
 
 
 @dataclass(slots=True)
@@ -84,12 +77,12 @@ class SnapshotFilter:
     def from_snapshot(cls, pg_snapshot: str, until_lsn: str) -> SnapshotFilter:
         """From ``pg_current_snapshot()::text`` (``xmin:xmax:xip,...``)."""
         _xmin, xmax, xip = pg_snapshot.split(":")
-        return cls(int(xmax) & _XID_MASK,
-                   frozenset(int(x) & _XID_MASK for x in xip.split(",") if x),
+        return cls(int(xmax) & XID_MASK,
+                   frozenset(int(x) & XID_MASK for x in xip.split(",") if x),
                    str_to_lsn(until_lsn), {})
 
     def visible(self, xid: int) -> bool:
-        return _precedes(xid, self.xmax) and xid not in self.xip
+        return precedes(xid, self.xmax) and xid not in self.xip
 
     def to_json(self) -> dict[str, Any]:
         return {"xmax": self.xmax, "xip": sorted(self.xip), "until": lsn_to_str(self.until),
@@ -162,7 +155,7 @@ class Position:
     filters: list[SnapshotFilter] = field(default_factory=list)
     #: Snapshot generation counter (each new snapshot gets new ``r`` event ids).
     gen: int = 0
-    #: On-demand re-snapshot of live tables (:mod:`adapters.postgres.resnap_state`).
+    #: On-demand re-snapshot of live tables (:mod:`cdc_bridge.adapters.postgres.resnap_state`).
     resnapshot: ResnapProgress | None = None
 
     def to_checkpoint(self) -> dict[str, Any]:
@@ -201,6 +194,4 @@ class Position:
 def _resnap(raw: dict[str, Any] | None) -> ResnapProgress | None:
     if not raw:
         return None
-    from adapters.postgres.resnap_state import ResnapProgress as _Progress  # (cycle)
-
-    return _Progress.from_json(raw)
+    return ResnapProgress.from_json(raw)

@@ -10,9 +10,9 @@ Commands before streaming are few and short, so they run blocking in a worker th
 Once streaming, the connection is non-blocking and the event loop watches its socket
 with ``add_reader``: :meth:`ReplicationConnection.read_available` drains what libpq has
 buffered without waiting, :meth:`wait_readable` parks until the socket has more. Any
-libpq failure becomes :class:`bridge.errors.SourceUnavailable` (the supervisor restarts
+libpq failure becomes :class:`cdc_bridge.kernel.errors.SourceUnavailable` (the supervisor restarts
 the adapter from its checkpoint) unless it is one a person must fix (authentication,
-pg_hba, exhausted slots), which becomes :class:`bridge.errors.SourceSetupError`.
+pg_hba, exhausted slots), which becomes :class:`cdc_bridge.kernel.errors.SourceSetupError`.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import psycopg
 from psycopg import pq
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from bridge.errors import SourceSetupError, SourceUnavailable
+from cdc_bridge.kernel.errors import SourceSetupError, SourceUnavailable
 
 log = logging.getLogger("cdc_bridge.adapter.postgres")
 

@@ -48,7 +48,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from adapters.postgres.position import _precedes
+from cdc_bridge.adapters.postgres.xids import precedes
 
 _XID_MASK = 0xFFFF_FFFF
 #: Commits the stream remembers for the visibility check of a new chunk snapshot.
@@ -73,11 +73,11 @@ class Visibility:
 
     def visible(self, xid: int) -> bool:
         """A committed ``xid`` is seen by the snapshot."""
-        return _precedes(xid, self.xmax) and xid not in self.xip
+        return precedes(xid, self.xmax) and xid not in self.xip
 
     def behind(self, committed: Sequence[int]) -> list[int]:
         """Committed xids the snapshot does not see yet (it is older than the stream)."""
-        return [x for x in committed if not _precedes(x, self.xmin) and not self.visible(x)]
+        return [x for x in committed if not precedes(x, self.xmin) and not self.visible(x)]
 
 
 @dataclass(slots=True)

@@ -1,6 +1,6 @@
 """On-demand re-snapshot while streaming: reads chunks, releases them into the stream.
 
-:class:`Resnapshotter` is driven by :class:`adapters.postgres.stream.StreamReader`:
+:class:`Resnapshotter` is driven by :class:`cdc_bridge.adapters.postgres.stream.StreamReader`:
 
 * between two transactions, when no chunk is held, :meth:`Resnapshotter.read_chunk`
   reads the next chunk of the current table (plus the keys left stale by the previous
@@ -13,7 +13,7 @@
   ``until`` is passed is released: its rows become ``op: r`` events appended to the
   batch being built, and the progress in the checkpoint moves past them.
 
-The rules and the exact guarantee are in :mod:`adapters.postgres.resnap_state`. The
+The rules and the exact guarantee are in :mod:`cdc_bridge.adapters.postgres.resnap_state`. The
 stream is paused only while one chunk is read (one indexed keyset query of
 ``snapshot_chunk_size`` rows), so capture of every table goes on during a re-snapshot.
 """
@@ -31,11 +31,11 @@ import orjson
 import psycopg
 from psycopg import sql
 
-from adapters.postgres.changes import EventBuilder, RelationState
-from adapters.postgres.config import HEARTBEAT_PREFIX
-from adapters.postgres.pgoutput import UNCHANGED_TOAST, str_to_lsn
-from adapters.postgres.position import Position
-from adapters.postgres.resnap_state import (
+from cdc_bridge.adapters.postgres.changes import EventBuilder, RelationState
+from cdc_bridge.adapters.postgres.config import HEARTBEAT_PREFIX
+from cdc_bridge.adapters.postgres.pgoutput import UNCHANGED_TOAST, str_to_lsn
+from cdc_bridge.adapters.postgres.position import Position
+from cdc_bridge.adapters.postgres.resnap_state import (
     RECENT_XIDS,
     KeyTexts,
     PendingChunk,
@@ -43,9 +43,9 @@ from adapters.postgres.resnap_state import (
     Visibility,
     release,
 )
-from adapters.postgres.setup import TableInfo
-from bridge.errors import DecodeError, SourceUnavailable
-from bridge.events import ChangeEvent, DeadLetter
+from cdc_bridge.adapters.postgres.setup import TableInfo
+from cdc_bridge.kernel.errors import DecodeError, SourceUnavailable
+from cdc_bridge.kernel.events import ChangeEvent, DeadLetter
 
 log = logging.getLogger("cdc_bridge.adapter.postgres")
 

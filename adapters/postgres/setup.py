@@ -1,6 +1,6 @@
 """Source-side checks and set-up for ``type: postgres``, on an ordinary SQL connection.
 
-Everything a person must fix is reported as :class:`bridge.errors.SourceSetupError`
+Everything a person must fix is reported as :class:`cdc_bridge.kernel.errors.SourceSetupError`
 with the exact statement that fixes it: ``wal_level`` not ``logical``, a role without
 the REPLICATION attribute, a missing SELECT privilege, a table that is missing or would
 break the application's UPDATEs once published (no primary key and REPLICA IDENTITY
@@ -10,7 +10,7 @@ Configured names are resolved against the catalogue once (``schema.*`` expands t
 schema's tables, ``exclude_tables`` removes some) into :class:`TableInfo` records that
 the snapshot and the stream share: primary key, columns with type OIDs, row estimate
 and column rules. Outbox tables (``outbox_tables``) are resolved apart, checked for the
-columns :mod:`adapters.postgres.outbox` reads, never captured as row changes (not even
+columns :mod:`cdc_bridge.adapters.postgres.outbox` reads, never captured as row changes (not even
 through a ``schema.*``), and published like the captured tables. Identifiers only ever
 reach SQL through :mod:`psycopg.sql`.
 """
@@ -24,10 +24,10 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from adapters.postgres.config import PgTable, PostgresConfig, split_name
-from adapters.postgres.outbox import OUTBOX_COLUMNS
-from adapters.transform import ColumnRules
-from bridge.errors import SourceSetupError
+from cdc_bridge.adapters.postgres.config import PgTable, PostgresConfig, split_name
+from cdc_bridge.adapters.postgres.outbox import OUTBOX_COLUMNS
+from cdc_bridge.adapters.transform import ColumnRules
+from cdc_bridge.kernel.errors import SourceSetupError
 
 log = logging.getLogger("cdc_bridge.adapter.postgres")
 
@@ -153,13 +153,15 @@ async def resolve_outbox_tables(conn: psycopg.AsyncConnection[tuple[Any, ...]],
         if row is None:
             raise SourceSetupError(
                 f"outbox table {qualified} (outbox_tables) not found in the source database: "
-                "create it with outbox.app.create_outbox_table (see docs/sources/outbox_table.md)")
+                "create it with cdc_bridge.client.outbox.create_outbox_table "
+                "(see docs/sources/outbox_table.md)")
         info = await _table_info(conn, row, PgTable(name=qualified), user)
         missing = [c for c in OUTBOX_COLUMNS if c not in {col.name for col in info.columns}]
         if missing:
             raise SourceSetupError(
                 f"outbox table {qualified} lacks the column(s) {', '.join(missing)}: an outbox "
-                "table needs the columns of outbox.app's DDL (id, aggregate_type, aggregate_id, "
+                "table needs the columns of cdc_bridge.client.outbox's DDL "
+                "(id, aggregate_type, aggregate_id, "
                 "event_type, payload, created_at; headers and published_at optional)")
         out.append(info)
     return out

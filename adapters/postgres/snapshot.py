@@ -12,7 +12,7 @@ Chunks: keyset pagination on the primary key (``WHERE (pk) > (last) ORDER BY pk 
 n``; ``ctid`` for tables without a key) in that one transaction. Each chunk is one
 outbox batch whose checkpoint records the last key copied, so a crash loses at most the
 chunk in flight. A resumed snapshot reads the rest under a fresh snapshot with a
-visibility filter on the stream (see :mod:`adapters.postgres.position` for the exact
+visibility filter on the stream (see :mod:`cdc_bridge.adapters.postgres.position` for the exact
 guarantee). Values are read in text form (``PGresult`` values, no Python loaders) and
 converted by the same code as streamed values, so ``r`` and ``c`` rows look alike.
 
@@ -38,13 +38,13 @@ import orjson
 import psycopg
 from psycopg import sql
 
-from adapters.base import ChangeBatch
-from adapters.postgres.changes import EventBuilder, RelationState
-from adapters.postgres.outbox import OutboxRowError
-from adapters.postgres.position import Position, SnapshotFilter, SnapshotProgress
-from adapters.postgres.setup import TableInfo
-from bridge.errors import DecodeError, SourceUnavailable
-from bridge.events import DeadLetter
+from cdc_bridge.adapters.contract import ChangeBatch
+from cdc_bridge.adapters.postgres.changes import EventBuilder, RelationState
+from cdc_bridge.adapters.postgres.outbox import OutboxRowError
+from cdc_bridge.adapters.postgres.position import Position, SnapshotFilter, SnapshotProgress
+from cdc_bridge.adapters.postgres.setup import TableInfo
+from cdc_bridge.kernel.errors import DecodeError, SourceUnavailable
+from cdc_bridge.kernel.events import DeadLetter
 
 log = logging.getLogger("cdc_bridge.adapter.postgres")
 

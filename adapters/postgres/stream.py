@@ -1,8 +1,8 @@
 """The streaming half of the adapter: replication messages -> batches, acks -> slot flushes.
 
 One loop on the event loop: drain what libpq has buffered, decode each CopyData
-(:mod:`adapters.postgres.pgoutput`), turn changes into events
-(:mod:`adapters.postgres.changes`), and yield a :class:`ChangeBatch` when it holds
+(:mod:`cdc_bridge.adapters.postgres.pgoutput`), turn changes into events
+(:mod:`cdc_bridge.adapters.postgres.changes`), and yield a :class:`ChangeBatch` when it holds
 ``batch_size`` events, or when the socket is quiet and the oldest event waited
 ``max_batch_delay``. The socket is not read while the daemon commits a batch (the
 generator is suspended), so the kernel buffer and the server are the back-pressure.
@@ -14,13 +14,13 @@ how many of its changes are already in the outbox; the slot stays at the end of 
 previous transaction until the last batch of this one is committed.
 
 Outbox tables (``outbox_tables``): an Insert becomes a routed message
-(:meth:`~adapters.postgres.changes.EventBuilder.outbox_message`), a malformed row a dead
+(:meth:`~cdc_bridge.adapters.postgres.changes.EventBuilder.outbox_message`), a malformed row a dead
 letter; their updates, deletes and truncates yield nothing. A message is one change of
 its transaction like an event: it counts towards ``batch_size`` and in the checkpoint's
 ``done``, so a transaction resumed after a crash neither skips nor repeats one.
 
-Re-snapshots on demand (:mod:`adapters.postgres.resnapshot`): between two transactions
-the loop lets the :class:`~adapters.postgres.resnapshot.Resnapshotter` read the next
+Re-snapshots on demand (:mod:`cdc_bridge.adapters.postgres.resnapshot`): between two transactions
+the loop lets the :class:`~cdc_bridge.adapters.postgres.resnapshot.Resnapshotter` read the next
 chunk, reports each change of a held table to it, and at each known WAL position (a
 commit's end, a ``Begin``'s commit LSN, a keepalive or logical message outside a
 transaction) lets it release a passed chunk as ``r`` events into the batch being built.
@@ -41,16 +41,15 @@ from typing import Any
 
 import orjson
 
-from adapters.base import ChangeBatch
-from adapters.postgres import pgoutput as po
-from adapters.postgres.changes import EventBuilder, RelationState, TxMeta
-from adapters.postgres.config import HEARTBEAT_PREFIX, PostgresConfig
-from adapters.postgres.position import Position, governing
-from adapters.postgres.replication import ReplicationConnection
-from adapters.postgres.resnapshot import Resnapshotter
-from bridge.errors import DecodeError
-from bridge.events import ChangeEvent, DeadLetter, RoutedMessage
-from bridge.metrics import SOURCE_LAG
+from cdc_bridge.adapters.contract import ChangeBatch
+from cdc_bridge.adapters.postgres import pgoutput as po
+from cdc_bridge.adapters.postgres.changes import EventBuilder, RelationState, TxMeta
+from cdc_bridge.adapters.postgres.config import HEARTBEAT_PREFIX, PostgresConfig
+from cdc_bridge.adapters.postgres.position import Position, governing
+from cdc_bridge.adapters.postgres.replication import ReplicationConnection
+from cdc_bridge.adapters.postgres.resnapshot import Resnapshotter
+from cdc_bridge.kernel.errors import DecodeError
+from cdc_bridge.kernel.events import ChangeEvent, DeadLetter, RoutedMessage
 
 log = logging.getLogger("cdc_bridge.adapter.postgres")
 
@@ -93,7 +92,8 @@ class StreamReader:
         self.idle_end = 0
         self.last_data_at = time.monotonic()
         self.prefixes = frozenset(config.messages)
-        self.lag = SOURCE_LAG.labels(adapter=self.name, unit="bytes")
+        #: Bytes of WAL the server has written past what this stream has read.
+        self.lag_bytes = 0
         #: Set by the adapter: on-demand re-snapshots interleaved with the stream.
         self.resnap: Resnapshotter | None = None
 
@@ -168,7 +168,7 @@ class StreamReader:
             await self.conn.send(po.standby_status_update(lsn, lsn, lsn))
             self.sent_flush, self.sent_at, self.reply_due = lsn, now, False
             if self.server_end:
-                self.lag.set(max(0, self.server_end - lsn))
+                self.lag_bytes = max(0, self.server_end - lsn)
 
     def _pending(self) -> bool:
         return bool(self.events or self.dead or self.messages or self.dirty)

@@ -17,16 +17,17 @@ For legacy databases that offer no log we can read. Modules:
 
 from __future__ import annotations
 
-from adapters.base import AdapterConfig, AdapterContext, AdapterType
-from adapters.sql_poll.adapter import SqlPollAdapter
-from adapters.sql_poll.config import PollTable, SqlPollConfig
+from cdc_bridge.adapters.contract import Adapter, AdapterConfig, AdapterContext, AdapterType
+from cdc_bridge.adapters.sql_poll.config import PollTable, SqlPollConfig
 
 
-def _factory(config: AdapterConfig, context: AdapterContext) -> SqlPollAdapter:
+def _factory(config: AdapterConfig, context: AdapterContext) -> Adapter:
+    from cdc_bridge.adapters.sql_poll.adapter import SqlPollAdapter
+
     assert isinstance(config, SqlPollConfig)
     return SqlPollAdapter(config, context)
 
 
 ADAPTER_TYPE = AdapterType("sql_poll", SqlPollConfig, _factory)
 
-__all__ = ["ADAPTER_TYPE", "PollTable", "SqlPollAdapter", "SqlPollConfig"]
+__all__ = ["ADAPTER_TYPE", "PollTable", "SqlPollConfig"]

@@ -1,7 +1,8 @@
 """The ``sql_poll`` adapter: schedules the tables' polls and turns them into batches.
 
-Each configured table becomes a runner (:class:`~adapters.sql_poll.cursor_mode.CursorTable`
-or :class:`~adapters.sql_poll.diff_mode.DiffTable`). The loop runs one *unit* at a time
+Each configured table becomes a runner
+(:class:`~cdc_bridge.adapters.sql_poll.cursor_mode.CursorTable`
+or :class:`~cdc_bridge.adapters.sql_poll.diff_mode.DiffTable`). The loop runs one *unit* at a time
 (one page of a cursor poll, one step of a diff pass) in a worker thread, round-robin
 over the tables that are due, and yields one :class:`ChangeBatch` per unit carrying the
 checkpoint of every table. The daemon commits it before asking for the next, so the
@@ -11,17 +12,18 @@ wait for their ``poll_interval``.
 
 Re-snapshots on demand (:meth:`SqlPollAdapter.request_snapshot`): a cursor-mode table
 walks its rows by primary key in pages that take turns with its normal polls
-(:mod:`adapters.sql_poll.resnapshot`); a diff table runs a full pass at once (see
-:mod:`adapters.sql_poll.diff_mode`). The run (request number, rows, estimated total,
+(:mod:`cdc_bridge.adapters.sql_poll.resnapshot`); a diff table runs a full pass at once (see
+:mod:`cdc_bridge.adapters.sql_poll.diff_mode`). The run (request number, rows, estimated total,
 tables left) is in the checkpoint; :meth:`SqlPollAdapter.snapshot_progress` reports it
 as of the last committed batch.
 
-Errors: connection problems become :class:`~bridge.errors.SourceUnavailable` (the
+Errors: connection problems become :class:`~cdc_bridge.kernel.errors.SourceUnavailable` (the
 daemon restarts the adapter from its checkpoint with back-off); a missing table or
-column becomes :class:`~bridge.errors.SourceSetupError` (fatal). A row whose text cannot
-be decoded is a dead letter in the unit's batch (:mod:`adapters.sql_poll.badrows`); an
-undecodable key or cursor value is a :class:`~bridge.errors.DecodeError` (fatal). The gauge
-``cdc_source_lag{unit="seconds"}`` is the age of the oldest table's last completed poll.
+column becomes :class:`~cdc_bridge.kernel.errors.SourceSetupError` (fatal). A row whose text cannot
+be decoded is a dead letter in the unit's batch (:mod:`cdc_bridge.adapters.sql_poll.badrows`); an
+undecodable key or cursor value is a :class:`~cdc_bridge.kernel.errors.DecodeError` (fatal).
+:meth:`SqlPollAdapter.lag` (``seconds``) is the age of the oldest table's last completed
+poll; the daemon publishes it as ``cdc_source_lag``.
 """
 
 from __future__ import annotations
@@ -36,21 +38,24 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import sqlalchemy as sa
 from sqlalchemy.exc import SQLAlchemyError
 
-from adapters.base import ChangeBatch, Checkpoint
-from adapters.sql_poll.config import PollTable, SqlPollConfig
-from adapters.sql_poll.cursor_mode import CursorTable
-from adapters.sql_poll.diff_mode import DiffTable
-from adapters.sql_poll.diff_state import DiffState
-from adapters.sql_poll.resnapshot import Resnap, resnap_page
-from adapters.sql_poll.source import TableSource, classify, create_engine
-from adapters.sql_poll.values import Cursor
-from bridge.errors import BridgeError
-from bridge.events import ChangeEvent, DeadLetter
-from bridge.metrics import SOURCE_LAG
-from bridge.snapshots import SnapshotReport, SnapshotRequestError
+from cdc_bridge.adapters.contract import (
+    ChangeBatch,
+    Checkpoint,
+    SnapshotReport,
+    SnapshotRequestError,
+)
+from cdc_bridge.adapters.sql_poll.config import PollTable, SqlPollConfig
+from cdc_bridge.adapters.sql_poll.cursor_mode import CursorTable
+from cdc_bridge.adapters.sql_poll.diff_mode import DiffTable
+from cdc_bridge.adapters.sql_poll.diff_state import DiffState
+from cdc_bridge.adapters.sql_poll.resnapshot import Resnap, resnap_page
+from cdc_bridge.adapters.sql_poll.source import TableSource, classify, create_engine
+from cdc_bridge.adapters.sql_poll.values import Cursor
+from cdc_bridge.kernel.errors import BridgeError
+from cdc_bridge.kernel.events import ChangeEvent, DeadLetter
 
 if TYPE_CHECKING:
-    from adapters.base import AdapterContext
+    from cdc_bridge.adapters.contract import AdapterContext
 
 log = logging.getLogger("cdc_bridge.adapter.sql_poll")
 T = TypeVar("T")
@@ -89,6 +94,9 @@ class SqlPollAdapter:
         #: The re-snapshot run: request number, rows, total, tables left (checkpointed).
         self.resnap: dict[str, Any] = {"seq": 0, "rows": 0, "total": 0, "pending": []}
         self._committed: dict[str, Any] | None = None
+        #: Reached the database and capturing (see the source contract).
+        self.connected = False
+        self._lag: dict[str, float] = {}
 
     @property
     def state_path(self) -> Path:
@@ -144,6 +152,7 @@ class SqlPollAdapter:
     async def changes(self, checkpoint: Checkpoint | None) -> AsyncIterator[ChangeBatch]:
         await self._in_thread(lambda: self._open(checkpoint))
         self._ready.set()
+        self.connected = True
         committed = self.checkpoint()
         while True:
             now_ms = int(time.time() * 1000)
@@ -224,8 +233,11 @@ class SqlPollAdapter:
     def _update_lag(self) -> None:
         if self.slots:
             oldest = min(s.last_done_ms for s in self.slots)
-            SOURCE_LAG.labels(self.name, "seconds").set(
-                max(0.0, time.time() - oldest / 1000))
+            self._lag["seconds"] = max(0.0, time.time() - oldest / 1000)
+
+    def lag(self) -> dict[str, float]:
+        """Seconds since the start of the oldest table's last completed poll."""
+        return dict(self._lag)
 
     async def acknowledge(self, checkpoint: Checkpoint | None) -> None:
         if checkpoint is not None and checkpoint.get("resnap"):
@@ -299,6 +311,7 @@ class SqlPollAdapter:
                               int(done["total"]), not done["pending"])
 
     async def close(self) -> None:
+        self.connected = False
         if self._inflight is not None and not self._inflight.done():
             await asyncio.wait([self._inflight])
         if self.engine is not None:

@@ -16,7 +16,7 @@ receives valid text.
 
 A key or cursor column that itself cannot be decoded leaves nothing to identify or
 skip the row by; :func:`undecodable` lets :func:`~.source.classify` turn that into a
-:class:`~bridge.errors.DecodeError` (fatal, with the database's message) instead of a
+:class:`~cdc_bridge.kernel.errors.DecodeError` (fatal, with the database's message) instead of a
 retry loop. Pure helpers, no I/O.
 """
 
@@ -26,7 +26,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from bridge.events import DeadLetter, dumps
+from cdc_bridge.kernel.events import DeadLetter, dumps
 
 #: SQLSTATEs (PostgreSQL) of values that cannot be decoded or converted.
 _BAD_TEXT_STATES = frozenset({"22021", "22P05"})

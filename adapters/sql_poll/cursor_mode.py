@@ -23,7 +23,7 @@ Event positions identify the row version, so a re-read after a crash yields the 
 event ids: ``<table>:<inc>`` in incrementing mode, ``<table>:<key>@<cursor>#<hash>`` in
 the timestamp modes (the row hash also separates two updates within one timestamp tick).
 
-A row the driver cannot decode (:mod:`adapters.sql_poll.badrows`) becomes a dead letter
+A row the driver cannot decode (:mod:`cdc_bridge.adapters.sql_poll.badrows`) becomes a dead letter
 at ``<table>:<inc>`` or ``<table>:<key>@<cursor>`` (prefixed ``dlq:`` in its id), is
 remembered in the look-back window like an emitted row, and moves the cursor past it.
 
@@ -43,10 +43,10 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from adapters.sql_poll.badrows import BadRow, ascii_text
-from adapters.sql_poll.resnapshot import Resnap
-from adapters.sql_poll.source import TableSource
-from adapters.sql_poll.values import (
+from cdc_bridge.adapters.sql_poll.badrows import BadRow, ascii_text
+from cdc_bridge.adapters.sql_poll.resnapshot import Resnap
+from cdc_bridge.adapters.sql_poll.source import TableSource
+from cdc_bridge.adapters.sql_poll.values import (
     Cursor,
     decode_cursor,
     decode_value,
@@ -57,9 +57,9 @@ from adapters.sql_poll.values import (
     row_hash,
     value_text,
 )
-from adapters.sql_poll.window import Window
-from adapters.transform import apply_rules, mask_value
-from bridge.events import ChangeEvent, DeadLetter, Op
+from cdc_bridge.adapters.sql_poll.window import Window
+from cdc_bridge.adapters.transform import apply_rules, mask_value
+from cdc_bridge.kernel.events import ChangeEvent, DeadLetter, Op
 
 log = logging.getLogger("cdc_bridge.adapter.sql_poll")
 
@@ -95,7 +95,7 @@ class CursorTable:
         self.hw: Cursor | None = None
         self.max_inc: Any = None
         self.snap: dict[str, int] | None = None
-        #: On-demand re-snapshot in progress (:mod:`adapters.sql_poll.resnapshot`).
+        #: On-demand re-snapshot in progress (:mod:`cdc_bridge.adapters.sql_poll.resnapshot`).
         self.resnap: Resnap | None = None
         self._progress_at = 0.0
         self._warned_at = 0.0

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from adapters.sql_poll.diff_state import Stored, Write
+from cdc_bridge.adapters.sql_poll.diff_state import Stored, Write
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,7 +2,7 @@
 
 For tables without any usable change column. A *pass* walks the table in primary-key
 order, one keyset page per *step*: each page's rows are hashed (after column rules)
-and compared with the hashes in the :class:`~adapters.sql_poll.diff_state.DiffState`
+and compared with the hashes in the :class:`~cdc_bridge.adapters.sql_poll.diff_state.DiffState`
 file; new keys become ``c`` (``r`` in the first, snapshot pass), changed ones ``u``
 with the last emitted row as ``before`` (or null with ``before_images: false``, which
 keeps only hashes). Every key read is marked as seen in that step. When the walk ends,
@@ -24,7 +24,7 @@ rows that changed (so the next normal pass diffs against what the ``r`` events s
 and the sweep emits ``d`` for keys gone since the last pass, as in any pass. A request
 while a pass runs applies to the next pass, so the state is never half refreshed.
 
-A row that cannot be decoded (:mod:`adapters.sql_poll.badrows`) is marked seen (so no
+A row that cannot be decoded (:mod:`cdc_bridge.adapters.sql_poll.badrows`) is marked seen (so no
 ``d`` follows) and becomes a dead letter at its position; the state keeps a hash of what
 could be read and why it failed, with no image, so the same broken row is not reported
 again by every pass. Once it reads cleanly it is a ``u`` (with ``before`` null), and if it
@@ -42,13 +42,13 @@ from typing import Any
 import orjson
 import sqlalchemy as sa
 
-from adapters.sql_poll.badrows import BadRow
-from adapters.sql_poll.diff import Change, SourceRow, deletes, diff_chunk, snapshot_chunk
-from adapters.sql_poll.diff_state import DiffState, Stored, Write
-from adapters.sql_poll.source import TableSource
-from adapters.sql_poll.values import decode_cursor, encode_cursor, key_text
-from adapters.transform import apply_rules, mask_value
-from bridge.events import ChangeEvent, DeadLetter, Op, dumps
+from cdc_bridge.adapters.sql_poll.badrows import BadRow
+from cdc_bridge.adapters.sql_poll.diff import Change, SourceRow, deletes, diff_chunk, snapshot_chunk
+from cdc_bridge.adapters.sql_poll.diff_state import DiffState, Stored, Write
+from cdc_bridge.adapters.sql_poll.source import TableSource
+from cdc_bridge.adapters.sql_poll.values import decode_cursor, encode_cursor, key_text
+from cdc_bridge.adapters.transform import apply_rules, mask_value
+from cdc_bridge.kernel.events import ChangeEvent, DeadLetter, Op, dumps
 
 log = logging.getLogger("cdc_bridge.adapter.sql_poll")
 

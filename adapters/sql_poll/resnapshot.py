@@ -26,10 +26,10 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from adapters.sql_poll.source import TableSource
-from adapters.sql_poll.values import decode_cursor, encode_cursor, key_text
-from adapters.transform import apply_rules, mask_value
-from bridge.events import ChangeEvent, DeadLetter
+from cdc_bridge.adapters.sql_poll.source import TableSource
+from cdc_bridge.adapters.sql_poll.values import decode_cursor, encode_cursor, key_text
+from cdc_bridge.adapters.transform import apply_rules, mask_value
+from cdc_bridge.kernel.events import ChangeEvent, DeadLetter
 
 
 @dataclass(slots=True)

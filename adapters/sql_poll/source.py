@@ -43,17 +43,19 @@ from sqlalchemy.exc import (
 )
 from sqlalchemy.sql.elements import KeyedColumnElement
 
-from adapters.sql_poll.badrows import BadRow, undecodable
-from adapters.sql_poll.config import PollTable
-from adapters.sql_poll.values import Cursor
-from bridge.errors import BridgeError, DecodeError, SourceSetupError, SourceUnavailable
-from bridge.events import non_finite_text
+from cdc_bridge.adapters.sql_poll.badrows import BadRow, undecodable
+from cdc_bridge.adapters.sql_poll.config import PollTable
+from cdc_bridge.adapters.sql_poll.values import Cursor
+from cdc_bridge.kernel.errors import BridgeError, DecodeError, SourceSetupError, SourceUnavailable
+from cdc_bridge.kernel.events import non_finite_text
 
 log = logging.getLogger("cdc_bridge.adapter.sql_poll")
 
 _SQLITE_TIME_TYPES = (sa.DateTime, sa.Date, sa.Time)
-_MISSING = re.compile(r"no such (table|column)|doesn't exist|does not exist|unknown column",
-                      re.IGNORECASE)
+#: What waiting will not fix: a missing table or column, a missing privilege, a refused
+#: login (wrong password, no access to the database), as the postgres source treats them.
+_SETUP = re.compile(r"no such (table|column)|doesn't exist|does not exist|unknown column"
+                    r"|command denied|permission denied|access denied", re.IGNORECASE)
 
 
 def create_engine(url: str) -> sa.Engine:
@@ -94,7 +96,7 @@ def classify(e: BaseException, what: str) -> BridgeError:
     if undecodable(e):
         return DecodeError(f"{what}: a key or cursor value cannot be decoded, so the row "
                            f"cannot be identified or skipped: {text}")
-    if isinstance(e, DBAPIError) and _MISSING.search(str(orig)):
+    if isinstance(e, DBAPIError) and _SETUP.search(str(orig)):
         return SourceSetupError(f"{what}: {text}")
     if isinstance(e, OperationalError | InterfaceError) or (
             isinstance(e, DBAPIError) and e.connection_invalidated):

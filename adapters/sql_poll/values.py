@@ -21,7 +21,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from bridge.events import dumps
+from cdc_bridge.kernel.events import dumps
 
 _blake2b = hashlib.blake2b
 _b64 = base64.b64encode

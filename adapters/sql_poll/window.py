@@ -21,7 +21,7 @@ is encoded once, when it enters ``seen`` or ``samples``, and kept beside it; ``t
 turns ``seen`` into one JSON string with orjson (C speed), so the outbox store then
 writes a single string instead of walking thousands of small lists. Cursors are
 compared as Python tuples (the same lexicographic order as
-:func:`~adapters.sql_poll.values.compare_cursor`, in C).
+:func:`~cdc_bridge.adapters.sql_poll.values.compare_cursor`, in C).
 
 Pure state and arithmetic on decoded cursors; no I/O, no clock (``now_ms`` is passed in).
 """
@@ -33,7 +33,7 @@ from typing import Any
 
 import orjson
 
-from adapters.sql_poll.values import Cursor, decode_cursor, encode_cursor
+from cdc_bridge.adapters.sql_poll.values import Cursor, decode_cursor, encode_cursor
 
 
 @dataclass(slots=True)

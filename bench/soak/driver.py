@@ -114,7 +114,7 @@ def _coin(rng: random.Random) -> Callable[[], bool]:
 
 
 def available_sources(wanted: tuple[str, ...]) -> list[str]:
-    from adapters.registry import REGISTRY
+    from cdc_bridge.adapters.registry import REGISTRY
 
     return [s for s in wanted if s in REGISTRY]
 

@@ -1,7 +1,7 @@
 """The projection: invoice change events -> an ``invoices`` table and a per-customer view.
 
 Pure SQL over one SQLite connection, no NATS here (the service wires it to
-:mod:`bridge.consumer`). Rules:
+:mod:`cdc_bridge.client.consumer`). Rules:
 
 - ``c``/``r``/``u``: upsert the row image (``after``);
 - ``d``: keep a tombstone (``_deleted = 1``) rather than deleting, so an older event
@@ -12,7 +12,7 @@ Pure SQL over one SQLite connection, no NATS here (the service wires it to
   a later one, or a live event re-read after a rebuild), so the model never regresses.
 
 Writes are left uncommitted: the seen-store's ``mark`` commits them together with the
-event id (see :mod:`bridge.seen`).
+event id (see :mod:`cdc_bridge.client.seen`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from __future__ import annotations
 import sqlite3
 from typing import Any
 
-from bridge.consumer import Event
+from cdc_bridge.client import Event
 
 COLUMNS = ("id", "customer", "amount", "status", "updated_at")
 

@@ -36,11 +36,10 @@ import nats
 import nats.js.errors
 from nats.js import api
 
-from bridge.config import BridgeConfig, load_config
-from bridge.consumer import Consumer, ConsumerSettings, Event
-from bridge.publisher import connect_options
-from bridge.replay import ReplayOptions, replay
-from bridge.seen import SqliteSeenStore
+from cdc_bridge.cli.replay import ReplayOptions, replay
+from cdc_bridge.client import Consumer, ConsumerSettings, Event, SqliteSeenStore
+from cdc_bridge.config import BridgeConfig, load_config
+from cdc_bridge.relay.publisher import connect_options
 from examples.read_model.projection import Projection
 
 log = logging.getLogger("read_model")

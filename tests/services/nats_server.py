@@ -7,7 +7,7 @@ import signal
 import subprocess
 from pathlib import Path
 
-from bridge.embedded import nats_server_binary
+from cdc_bridge.daemon.embedded import nats_server_binary
 from tests.services.ports import free_port, wait_closed, wait_listening
 
 

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from adapters.files.config import FilesConfig
-from adapters.files.formats.csv import CsvFormat, QuoteJoiner
-from adapters.files.formats.fixed_width import FixedWidthFormat
-from adapters.files.formats.jsonl import JsonlFormat
-from adapters.files.formats.types import RowError
+from cdc_bridge.adapters.files.config import FilesConfig
+from cdc_bridge.adapters.files.formats.csv import CsvFormat, QuoteJoiner
+from cdc_bridge.adapters.files.formats.fixed_width import FixedWidthFormat
+from cdc_bridge.adapters.files.formats.jsonl import JsonlFormat
+from cdc_bridge.adapters.files.formats.types import RowError
 
 __all__ = ["CsvFormat", "FixedWidthFormat", "JsonlFormat", "QuoteJoiner", "RecordFormat",
            "RowError", "make_format"]

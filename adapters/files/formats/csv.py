@@ -19,8 +19,8 @@ import csv
 from collections.abc import Iterator
 from typing import Any
 
-from adapters.files.config import CsvOptions, ValueType
-from adapters.files.formats.types import RowError, convert, decode
+from cdc_bridge.adapters.files.config import CsvOptions, ValueType
+from cdc_bridge.adapters.files.formats.types import RowError, convert, decode
 
 
 class QuoteJoiner:

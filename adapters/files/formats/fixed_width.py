@@ -3,7 +3,7 @@
 Slicing works on decoded text, so it counts characters: exact for the single-byte
 encodings legacy systems write (cp1252, latin-1, EBCDIC code pages) and for ASCII
 UTF-8. Text fields are stripped unless ``keep_blanks``; numbers accept implied decimals
-and a leading or trailing sign (see :mod:`adapters.files.formats.types`). A record
+and a leading or trailing sign (see :mod:`cdc_bridge.adapters.files.formats.types`). A record
 shorter than the layout (unless ``allow_short``) or longer than ``record_length``
 raises :class:`RowError`, as does any field that does not convert.
 """
@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from adapters.files.config import FixedWidthOptions
-from adapters.files.formats.types import RowError, convert, decode
+from cdc_bridge.adapters.files.config import FixedWidthOptions
+from cdc_bridge.adapters.files.formats.types import RowError, convert, decode
 
 
 class FixedWidthFormat:

@@ -10,8 +10,8 @@ from typing import Any
 
 import orjson
 
-from adapters.files.config import JsonlOptions
-from adapters.files.formats.types import RowError, decode
+from cdc_bridge.adapters.files.config import JsonlOptions
+from cdc_bridge.adapters.files.formats.types import RowError, decode
 
 
 class JsonlFormat:

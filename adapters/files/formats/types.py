@@ -15,7 +15,7 @@ import decimal
 import math
 from typing import Any
 
-from bridge.events import non_finite_text
+from cdc_bridge.kernel.events import non_finite_text
 
 _TRUE = frozenset({"1", "true", "t", "yes", "y"})
 _FALSE = frozenset({"0", "false", "f", "no", "n"})

@@ -4,7 +4,7 @@ Checkpoint (JSON, committed with each batch)::
 
     {"v": 1, "mode": "drop",
      "current": {"ident": ..., "name": ..., "offset": ..., "line": ..., "good": n, "bad": m},
-     "done": [ident, ...],            # completed files (see adapters.files.modes.folder)
+     "done": [ident, ...],            # completed files (see cdc_bridge.adapters.files.modes.folder)
      "completed": ident | null}       # set on a file's last batch, for acknowledge()
 
 A batch of a file holds up to ``batch_size`` records; its checkpoint is the byte offset
@@ -23,12 +23,11 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
-from adapters.base import ChangeBatch, Checkpoint
-from adapters.files.config import FilesConfig
-from adapters.files.identity import header_safe_name
-from adapters.files.modes.folder import Candidate, Folder, FolderRounds
-from adapters.files.session import EventBuilder, FileSession
-from bridge.metrics import SOURCE_LAG
+from cdc_bridge.adapters.contract import ChangeBatch, Checkpoint
+from cdc_bridge.adapters.files.config import FilesConfig
+from cdc_bridge.adapters.files.identity import header_safe_name
+from cdc_bridge.adapters.files.modes.folder import Candidate, Folder, FolderRounds
+from cdc_bridge.adapters.files.session import EventBuilder, FileSession
 
 
 class DropMode(FolderRounds):
@@ -40,6 +39,8 @@ class DropMode(FolderRounds):
         self.current: dict[str, Any] | None = None
         self.done: list[str] = []
         self.session: FileSession | None = None
+        #: Unread bytes of the file being read (the source's lag).
+        self.lag: dict[str, float] = {}
 
     def _checkpoint(self, completed: str | None = None) -> Checkpoint:
         return {"v": 1, "mode": "drop", "current": dict(self.current) if self.current else None,
@@ -70,7 +71,7 @@ class DropMode(FolderRounds):
                 events, dead = self.builder.build(parsed, cand.ident, cand.name)
                 good += len(events)
                 bad += len(dead)
-                SOURCE_LAG.labels(self.config.name, "bytes").set(cand.size - session.offset)
+                self.lag["bytes"] = float(cand.size - session.offset)
                 if more:
                     self.current = {"ident": cand.ident, "name": cand.name,
                                     "offset": session.offset, "line": session.line,

@@ -5,7 +5,7 @@ Shared by ``drop`` and ``snapshot`` modes; blocking methods run in a worker thre
 Stability: a file is ready when two consecutive scans saw the same size and mtime and
 its mtime is at least ``stable_for`` old (with ``stable_for: 0`` one scan suffices), so
 a file still being written is not read. Identities (see
-:mod:`adapters.files.identity`) are cached per (dev, ino, size, mtime) so a folder of
+:mod:`cdc_bridge.adapters.files.identity`) are cached per (dev, ino, size, mtime) so a folder of
 finished files costs one ``stat`` each per scan.
 
 Completed files are remembered by identity in the checkpoint: every completed file
@@ -31,10 +31,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from adapters.base import ChangeBatch
-from adapters.files.config import FilesConfig
-from adapters.files.identity import header_safe_name, stable_identity
-from bridge.errors import SourceUnavailable
+from cdc_bridge.adapters.contract import ChangeBatch
+from cdc_bridge.adapters.files.config import FilesConfig
+from cdc_bridge.adapters.files.identity import header_safe_name, stable_identity
+from cdc_bridge.kernel.errors import SourceUnavailable
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,7 +4,7 @@ For every new stable file (found like ``drop`` mode finds files, and archived, d
 or left the same way):
 
 1. *load*: the file streams into the ``stg`` table of the adapter's state SQLite
-   (:mod:`adapters.files.modes.snapshot_store`), rows after column rules, keyed by the
+   (:mod:`cdc_bridge.adapters.files.modes.snapshot_store`), rows after column rules, keyed by the
    configured ``key`` columns; bad rows and duplicate keys go to ``stg_bad``. Nothing
    reaches the outbox in this phase; a crash during it reloads the file.
 2. *diff*: dead letters first, then a key-ordered sort-merge of ``stg`` against ``cur``
@@ -30,16 +30,16 @@ from typing import Any
 
 import orjson
 
-from adapters.base import ChangeBatch, Checkpoint
-from adapters.files.config import FilesConfig
-from adapters.files.formats import RowError
-from adapters.files.identity import header_safe_name
-from adapters.files.modes.folder import Candidate, Folder, FolderRounds
-from adapters.files.modes.snapshot_store import Change, SnapshotStore
-from adapters.files.reader import RawRecord
-from adapters.files.session import EventBuilder, FileSession
-from adapters.transform import apply_rules
-from bridge.events import ChangeEvent, dumps
+from cdc_bridge.adapters.contract import ChangeBatch, Checkpoint
+from cdc_bridge.adapters.files.config import FilesConfig
+from cdc_bridge.adapters.files.formats import RowError
+from cdc_bridge.adapters.files.identity import header_safe_name
+from cdc_bridge.adapters.files.modes.folder import Candidate, Folder, FolderRounds
+from cdc_bridge.adapters.files.modes.snapshot_store import Change, SnapshotStore
+from cdc_bridge.adapters.files.reader import RawRecord
+from cdc_bridge.adapters.files.session import EventBuilder, FileSession
+from cdc_bridge.adapters.transform import apply_rules
+from cdc_bridge.kernel.events import ChangeEvent, dumps
 
 
 class SnapshotMode(FolderRounds):
@@ -52,6 +52,8 @@ class SnapshotMode(FolderRounds):
         self.store: SnapshotStore | None = None
         self.current: dict[str, Any] | None = None
         self.done: list[str] = []
+        #: Whole extracts are compared: no byte lag to report.
+        self.lag: dict[str, float] = {}
 
     def _checkpoint(self, completed: str | None = None) -> Checkpoint:
         return {"v": 1, "mode": "snapshot",

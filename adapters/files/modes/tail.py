@@ -4,7 +4,7 @@ Every new complete line (or record: CSV quoted newlines join lines) becomes an
 ``op: c`` event; a line without its newline yet is left until it is complete.
 
 Position: the checkpoint names the followed file by device, inode and a fingerprint of
-its first bytes (:class:`~adapters.files.identity.HeadPrint`), with the byte offset and
+its first bytes (:class:`~cdc_bridge.adapters.files.identity.HeadPrint`), with the byte offset and
 line reached, and a per-adapter *generation* number bumped each time the adapter starts
 on a new file or a truncated one. Event positions are ``<dev>-<ino>-g<gen>@<offset>``:
 deterministic across re-reads, and never reused even when a truncated file or a new
@@ -31,12 +31,11 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from adapters.base import ChangeBatch, Checkpoint
-from adapters.files.config import FilesConfig
-from adapters.files.identity import HeadPrint, header_safe_name
-from adapters.files.session import EventBuilder, FileSession
-from bridge.events import ChangeEvent, DeadLetter
-from bridge.metrics import SOURCE_LAG
+from cdc_bridge.adapters.contract import ChangeBatch, Checkpoint
+from cdc_bridge.adapters.files.config import FilesConfig
+from cdc_bridge.adapters.files.identity import HeadPrint, header_safe_name
+from cdc_bridge.adapters.files.session import EventBuilder, FileSession
+from cdc_bridge.kernel.events import ChangeEvent, DeadLetter
 
 
 class _Followed:
@@ -75,6 +74,8 @@ class TailMode:
         self.name = config.path.name
         self.followed: _Followed | None = None
         self.gen = 0
+        #: Unread bytes of the followed file (the source's lag).
+        self.lag: dict[str, float] = {}
 
     def _checkpoint(self) -> Checkpoint:
         return {"v": 1, "mode": "tail", "gen": self.gen,
@@ -160,7 +161,7 @@ class TailMode:
         events, dead = self.builder.build(parsed, fol.file_pos, self.name)
         fol.good += len(events)
         fol.bad += len(dead)
-        SOURCE_LAG.labels(self.config.name, "bytes").set(max(0, size - fol.session.offset))
+        self.lag["bytes"] = float(max(0, size - fol.session.offset))
         if final and not more:
             self.log.info("finished rotated file at byte %d (%d good rows, %d bad rows); "
                           "following the new %s", fol.session.offset, fol.good, fol.bad,

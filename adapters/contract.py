@@ -1,0 +1,151 @@
+"""The source contract: everything a source implements and everything it may report.
+
+A source type is a config model plus a factory, registered in its own package with
+one line (``ADAPTER_TYPE = AdapterType("name", Config, factory)``); the registry
+(:mod:`cdc_bridge.adapters.registry`) finds it there. The daemon builds the source
+from its validated config and then:
+
+1. calls :meth:`Adapter.changes` with the last committed checkpoint (``None`` on the
+   first run) and reads :class:`~cdc_bridge.kernel.batch.ChangeBatch` items; the
+   source resumes exactly after that checkpoint;
+2. commits each batch to the outbox (events, dead letters and checkpoint in one
+   transaction), and only then calls :meth:`Adapter.acknowledge` with its checkpoint:
+   a source that can forget (a replication slot, a file to archive) may do so now;
+3. reads :attr:`Adapter.connected` (readiness) and :meth:`Adapter.lag` about once a
+   second; the daemon alone turns them into metrics (``cdc_adapter_up``,
+   ``cdc_source_lag``) and ``/status``;
+4. calls :meth:`Adapter.close` once capture stops (a second call is harmless).
+
+Errors (from :mod:`cdc_bridge.kernel.errors`): :class:`RetryableError` for transient
+failures, e.g. :class:`SourceUnavailable` (the supervisor restarts the source with
+back-off from its last checkpoint); :class:`FatalError`, e.g.
+:class:`SourceSetupError` for a missing privilege, for what needs a person.
+
+Optional capabilities, each a runtime-checkable protocol: :class:`SupportsInit`
+(``cdc-bridge init``), :class:`SupportsSnapshot` (on-demand re-snapshots) and, with it,
+:class:`ReportsSnapshotProgress` (exact, committed progress: :class:`SnapshotReport`);
+a refused request raises :class:`SnapshotRequestError`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+from pydantic import Field
+
+from cdc_bridge.kernel.batch import ChangeBatch, Checkpoint
+from cdc_bridge.kernel.errors import (
+    FatalError,
+    RetryableError,
+    SnapshotRequestError,
+    SourceSetupError,
+    SourceUnavailable,
+)
+from cdc_bridge.kernel.model import StrictModel
+
+__all__ = [
+    "Adapter", "AdapterConfig", "AdapterContext", "AdapterType", "ChangeBatch", "Checkpoint",
+    "FatalError", "ReportsSnapshotProgress", "RetryableError", "SnapshotReport",
+    "SnapshotRequestError", "SourceSetupError", "SourceUnavailable", "SupportsInit",
+    "SupportsSnapshot",
+]
+
+
+class AdapterConfig(StrictModel):
+    """Base of every source's config block: strict, frozen, unknown keys rejected."""
+
+    #: Unique; becomes a subject token, so lower case, digits, ``_`` and ``-`` only.
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$", max_length=64)
+    type: str
+
+
+@dataclass(frozen=True, slots=True)
+class AdapterContext:
+    """What the daemon hands every source besides its own config."""
+
+    state_dir: Path
+    subject_prefix: str = "cdc"
+
+
+class Adapter(Protocol):
+    """What the daemon needs from a source."""
+
+    name: str
+
+    @property
+    def connected(self) -> bool:
+        """Readiness: the source is reachable and capturing (``/readyz``, ``cdc_adapter_up``)."""
+        ...
+
+    def lag(self) -> dict[str, float]:
+        """How far behind the source capture is, by unit (``bytes``, ``seconds``); may be
+        empty. Read by the daemon about once a second (``cdc_source_lag``, ``status``)."""
+        ...
+
+    def changes(self, checkpoint: Checkpoint | None) -> AsyncIterator[ChangeBatch]:
+        """Yield batches from just after ``checkpoint`` until cancelled (or input ends)."""
+        ...
+
+    async def acknowledge(self, checkpoint: Checkpoint | None) -> None:
+        """Everything up to ``checkpoint`` is durably in the outbox."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections and files; calling it twice is harmless."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class AdapterType:
+    """A source type under its YAML ``type`` name: config model and factory."""
+
+    name: str
+    config_model: type[AdapterConfig]
+    factory: Callable[[AdapterConfig, AdapterContext], Adapter]
+
+
+@runtime_checkable
+class SupportsInit(Protocol):
+    """Optional: source-side set-up (``cdc-bridge init``)."""
+
+    async def init(self) -> list[str]:
+        """Create what capture needs (slot, publication, ...); return one line per action."""
+        ...
+
+
+@runtime_checkable
+class SupportsSnapshot(Protocol):
+    """Optional: re-snapshot tables on demand (``cdc-bridge snapshot``, ``POST /snapshot``)."""
+
+    async def request_snapshot(self, tables: list[str] | None) -> None:
+        """Emit ``op: r`` events for ``tables`` (all when ``None``) through ``changes``.
+
+        Raises :class:`SnapshotRequestError` for a request the source refuses."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotReport:
+    """A source's account of its re-snapshots (see :class:`ReportsSnapshotProgress`)."""
+
+    #: Number of the latest request the source has taken (0: none).
+    requested: int
+    #: Number of the run described by the source's last committed checkpoint.
+    committed: int
+    #: Rows read (``op: r`` committed) by that run, and its estimated total.
+    rows: int
+    total: int
+    #: That committed run is finished.
+    done: bool
+
+
+@runtime_checkable
+class ReportsSnapshotProgress(Protocol):
+    """Optional, with :class:`SupportsSnapshot`: exact progress and completion."""
+
+    def snapshot_progress(self) -> SnapshotReport | None:
+        """``None`` until the source has loaded its checkpoint."""
+        ...

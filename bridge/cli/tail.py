@@ -1,0 +1,150 @@
+"""``cdc-bridge tail``: print events from JetStream as they arrive.
+
+Uses an ordered, ephemeral push consumer (no state left on the server) filtered on the
+given subject; by default it replays from the start of the stream, ``--new`` only shows
+what arrives from now on, ``--count N`` stops after N events. Pretty output is one line
+per event (``seq time subject op key image``, the op coloured on a terminal); ``--raw``
+prints bodies unchanged, one per line, for scripts (``jq``); ``--headers`` adds the
+message headers. Connection options (auth, TLS) come from the config when one is given.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+import nats
+import nats.errors
+import nats.js.errors
+import orjson
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js import api
+
+from cdc_bridge.kernel.backoff import Retry, retrying
+from cdc_bridge.kernel.errors import FatalError
+
+
+@dataclass(frozen=True, slots=True)
+class TailOptions:
+    servers: list[str]
+    stream: str
+    subject: str
+    only_new: bool = False
+    raw: bool = False
+    count: int = 0
+    idle_exit_s: float = 0.0
+    headers: bool = False
+    color: bool = False
+    connect: dict[str, Any] = field(default_factory=dict)
+
+
+log = logging.getLogger("cdc_bridge.tail")
+
+_OP_COLOURS = {"c": "32", "u": "33", "d": "31", "r": "36", "t": "35"}
+
+
+def format_event(subject: str, body: bytes, seq: int | None = None,
+                 headers: dict[str, str] | None = None, color: bool = False) -> str:
+    """One readable line for a CloudEvent body (or the body as text if it is not one)."""
+    lead = f"#{seq} " if seq is not None else ""
+    extra = ""
+    if headers:
+        extra = " " + " ".join(f"{k}={v}" for k, v in sorted(headers.items()))
+    try:
+        ce = orjson.loads(body)
+        data = ce["data"]
+        op = str(data.get("op", "?"))
+    except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
+        return f"{lead}{subject} {body[:200].decode('utf-8', 'replace')}{extra}"
+    key = orjson.dumps(data.get("key")).decode()
+    image = data.get("after") if op != "d" else data.get("before")
+    when = f"{ce['time']} " if isinstance(ce.get("time"), str) else ""
+    shown = f"\x1b[{_OP_COLOURS[op]}mop={op}\x1b[0m" if color and op in _OP_COLOURS else f"op={op}"
+    return f"{lead}{when}{subject} {shown} key={key} {orjson.dumps(image).decode()}{extra}"
+
+
+async def _quiet(_: Exception) -> None:
+    return None
+
+
+async def _connect(opts: TailOptions) -> NATS:
+    """Connect, waiting (with one notice) while NATS is not up yet, e.g. the bridge starting.
+
+    Attempts are spaced by the shared back-off (:mod:`cdc_bridge.kernel.backoff`, 0.5 s
+    doubling to 5 s); they go on until Ctrl-C. An error other than "not reachable"
+    (authentication, TLS) ends tail at once. The connection does not reconnect by
+    itself: when the server goes away, tail ends.
+    """
+    # One pass over the servers per call, then NoServersError: with
+    # max_reconnect_attempts=0, nats-py's connect() would itself retry a refused
+    # connection forever (every reconnect_time_wait), silently and off our back-off.
+    kwargs = {**opts.connect, "servers": opts.servers, "connect_timeout": 5,
+              "allow_reconnect": False, "max_reconnect_attempts": 1,
+              "reconnect_time_wait": 0, "error_cb": _quiet}
+    where = ", ".join(opts.servers)
+
+    def notice_once(retry: Retry) -> None:  # instead of a log line per attempt
+        if retry.attempt == 1:
+            sys.stderr.write(f"waiting for NATS at {where} "
+                             f"({type(retry.error).__name__}); Ctrl-C to stop\n")
+
+    connecting = retrying("connect to NATS", log, on_retry=notice_once, initial_s=0.5,
+                          max_s=5.0, retry_on=(TimeoutError, OSError, nats.errors.NoServersError))
+    try:
+        return await connecting(nats.connect, **kwargs)
+    except nats.errors.Error as e:
+        raise FatalError(f"cannot connect to NATS at {where}: {type(e).__name__}") from e
+
+
+async def tail_events(opts: TailOptions) -> None:
+    nc = await _connect(opts)
+    js = nc.jetstream()
+    seen = 0
+    done = asyncio.Event()
+    last = asyncio.get_running_loop().time()
+
+    async def on_msg(msg: Msg) -> None:
+        nonlocal seen, last
+        if done.is_set():
+            return
+        last = asyncio.get_running_loop().time()
+        hdrs = dict(msg.headers or {}) if opts.headers else None
+        if opts.raw:
+            line = msg.data.decode("utf-8", "replace")
+            if hdrs:
+                meta = orjson.dumps({"subject": msg.subject, "headers": hdrs}).decode()
+                line = meta + "\t" + line
+            sys.stdout.write(line + "\n")
+        else:
+            seq = msg.metadata.sequence.stream if msg.reply else None
+            sys.stdout.write(format_event(msg.subject, msg.data, seq, hdrs, opts.color) + "\n")
+        sys.stdout.flush()
+        seen += 1
+        if opts.count and seen >= opts.count:
+            done.set()
+
+    policy = api.DeliverPolicy.NEW if opts.only_new else api.DeliverPolicy.ALL
+    try:
+        sub = await js.subscribe(opts.subject, stream=opts.stream, cb=on_msg,
+                                 ordered_consumer=True, deliver_policy=policy)
+    except nats.js.errors.NotFoundError as e:
+        await nc.close()
+        raise FatalError(f"stream {opts.stream} not found (is the bridge running?)") from e
+    try:
+        while not done.is_set():
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(done.wait(), 0.5)
+            if opts.idle_exit_s and asyncio.get_running_loop().time() - last > opts.idle_exit_s:
+                break
+            if nc.is_closed or not nc.is_connected:
+                sys.stderr.write("NATS connection closed; tail stops\n")
+                break
+    finally:
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
+        await nc.close()

@@ -1,0 +1,412 @@
+"""The relay: moves outbox rows to JetStream in ``seq`` order, pipelined, exactly once.
+
+One *session* per NATS connection: connect (and create/update the stream), reconcile,
+then pump until stopped or until something fails:
+
+- the sender reads pending rows (the next read overlaps the current publishes) and
+  publishes each one with :meth:`cdc_bridge.relay.publisher.Publisher.send`, never more than
+  ``max_in_flight`` awaiting their PubAck;
+- the settler walks the in-flight rows strictly in order as their PubAcks arrive:
+  stored (or duplicate) rows advance the acknowledged ``seq``; poison rows are
+  dead-lettered to ``<prefix>._dlq.<adapter>`` with the reason in ``Cdc-Reason`` and
+  count as done; a transient failure (no PubAck within ``ack_timeout``, a JetStream
+  error that is not poison, the connection lost) ends the session;
+- the acknowledged prefix is deleted from the store in the background, a batch at a
+  time, and the store is compacted when the relay goes idle.
+
+A failed session is retried with the shared back-off (:mod:`cdc_bridge.kernel.backoff`),
+restarting from the first row not yet acknowledged. Each state change is one log
+line: ``JetStream unavailable`` (with what failed and how many publishes were in
+flight), the back-off's ``retrying in`` lines, then ``recovered after Ns; draining N
+pending``.
+
+Exactly once, as subscribers see it: every message carries ``Nats-Msg-Id`` = the event
+id, so a row republished after a failure or a crash (stored, but not yet acknowledged
+or deleted) is dropped by the stream's duplicate window. Rows older than 80% of that
+window at (re)connect are checked against the stream's last messages and skipped when
+already stored (:meth:`Relay.reconcile`), so a downtime longer than the window does not
+duplicate them either.
+
+Order per subject. Rows are sent in ``seq`` order on one connection and the server
+stores them in that order. A lost connection never reorders: the client does not
+buffer across reconnects (see :mod:`cdc_bridge.relay.publisher`), so everything after the first
+lost message is lost too and resent in order. The one remaining window: JetStream
+answers a message with a *transient* error (a timeout or "no responders" during a
+clustered stream's leader election, ``maximum messages/bytes exceeded`` on a
+``discard: new`` stream that then frees space) while a later message of the same
+pipeline on the same subject is stored; the retry of the first then lands after the
+later one. The settler detects exactly this case and logs it (``order window``) and
+counts it in ``RelayStats.reordered``. Set ``max_in_flight: 1`` to close it at the cost
+of throughput.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+from cdc_bridge import metrics
+from cdc_bridge.kernel.backoff import retrying
+from cdc_bridge.kernel.errors import FatalError, PublishUnavailable
+from cdc_bridge.kernel.events import DLQ_TOKEN
+from cdc_bridge.outbox.base import PendingRow
+from cdc_bridge.outbox.runner import AsyncStore
+from cdc_bridge.relay.publisher import PENDING, Publisher, Slot
+from cdc_bridge.relay.rules import DUPLICATE, OK, POISON, dead_letter, headers_size, precheck
+from cdc_bridge.relay.settings import OutboxConfig
+
+log = logging.getLogger("cdc_bridge.relay")
+
+#: Rows older than this share of the duplicate window are reconciled against the stream.
+RECONCILE_AGE_SHARE = 0.8
+
+
+@dataclass(slots=True)
+class RelayStats:
+    published: int = 0
+    duplicates: int = 0
+    dead_lettered: int = 0
+    batches: int = 0
+    retries: int = 0
+    reconnects: int = 0
+    reconciled: int = 0
+    reordered: int = 0
+
+
+class Relay:
+    def __init__(self, store: AsyncStore, publisher: Publisher,
+                 settings: OutboxConfig | None = None, *,
+                 compact_interval_s: float = 30.0) -> None:
+        """``settings``: the config file's ``outbox`` block, whole (batch, pipeline depth,
+        poll interval); the subject prefix and timeouts come with the publisher's ``nats``."""
+        settings = settings or OutboxConfig()
+        self.settings = settings
+        self.store = store
+        self.publisher = publisher
+        self.prefix = publisher.cfg.subject_prefix
+        self.batch = settings.relay_batch
+        self.poll_interval_s = settings.poll_interval
+        self.max_in_flight = settings.max_in_flight
+        self.compact_interval_s = compact_interval_s
+        self.ack_timeout_s = publisher.cfg.ack_timeout
+        self.retry_max_s = publisher.cfg.retry_max
+        self.stats = RelayStats()
+        self._stopping = asyncio.Event()
+        self._space = asyncio.Event()
+        self._sent = asyncio.Event()
+        self._down_since: float | None = None
+        self._ever_connected = False
+        self._progress = False
+        self._skip: set[int] = set()
+        self._subject_ok: dict[str, str | None] = {}
+        self._acked_seq = 0
+        self._removed_seq = 0
+        self._remove_task: asyncio.Task[None] | None = None
+        self._last_compact = time.monotonic()
+        self._removed_since_compact = False
+
+    def stop(self) -> None:
+        """Finish what is in flight, then return from :meth:`run`."""
+        self._stopping.set()
+        self.store.appended.set()
+        self._space.set()
+        self._sent.set()
+
+    # -- sessions ---------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Publish until :meth:`stop`; transient failures are retried, fatal ones raise."""
+        while not self._stopping.is_set():
+            async for attempt in retrying("publish to JetStream", log, max_s=self.retry_max_s):
+                with attempt:
+                    if attempt.retry_state.attempt_number > 1:
+                        self.stats.retries += 1
+                    if self._stopping.is_set():
+                        return
+                    await self._session()
+
+    async def _session(self) -> None:
+        """One connection's worth of publishing; returns after progress, else raises."""
+        self._progress = False
+        try:
+            await self.publisher.connect()
+            await self._recovered()
+            await self.reconcile()
+            await self._pump()
+        except PublishUnavailable as e:
+            self._went_down(e)
+            if self._progress:
+                return  # made progress: start over at once with a fresh back-off
+            raise
+
+    def _went_down(self, error: BaseException) -> None:
+        metrics.PUBLISH_FAILURES.inc()
+        if self._down_since is None:
+            self._down_since = time.monotonic()
+            log.warning("JetStream unavailable: %s", error)
+
+    async def _recovered(self) -> None:
+        if self._down_since is not None:
+            if self._ever_connected:
+                self.stats.reconnects += 1
+                metrics.RECONNECTS.labels("nats").inc()
+            pending = (await self.store.stats()).pending
+            log.info("JetStream recovered after %.1fs; draining %d pending",
+                     time.monotonic() - self._down_since, pending)
+            self._down_since = None
+        self._ever_connected = True
+
+    async def reconcile(self) -> int:
+        """Skip pending rows the stream already holds and dedup may no longer catch.
+
+        Only rows older than :data:`RECONCILE_AGE_SHARE` of the duplicate window are
+        checked (younger ones are deduplicated by JetStream anyway), against the stream's
+        last messages back to a minute before the oldest such row.
+        """
+        self._skip = set()
+        window_ms = self.publisher.cfg.duplicate_window * 1000
+        rows = await self.store.pending(0, self.max_in_flight + self.batch)
+        now_ms = int(time.time() * 1000)
+        stale = [r for r in rows if now_ms - r.message.created_ms > window_ms * RECONCILE_AGE_SHARE]
+        if not stale:
+            return 0
+        since = min(r.message.created_ms for r in stale) - 60_000
+        stored = {mid for mid, _ in await self.publisher.last_messages(len(rows) + 1000, since)}
+        for r in stale:
+            mid = r.message.msg_id
+            if mid in stored or "dlq-" + mid in stored:
+                self._skip.add(r.seq)
+        self.stats.reconciled += len(self._skip)
+        log.info("reconciled %d rows older than the duplicate window: %d already in the stream",
+                 len(stale), len(self._skip))
+        return len(self._skip)
+
+    # -- the pump ---------------------------------------------------------------------
+
+    async def _pump(self) -> None:
+        inflight: deque[Slot] = deque()
+        first = await self.store.pending(0, 1)
+        self._acked_seq = self._removed_seq = first[0].seq - 1 if first else 0
+        settler = asyncio.create_task(self._settle(inflight), name="relay-settle")
+        reader: asyncio.Task[list[PendingRow]] | None = None
+        cursor = self._acked_seq
+        try:
+            while not self._stopping.is_set() and not settler.done():
+                rows = await (reader or self.store.pending(cursor, self.batch))
+                reader = None
+                if not rows:
+                    if not await self._idle(settler, cursor):
+                        continue
+                    rows = await self.store.pending(cursor, self.batch)
+                    if not rows:
+                        continue
+                cursor = rows[-1].seq
+                reader = asyncio.create_task(self.store.pending(cursor, self.batch))
+                await self._send_rows(rows, inflight, settler)
+                self.stats.batches += 1
+            self._sent.set()
+            await settler  # drains what is in flight when stopping; raises on failure
+        finally:
+            if reader is not None:
+                reader.cancel()
+            if not settler.done():
+                settler.cancel()
+            await asyncio.gather(settler, return_exceptions=True)
+            if reader is not None:
+                await asyncio.gather(reader, return_exceptions=True)
+            self.publisher.forget()
+            await self._final_remove()
+
+    async def _send_rows(self, rows: list[PendingRow], inflight: deque[Slot],
+                         settler: asyncio.Task[None]) -> None:
+        pub = self.publisher
+        limit = min(pub.max_payload, pub.max_msg_size if pub.max_msg_size > 0 else 1 << 62)
+        skip = self._skip
+        for row in rows:
+            while len(inflight) >= self.max_in_flight:
+                self._space.clear()
+                await self._space.wait()
+                if settler.done() or self._stopping.is_set():
+                    return
+            slot = Slot(row.seq, row.message)
+            msg = row.message
+            reason = self._subject_ok.get(msg.subject, "?")
+            if reason == "?":
+                reason = self._subject_ok[msg.subject] = precheck(
+                    msg.subject, 0, max_payload=1, stream_subjects=pub.stream_subjects,
+                    max_msg_size=-1)
+            size = len(msg.payload) + 14 + len(msg.msg_id) + 17
+            if msg.headers:
+                size += headers_size(msg.headers)
+            if skip and row.seq in skip:
+                slot.outcome = DUPLICATE
+                skip.discard(row.seq)
+            elif reason is None and size <= limit:
+                await pub.send(slot)
+            else:
+                slot.outcome = POISON
+                slot.reason = reason or precheck(
+                    msg.subject, size, max_payload=pub.max_payload,
+                    stream_subjects=pub.stream_subjects, max_msg_size=pub.max_msg_size) or "?"
+            inflight.append(slot)
+            self._sent.set()
+
+    async def _idle(self, settler: asyncio.Task[None], cursor: int) -> bool:
+        """Wait for new rows; ``False`` if woken by a stop or a settler failure."""
+        self.store.appended.clear()
+        if await self.store.pending(cursor, 1):
+            return True
+        self._maybe_remove(force=True)
+        await self._maybe_compact()
+        waiter = asyncio.create_task(self.store.appended.wait())
+        lost = asyncio.create_task(self.publisher.lost.wait())
+        try:
+            await asyncio.wait({waiter, lost, settler}, timeout=self.poll_interval_s,
+                               return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+            lost.cancel()
+        if self.publisher.lost.is_set():  # reconnect now, not at the next publish
+            raise PublishUnavailable("connection to NATS lost while idle")
+        return not (self._stopping.is_set() or settler.done())
+
+    # -- the settler ------------------------------------------------------------------
+
+    async def _settle(self, inflight: deque[Slot]) -> None:
+        try:
+            await self._settle_loop(inflight)
+        finally:
+            self._space.set()
+            self.store.appended.set()
+
+    async def _settle_loop(self, inflight: deque[Slot]) -> None:
+        pub = self.publisher
+        low_water = max(0, self.max_in_flight - max(1, self.max_in_flight // 4))
+        while True:
+            if inflight and inflight[0].outcome != PENDING:
+                await self._settle_done(inflight)
+                if len(inflight) <= low_water:
+                    self._space.set()
+                self._maybe_remove(force=not inflight)
+                continue
+            if not inflight:
+                if self._stopping.is_set():
+                    return
+                self._sent.clear()
+                await self._sent.wait()
+                continue
+            head = inflight[0]
+            pub.acked.clear()
+            timeout = head.sent_at + self.ack_timeout_s - time.monotonic()
+            if timeout <= 0:
+                raise PublishUnavailable(f"no PubAck within {self.ack_timeout_s:g}s "
+                                         f"({len(inflight)} publishes in flight)")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(pub.acked.wait(), timeout)
+
+    async def _settle_done(self, inflight: deque[Slot]) -> None:
+        """Settle the leading slots that have an outcome."""
+        published = duplicates = 0
+        now = time.time()
+        observe = metrics.PUBLISH_LATENCY.observe
+        try:
+            while inflight and inflight[0].outcome != PENDING:
+                slot = inflight[0]
+                outcome = slot.outcome
+                if outcome == OK:
+                    published += 1
+                    observe(now - slot.message.created_ms / 1000)
+                elif outcome == DUPLICATE:
+                    duplicates += 1
+                elif outcome == POISON:
+                    await self._dead_letter(slot)
+                else:
+                    self._check_order_window(slot, inflight)
+                    raise PublishUnavailable(slot.reason or "publish failed")
+                inflight.popleft()
+                self._acked_seq = slot.seq
+                self._progress = True
+        finally:
+            if published:
+                self.stats.published += published
+                metrics.EVENTS_PUBLISHED.inc(published)
+            if duplicates:
+                self.stats.duplicates += duplicates
+                metrics.PUBLISH_DUPLICATES.inc(duplicates)
+
+    def _check_order_window(self, failed: Slot, inflight: deque[Slot]) -> None:
+        later = [s for s in inflight if s.outcome == OK and s.seq > failed.seq
+                 and s.message.subject == failed.message.subject]
+        if later:
+            self.stats.reordered += 1
+            log.warning("order window: outbox seq %d on %s failed transiently (%s) after later "
+                        "seq %d on the same subject was stored; its retry lands after it",
+                        failed.seq, failed.message.subject, failed.reason, later[0].seq)
+
+    async def _dead_letter(self, slot: Slot) -> None:
+        msg = slot.message
+        pub = self.publisher
+        limit = min(pub.max_payload, pub.max_msg_size if pub.max_msg_size > 0 else 1 << 62)
+        subject, body, headers = dead_letter(
+            msg.msg_id, msg.subject, msg.payload, msg.headers, slot.reason,
+            prefix=self.prefix, dlq=DLQ_TOKEN, body_limit=limit - 512)
+        log.error("dead-lettering event %s (%s) to %s: %s", msg.msg_id, msg.subject, subject,
+                  slot.reason)
+        try:
+            await pub.publish_one(subject, body, headers)
+        except FatalError:
+            if not body:
+                raise
+            # the stream refuses the dead letter too (its limits changed under us): keep
+            # the reason and the original's identity, drop the body
+            headers["Cdc-Body-Dropped"] = "the stream refused the original body"
+            await pub.publish_one(subject, b"", headers)
+        self.stats.dead_lettered += 1
+        metrics.DEAD_LETTERS.labels(subject.rsplit(".", 1)[-1], "publish").inc()
+
+    # -- removing and compacting ------------------------------------------------------
+
+    def _maybe_remove(self, force: bool = False) -> None:
+        task = self._remove_task
+        if task is not None:
+            if not task.done():
+                return
+            self._remove_task = None
+            task.result()  # a store failure surfaces here (retryable)
+        due = self._acked_seq - self._removed_seq
+        if due > 0 and (force or due >= self.batch):
+            self._remove_task = asyncio.create_task(self._remove(self._acked_seq))
+
+    async def _remove(self, up_to: int) -> None:
+        await self.store.remove(up_to)
+        self._removed_seq = max(self._removed_seq, up_to)
+        self._removed_since_compact = True
+
+    async def _final_remove(self) -> None:
+        task, self._remove_task = self._remove_task, None
+        with contextlib.suppress(Exception):
+            if task is not None:
+                await task
+            if self._acked_seq > self._removed_seq:
+                await self._remove(self._acked_seq)
+
+    async def _maybe_compact(self) -> None:
+        now = time.monotonic()
+        if self._removed_since_compact and now - self._last_compact >= self.compact_interval_s:
+            self._last_compact = now
+            self._removed_since_compact = False
+            try:
+                await self.store.compact()
+            except Exception as e:  # compaction is housekeeping: never stop publishing
+                log.warning("outbox compaction failed: %s", e)
+
+    def describe(self) -> dict[str, Any]:
+        s = self.stats
+        return {"published": s.published, "duplicates": s.duplicates,
+                "dead_lettered": s.dead_lettered, "retries": s.retries,
+                "reconnects": s.reconnects, "reordered": s.reordered}

@@ -1,0 +1,102 @@
+"""The relay's settings: the ``nats`` and ``outbox`` blocks of the config file.
+
+These frozen models travel whole from the config file to the relay, also into its
+child process (pickled): a new setting is one field here and its use where it matters,
+never a copy through the layers in between.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from pydantic import Field, field_validator, model_validator
+
+from cdc_bridge.kernel.model import Duration, StrictModel
+from cdc_bridge.relay.rules import min_duplicate_window
+
+_TOKEN = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
+
+
+class EmbeddedNats(StrictModel):
+    host: str = "127.0.0.1"
+    port: int = Field(default=4222, ge=0, le=65535)
+
+
+class TlsConfig(StrictModel):
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+
+class NatsConfig(StrictModel):
+    #: One URL or several (a cluster). Absent -> the embedded nats-server.
+    url: str | list[str] | None = None
+    embedded: EmbeddedNats = EmbeddedNats()
+    stream: str = Field(default="CDC", pattern=r"^[A-Za-z0-9_-]+$")
+    subject_prefix: str = "cdc"
+    user: str | None = None
+    password: str | None = Field(default=None, repr=False)
+    token: str | None = Field(default=None, repr=False)
+    nkey_seed_file: Path | None = None
+    creds_file: Path | None = None
+    tls: TlsConfig | None = None
+    #: JetStream duplicate window: must cover the longest time between a PubAck and the
+    #: outbox row's deletion (a crash in between, then restart).
+    duplicate_window: Duration = 600.0
+    replicas: int = Field(default=1, ge=1, le=5)
+    storage: str = Field(default="file", pattern="^(file|memory)$")
+    max_age: Duration = 0.0
+    max_bytes: int = -1
+    #: Largest message the stream accepts (-1: the server's max_payload); larger -> DLQ.
+    max_msg_size: int = -1
+    connect_timeout: Duration = 5.0
+    ack_timeout: Duration = 10.0
+    #: Longest back-off between publish/reconnect attempts (exponential with jitter).
+    retry_max: Duration = 5.0
+    #: Expected TLS server name when it differs from the URL's host.
+    tls_hostname: str | None = None
+
+    @field_validator("subject_prefix")
+    @classmethod
+    def _prefix_tokens(cls, value: str) -> str:
+        if not _TOKEN.match(value):
+            raise ValueError("must be dot-separated tokens of [A-Za-z0-9_-], no wildcards")
+        return value
+
+    @model_validator(mode="after")
+    def _one_auth_method(self) -> NatsConfig:
+        given = [name for name, on in (
+            ("user/password", self.user is not None or self.password is not None),
+            ("token", self.token is not None), ("nkey_seed_file", self.nkey_seed_file),
+            ("creds_file", self.creds_file)) if on]
+        if len(given) > 1:  # the client would quietly use one and ignore the rest
+            raise ValueError(f"give one way to authenticate, not {' and '.join(given)}")
+        return self
+
+    @model_validator(mode="after")
+    def _window_covers_retries(self) -> NatsConfig:
+        if self.max_age and self.duplicate_window > self.max_age:
+            raise ValueError("duplicate_window cannot exceed max_age (JetStream refuses such "
+                             "a stream): raise max_age or lower duplicate_window")
+        least = min_duplicate_window(self.ack_timeout, self.retry_max)
+        if self.duplicate_window < least:
+            raise ValueError(f"duplicate_window must be at least 2 x (ack_timeout + retry_max)"
+                             f" = {least:g}s, so a retried publish is still deduplicated")
+        return self
+
+    def servers(self) -> list[str]:
+        if self.url is None:
+            return [f"nats://{self.embedded.host}:{self.embedded.port}"]
+        return [self.url] if isinstance(self.url, str) else list(self.url)
+
+
+class OutboxConfig(StrictModel):
+    #: ``sqlite:///path`` (default: under state_dir) or ``postgresql://...``.
+    url: str | None = None
+    #: Rows the relay reads and publishes per round.
+    relay_batch: int = Field(default=2000, ge=1, le=100_000)
+    #: Publishes awaiting a PubAck at once.
+    max_in_flight: int = Field(default=4000, ge=1, le=100_000)
+    #: Idle relay re-checks the store this often even without a wake-up.
+    poll_interval: Duration = 1.0
