@@ -49,7 +49,7 @@ from cdc_bridge.adapters.contract import (
 )
 from cdc_bridge.kernel.errors import SourceSetupError, SourceUnavailable
 from cdc_bridge.kernel.events import RoutedMessage, subject_token
-from cdc_bridge.kernel.model import Duration
+from cdc_bridge.kernel.model import PollInterval
 from cdc_bridge.kernel.outbox_table import DEFAULT_TABLE, ddl, table_identifier
 
 log = logging.getLogger("cdc_bridge.adapter.outbox_table")
@@ -65,7 +65,7 @@ class OutboxTableConfig(AdapterConfig):
     dsn: str = Field(repr=False)
     #: ``name`` or ``schema.name`` of the outbox table.
     table: str = DEFAULT_TABLE
-    poll_interval: Duration = 1.0
+    poll_interval: PollInterval = 1.0
     batch_size: int = Field(default=1000, ge=1, le=50_000)
     #: ``delete`` relayed rows, or ``mark`` them (``published_at``) and keep them.
     on_publish: Literal["delete", "mark"] = "delete"

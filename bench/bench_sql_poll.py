@@ -87,7 +87,7 @@ def diff_child(url: str, state_dir: str, changed: float, rows: int) -> None:
     from cdc_bridge.adapters.sql_poll.config import SqlPollConfig
 
     cfg = SqlPollConfig.model_validate({
-        "name": "bench", "type": "sql_poll", "url": url, "poll_interval": "0s",
+        "name": "bench", "type": "sql_poll", "url": url, "poll_interval": "50ms",
         "batch_size": 2000, "tables": [{"name": "bench_rows", "mode": "diff", "snapshot": "none"}]})
 
     async def one_pass(checkpoint: Any) -> tuple[Any, int, float]:

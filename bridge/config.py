@@ -20,6 +20,7 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Union
+from urllib.parse import unquote, urlsplit
 
 import yaml
 from pydantic import Field, PrivateAttr, ValidationError, model_validator
@@ -73,6 +74,10 @@ class BridgeConfig(StrictModel):
     def secrets(self) -> frozenset[str]:
         """Values to redact from logs: interpolated variables, passwords, tokens."""
         known = {self.nats.password or "", self.nats.token or ""}
+        urls = [*self.nats.servers(), self.outbox.url or ""]
+        for adapter in self.adapter_configs:  # url/dsn keys of every source
+            urls += [v for v in adapter.model_dump().values() if isinstance(v, str)]
+        known |= {_url_password(u) for u in urls if "@" in u}
         return frozenset(self._secrets | known) - {""}
 
     @model_validator(mode="after")
@@ -96,6 +101,19 @@ class BridgeConfig(StrictModel):
 
     def outbox_url(self) -> str:
         return self.outbox.url or f"sqlite:///{self.state_dir / 'outbox.db'}"
+
+
+def _url_password(url: str) -> str:
+    """The password in ``scheme://user:password@host`` (or a lone token before ``@``)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return ""
+    if parts.password:
+        return unquote(parts.password)
+    if parts.username and parts.scheme.startswith(("nats", "tls", "ws")):
+        return unquote(parts.username)  # nats://TOKEN@host
+    return ""
 
 
 # --- loading -------------------------------------------------------------------------

@@ -87,7 +87,7 @@ MEANINGS: dict[str, str] = {
     "token and the key of its checkpoint. `outbox` is reserved.",
     "AdapterConfig.type": "Adapter type.",
     "SqlPollConfig.poll_interval": "Time between polls of a table that is caught up "
-    "(tables can override).",
+    "(tables can override); at least 50ms.",
     "SqlPollConfig.batch_size": "Rows per page; each page is one outbox commit (tables can "
     "override).",
     "SqlPollConfig.tables": "The tables (or queries) to poll, at least one; names unique.",
@@ -99,7 +99,7 @@ MEANINGS: dict[str, str] = {
     "is NULL are not read.",
     "PollTable.query_mode": "`mode: query` only (required there): the mode the query is "
     "polled with.",
-    "PollTable.poll_interval": "Overrides the adapter's `poll_interval`.",
+    "PollTable.poll_interval": "Overrides the adapter's `poll_interval` (at least 50ms).",
     "PollTable.batch_size": "Overrides the adapter's `batch_size`.",
     "PollTable.columns": "Column rules: include, exclude, mask.",
     "ColumnRules.include": "Only these columns appear in `before`/`after` (unset: all).",
@@ -120,7 +120,8 @@ MEANINGS: dict[str, str] = {
     "file name without extension. Unset: the adapter name.",
     "FilesConfig.columns": "Column rules: include, exclude, mask.",
     "FilesConfig.after": "What happens to a completed file (`drop`, `snapshot`).",
-    "FilesConfig.poll_interval": "Time between scans of the folder or file.",
+    "FilesConfig.poll_interval": "Time between scans of the folder or file; at least "
+    "50ms.",
     "FilesConfig.batch_size": "Records per outbox commit.",
     "CsvOptions.encoding": "Python codec name of the file (`utf-8`, `cp1252`, `latin-1`, "
     "...); a UTF-8 BOM overrides it.",
@@ -147,7 +148,7 @@ MEANINGS: dict[str, str] = {
     "PostgresConfig.publication": "Publication name (default `cdc_bridge_<name>`).",
     "PostgresConfig.connect_timeout": "Timeout of one connection attempt.",
     "OutboxTableConfig.poll_interval": "Time between polls when the last poll found "
-    "fewer than `batch_size` rows.",
+    "fewer than `batch_size` rows; at least 50ms.",
     "OutboxTableConfig.batch_size": "Rows read per poll; one outbox commit each.",
     "PgTable.columns": "Column rules: include, exclude, mask.",
 }

@@ -99,3 +99,32 @@ def test_healthz_readyz_metrics_status(tmp_path: Path, nats_server: NatsServer) 
     log = bridge.log()
     assert "HTTP endpoint on http://127.0.0.1:" in log
     assert "adapter erp: starting -> running" in log
+
+
+def test_status_heartbeat_and_files_keep_secrets(tmp_path: Path, nats_server: NatsServer) -> None:
+    """A password in the NATS URL appears in neither /status nor the heartbeat in
+    control.db; state_dir is 0700 and the daemon's files in it 0600."""
+    db = tmp_path / "legacy.db"
+    make_source(db, 5)
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    secret_url = nats_server.url.replace("nats://", "nats://cdc:s3cret-pw@")
+    cfg = http_config(tmp_path, secret_url, db, port)
+    bridge = BridgeProcess(cfg, tmp_path / "bridge.log")
+    bridge.start()
+    state = tmp_path / "state"
+    try:
+        wait_for(lambda: get(base + "/readyz")[0] == 200, what="/readyz 200", timeout_s=30)
+        status = get(base + "/status")[1].decode()
+        assert "s3cret-pw" not in status and "cdc:***@" in status, status
+        wait_for(lambda: (state / "control.db").exists(), what="control file")
+        for path in state.rglob("*"):
+            if path.is_file():
+                assert b"s3cret-pw" not in path.read_bytes(), path
+    finally:
+        assert bridge.terminate() == 0, bridge.log()
+    assert "s3cret-pw" not in bridge.log()
+    assert state.stat().st_mode & 0o777 == 0o700
+    files = [p for p in state.rglob("*") if p.is_file()]
+    assert files and all(p.stat().st_mode & 0o077 == 0 for p in files), \
+        [(p.name, oct(p.stat().st_mode)) for p in files]

@@ -364,3 +364,47 @@ def test_idle_heartbeat_advances_confirmed_flush(
     assert "heartbeat failed" not in bridge.log()
     assert stream_messages(nats_server.url, subject="cdc.shop.>") == []  # no heartbeat events
     assert bridge.terminate() == 0
+
+
+def test_partitioned_table_publishes_under_the_parent_name(
+        tmp_path: Path, nats_server: NatsServer, pg_dsn: str) -> None:
+    """Changes of every partition, one attached while the bridge runs included, carry
+    the configured parent's name; a publication created earlier without
+    publish_via_partition_root is fixed (managed) with a line saying so."""
+    sql(pg_dsn,
+        "CREATE TABLE parted (id int, region text, v text, PRIMARY KEY (id, region))"
+        " PARTITION BY LIST (region)",
+        "CREATE TABLE parted_eu PARTITION OF parted FOR VALUES IN ('eu')",
+        "CREATE TABLE parted_us PARTITION OF parted FOR VALUES IN ('us')",
+        "INSERT INTO parted VALUES (1, 'eu', 'a'), (2, 'us', 'b')",
+        # as an operator would have made it by hand: partitions under their own names
+        "CREATE PUBLICATION cdc_shop FOR TABLE parted")
+    assert sql(pg_dsn, "SELECT pubviaroot FROM pg_publication WHERE pubname = 'cdc_shop'") \
+        == [(False,)]
+    cfg = pg_config(tmp_path, nats_server.url, pg_dsn, tables=["public.parted"],
+                    publication="cdc_shop")
+    bridge = BridgeProcess(cfg, tmp_path / "bridge.log")
+    bridge.start()
+    try:
+        wait_count(nats_server.url, 2)
+        sql(pg_dsn, "INSERT INTO parted VALUES (3, 'eu', 'c'), (4, 'us', 'd')",
+            "UPDATE parted SET v = 'b2' WHERE id = 2",
+            "CREATE TABLE parted_ap (LIKE parted INCLUDING ALL)",
+            "ALTER TABLE parted ATTACH PARTITION parted_ap FOR VALUES IN ('ap')",
+            "INSERT INTO parted VALUES (5, 'ap', 'e')",
+            "DELETE FROM parted WHERE id = 1")
+        msgs = wait_count(nats_server.url, 7)
+    finally:
+        assert bridge.terminate() == 0, bridge.log()
+    data = changes(msgs)
+    assert {d["source"]["table"] for d in data} == {"parted"}, data
+    assert [(d["op"], (d["after"] or d["before"])["id"]) for d in data] == [
+        ("r", 1), ("r", 2), ("c", 3), ("c", 4), ("u", 2), ("c", 5), ("d", 1)]
+    assert {m.subject.rsplit(".", 2)[0] for m in msgs} == {"cdc.shop.public"}
+    assert fold(data, "parted") == {2: {"id": 2, "region": "us", "v": "b2"},
+                                    3: {"id": 3, "region": "eu", "v": "c"},
+                                    4: {"id": 4, "region": "us", "v": "d"},
+                                    5: {"id": 5, "region": "ap", "v": "e"}}
+    assert "publish_via_partition_root set" in bridge.log()
+    assert sql(pg_dsn, "SELECT pubviaroot FROM pg_publication WHERE pubname = 'cdc_shop'") \
+        == [(True,)]

@@ -87,3 +87,32 @@ def test_role_without_replication_and_unknown_database(
     assert 'database "no_such_db" does not exist' in log
     assert "check the role and database names" in log
     assert SECRET not in log
+
+
+def test_existing_publication_of_partitions_is_refused_with_the_fix(
+        tmp_path: Path, nats_server: NatsServer, postgres_server: PostgresServer) -> None:
+    with psycopg.connect(postgres_server.dsn, autocommit=True) as conn:
+        conn.execute("DROP DATABASE IF EXISTS setup_parted WITH (FORCE)")
+        conn.execute("CREATE DATABASE setup_parted")
+    with psycopg.connect(postgres_server.dsn_for("setup_parted"), autocommit=True) as conn:
+        conn.execute("CREATE TABLE public.orders (id int, r text, PRIMARY KEY (id, r))"
+                     " PARTITION BY LIST (r)")
+        conn.execute("CREATE TABLE orders_a PARTITION OF orders FOR VALUES IN ('a')")
+        conn.execute("CREATE PUBLICATION mine FOR TABLE orders")
+    cfg = write_config(tmp_path / "bridge.yaml", {
+        "state_dir": str(tmp_path / "state"), "nats": {"url": nats_server.url},
+        "adapters": [{"name": "shop", "type": "postgres",
+                      "dsn": postgres_server.dsn_for("setup_parted"),
+                      "tables": ["public.orders"], "publication": "mine",
+                      "publication_mode": "existing"}]})
+    bridge = BridgeProcess(cfg, tmp_path / "bridge.log")
+    bridge.start()
+    assert bridge.proc is not None
+    try:
+        code = bridge.proc.wait(60)
+    finally:
+        if bridge.alive():
+            bridge.terminate()
+    assert code == 1, bridge.log()
+    assert ("run ALTER PUBLICATION mine SET (publish_via_partition_root = true);"
+            in bridge.log())

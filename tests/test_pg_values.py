@@ -10,6 +10,7 @@ by the replication path are covered too. Intervals use the server as oracle: its
 from __future__ import annotations
 
 import base64
+import decimal
 import json
 import logging
 import math
@@ -29,6 +30,7 @@ from cdc_bridge.adapters.postgres.values import (
     parse_array,
     parse_record,
 )
+from cdc_bridge.kernel.events import dumps
 from tests.services.postgres import PostgresServer
 
 DB = "pg_values"
@@ -338,4 +340,23 @@ FUZZ_OIDS = [16, 21, 23, 20, 700, 701, 1700, 17, 1082, 1083, 1266, 1114, 1184, 1
        | st.text(max_size=40))
 def test_fuzz_decode_never_raises(oid: int, text: str) -> None:
     value = FUZZ_DECODER.decode(oid, text)
-    json.dumps(value, allow_nan=False)  # JSON types only, no NaN/inf floats
+    # JSON types only, no NaN/inf floats (a json value with long numbers is a fragment)
+    json.loads(dumps(value), parse_constant=lambda c: pytest.fail(f"{c} on the wire"))
+
+
+def test_json_numbers_stay_exact_as_the_server_wrote_them(
+        conn: psycopg.Connection[Any]) -> None:
+    decoder = ValueDecoder(conn)
+    doc = ('{"int": 123456789012345678901234567890, "money": 12345678901234567.89, '
+           '"huge": 1e400, "tiny": 0.1, "list": [1.5e10, -2]}')
+    for sql_type in ("jsonb", "json"):
+        [(oid, text)] = raw_text_row(conn, f"SELECT '{doc}'::{sql_type}")
+        assert text is not None
+        wire = dumps({"v": decoder.decode(oid, text)}).decode()
+        body = json.loads(wire, parse_float=decimal.Decimal)  # valid JSON, exact numbers
+        assert body["v"]["int"] == 123456789012345678901234567890
+        assert body["v"]["money"] == decimal.Decimal("12345678901234567.89")
+        assert body["v"]["huge"] == decimal.Decimal("1e400")
+        assert body["v"]["list"] == [decimal.Decimal("1.5e10"), -2]
+    [(oid, text)] = raw_text_row(conn, 'SELECT \'{"a": 1, "b": [0.5, "x"]}\'::jsonb')
+    assert decoder.decode(oid, text) == {"a": 1, "b": [0.5, "x"]}  # plain values: parsed

@@ -35,7 +35,7 @@ from pydantic import Field, model_validator
 
 from cdc_bridge.adapters.contract import AdapterConfig
 from cdc_bridge.adapters.transform import ColumnRules
-from cdc_bridge.kernel.model import Duration, StrictModel
+from cdc_bridge.kernel.model import Duration, PollInterval, StrictModel
 
 ValueType = Literal["str", "int", "decimal", "float", "bool", "date", "datetime"]
 
@@ -132,7 +132,7 @@ class FilesConfig(AdapterConfig):
     table: str | None = None
     columns: ColumnRules | None = None
     after: AfterProcessing = AfterProcessing()
-    poll_interval: Duration = 1.0
+    poll_interval: PollInterval = 1.0
     #: A file is read only once its size and mtime have not changed for this long.
     stable_for: Duration = 2.0
     batch_size: int = Field(default=1000, ge=1, le=100_000)

@@ -23,6 +23,7 @@ after any redelivery, since the server resends a transaction whole and in order.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -44,6 +45,8 @@ from cdc_bridge.kernel.events import ChangeEvent, Op, RoutedMessage
 
 #: Stands for an unchanged TOASTed column value the server did not send.
 UNCHANGED_TOAST_PLACEHOLDER = "__cdc_bridge_unchanged_toast__"
+
+log = logging.getLogger("cdc_bridge.adapter.postgres")
 
 
 class ValueConverter(Protocol):
@@ -91,6 +94,7 @@ class EventBuilder:
         #: The ``outbox_tables`` (see :mod:`cdc_bridge.adapters.postgres.outbox`).
         self.outbox: Mapping[str, TableInfo] = outbox or {}
         self.relations: dict[int, RelationState] = {}
+        self._ignored: set[str] = set()
 
     # ---------------------------------------------------------------- relations
 
@@ -109,6 +113,12 @@ class EventBuilder:
             tuple(c.type_oid for c in msg.columns), tuple(c.type_modifier for c in msg.columns),
             key_idx, info.rules if info else None, info is not None, outbox is not None)
         self.relations[msg.oid] = state
+        if info is None and outbox is None and qualified not in self._ignored:
+            self._ignored.add(qualified)  # never silent: say once what is dropped, and why
+            log.warning("%s: relation %s is published but not configured: its changes are "
+                        "ignored (a partition published without publish_via_partition_root, "
+                        "or a table added to the publication by hand?)", self.adapter,
+                        qualified)
         return state
 
     def table_state(self, info: TableInfo) -> RelationState:

@@ -49,6 +49,8 @@ class TableInfo:
     replica_identity: str
     estimated_rows: int
     rules: ColumnRules | None = None
+    #: A partitioned parent: its partitions' changes must be published under its name.
+    partitioned: bool = False
 
     @property
     def qualified(self) -> str:
@@ -101,12 +103,18 @@ async def check_server(conn: psycopg.AsyncConnection[tuple[Any, ...]]) -> tuple[
 
 
 _TABLES_SQL = """
-SELECT c.oid, n.nspname, c.relname, c.relreplident, c.reltuples::bigint,
+SELECT c.oid, n.nspname, c.relname, c.relreplident,
+       CASE WHEN c.relkind = 'p' THEN (SELECT COALESCE(sum(GREATEST(p.reltuples, 0)), 0)
+                                         FROM pg_partition_tree(c.oid) t
+                                         JOIN pg_class p ON p.oid = t.relid
+                                        WHERE t.isleaf)
+            ELSE c.reltuples END::bigint,
        has_table_privilege(c.oid, 'SELECT'), pg_has_role(c.relowner, 'USAGE'),
        (SELECT array_agg(a.attname ORDER BY array_position(i.indkey, a.attnum))
           FROM pg_index i JOIN pg_attribute a
             ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
-         WHERE i.indrelid = c.oid AND i.indisprimary)
+         WHERE i.indrelid = c.oid AND i.indisprimary),
+       c.relkind = 'p'
   FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
  WHERE c.relkind IN ('r', 'p') AND n.nspname = %s AND (%s OR c.relname = %s)
  ORDER BY n.nspname, c.relname
@@ -169,7 +177,7 @@ async def resolve_outbox_tables(conn: psycopg.AsyncConnection[tuple[Any, ...]],
 
 async def _table_info(conn: psycopg.AsyncConnection[tuple[Any, ...]],
                       row: tuple[Any, ...], spec: PgTable, user: str) -> TableInfo:
-    oid, schema, name, ident, estimate, can_select, _owner, pk = row
+    oid, schema, name, ident, estimate, can_select, _owner, pk, partitioned = row
     qualified = f"{schema}.{name}"
     if not can_select:
         raise SourceSetupError(
@@ -181,10 +189,15 @@ async def _table_info(conn: psycopg.AsyncConnection[tuple[Any, ...]],
             f"{'DEFAULT' if ident == 'd' else 'NOTHING'}: once published, UPDATE and DELETE "
             f"on it would fail in the application. Run ALTER TABLE {qualified} REPLICA "
             "IDENTITY FULL; (or add a primary key)")
+    if partitioned and not pk:
+        raise SourceSetupError(
+            f"partitioned table {qualified} has no primary key: the snapshot pages tables "
+            "without a key by ctid, which is not unique across partitions. Add a primary key "
+            "(it must include the partition key), or list the partitions in tables instead")
     cur = await conn.execute(_COLUMNS_SQL, (oid,))
     columns = [ColumnInfo(str(n), int(t), int(m)) for n, t, m in await cur.fetchall()]
     return TableInfo(int(oid), str(schema), str(name), columns, list(pk or []), str(ident),
-                     max(int(estimate), 0), spec.columns)
+                     max(int(estimate), 0), spec.columns, bool(partitioned))
 
 
 async def ensure_publication(conn: psycopg.AsyncConnection[tuple[Any, ...]],
@@ -192,9 +205,27 @@ async def ensure_publication(conn: psycopg.AsyncConnection[tuple[Any, ...]],
                              user: str) -> list[str]:
     """Create or sync the publication (managed) or check it (existing); returns actions."""
     pub = config.publication_name()
-    cur = await conn.execute("SELECT puballtables, pubinsert FROM pg_publication "
+    cur = await conn.execute("SELECT puballtables, pubinsert, pubviaroot FROM pg_publication "
                              "WHERE pubname = %s", (pub,))
     row = await cur.fetchone()
+    parted = sorted(t.qualified for t in tables if t.partitioned)
+    if parted and conn.info.server_version < 130000:
+        raise SourceSetupError(
+            f"{', '.join(parted)} is partitioned: PostgreSQL {conn.info.server_version // 10000} "
+            "cannot publish a partitioned table under its own name (13 and later can, with "
+            "publish_via_partition_root); list its partitions in tables instead")
+    actions = []
+    if row is not None and parted and not row[2]:
+        if config.publication_mode == "existing":
+            raise SourceSetupError(
+                f"publication {pub} publishes the partitions of {', '.join(parted)} under "
+                "their own names, which are not the configured tables: run ALTER PUBLICATION "
+                f"{pub} SET (publish_via_partition_root = true);")
+        await _check_owner(conn, tables, user, pub)
+        await conn.execute(sql.SQL("ALTER PUBLICATION {} SET (publish_via_partition_root = "
+                                   "true)").format(sql.Identifier(pub)))
+        actions.append(f"publication {pub}: publish_via_partition_root set, so the "
+                       f"partitions of {', '.join(parted)} publish under its name")
     if row is not None and config.outbox_tables and not row[1]:
         raise SourceSetupError(
             f"publication {pub} does not publish inserts, which outbox_tables are made of: "
@@ -206,16 +237,17 @@ async def ensure_publication(conn: psycopg.AsyncConnection[tuple[Any, ...]],
                 f"publication {pub} does not exist (publication_mode: existing): create it "
                 "with CREATE PUBLICATION ... FOR TABLE ..., or set publication_mode: managed")
         await _check_owner(conn, tables, user, pub)
-        await conn.execute(sql.SQL("CREATE PUBLICATION {} FOR TABLE {}").format(
-            sql.Identifier(pub), sql.SQL(", ").join(t.ident() for t in tables)))
+        via_root = sql.SQL(" WITH (publish_via_partition_root = true)" if parted else "")
+        await conn.execute(sql.SQL("CREATE PUBLICATION {} FOR TABLE {}{}").format(
+            sql.Identifier(pub), sql.SQL(", ").join(t.ident() for t in tables), via_root))
         return [f"created publication {pub} for {len(tables)} table(s): {', '.join(wanted)}"]
     if row[0]:
-        return [f"publication {pub} exists (FOR ALL TABLES), used as is"]
+        return [*actions, f"publication {pub} exists (FOR ALL TABLES), used as is"]
     cur = await conn.execute("SELECT schemaname || '.' || tablename FROM pg_publication_tables "
                              "WHERE pubname = %s", (pub,))
     have = {str(r[0]) for r in await cur.fetchall()}
     if have >= wanted and (have == wanted or config.publication_mode == "existing"):
-        return [f"publication {pub} exists and covers the configured tables"]
+        return [*actions, f"publication {pub} exists and covers the configured tables"]
     if config.publication_mode == "existing":
         missing = ", ".join(sorted(wanted - have))
         raise SourceSetupError(
@@ -224,7 +256,7 @@ async def ensure_publication(conn: psycopg.AsyncConnection[tuple[Any, ...]],
     await _check_owner(conn, tables, user, pub)
     await conn.execute(sql.SQL("ALTER PUBLICATION {} SET TABLE {}").format(
         sql.Identifier(pub), sql.SQL(", ").join(t.ident() for t in tables)))
-    return [f"publication {pub}: table list set to {', '.join(sorted(wanted))} "
+    return [*actions, f"publication {pub}: table list set to {', '.join(sorted(wanted))} "
             f"(was {', '.join(sorted(have)) or 'empty'})"]
 
 

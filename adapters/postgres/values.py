@@ -29,8 +29,10 @@ interval                    ISO 8601 duration as PostgreSQL's ``iso_8601`` style
                             negative: ``"P-1DT-2H"``)
 bytea                       base64 (standard alphabet, padded)
 uuid                        string
-json, jsonb                 the parsed JSON value (by orjson: an integer beyond 64
-                            bits becomes a float; a JSON ``null`` is ``null``)
+json, jsonb                 the JSON value itself, numbers exactly as the source has
+                            them (an integer beyond 64 bits, a decimal with more
+                            digits than a float keeps, ``1e400``: written as they
+                            are, never rounded); a JSON ``null`` is ``null``
 arrays (any dimension)      nested JSON arrays of converted elements, NULL as ``null``;
                             bounds other than 1 are dropped
 enum                        its label
@@ -54,7 +56,9 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import decimal
 import functools
+import json
 import logging
 import math
 import re
@@ -83,6 +87,47 @@ def _as_text(text: str) -> str:
 def _float(text: str) -> float | str:
     value = float(text)
     return value if math.isfinite(value) else text
+
+
+#: A number token a float may not keep exactly: 16+ digits in a row, or an exponent.
+_LONG_NUMBER = re.compile(r"\d{16,}|\d[eE][+-]?\d")
+
+
+def json_exact(text: str) -> Any:
+    """A json/jsonb value, numbers exact: parsed by orjson when a float keeps every
+    number as written, else the text itself as a JSON fragment (written verbatim)."""
+    try:
+        fast = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        fast = _INEXACT
+    if fast is not _INEXACT and not _LONG_NUMBER.search(text):
+        return fast
+    exact = json.loads(text, parse_float=decimal.Decimal, parse_constant=_not_json)
+    if fast is not _INEXACT and _same_numbers(fast, exact):
+        return fast
+    return orjson.Fragment(text.encode())
+
+
+_INEXACT = object()
+
+
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not JSON")  # never embedded in an event
+
+
+def _same_numbers(fast: Any, exact: Any) -> bool:
+    """``fast`` (floats) holds the same values as ``exact`` (Decimals, big ints)."""
+    if isinstance(exact, dict):
+        return isinstance(fast, dict) and fast.keys() == exact.keys() and all(
+            _same_numbers(fast[k], v) for k, v in exact.items())
+    if isinstance(exact, list):
+        return isinstance(fast, list) and len(fast) == len(exact) and all(
+            _same_numbers(f, e) for f, e in zip(fast, exact, strict=True))
+    if isinstance(exact, decimal.Decimal | int) and not isinstance(exact, bool):
+        if type(fast) is float:  # written back as its shortest repr: the same number?
+            return math.isfinite(fast) and decimal.Decimal(repr(fast)) == exact
+        return type(fast) is int and exact == fast
+    return bool(fast == exact)
 
 
 def _bool(text: str) -> bool:
@@ -284,7 +329,7 @@ class ValueDecoder:
         by_name: dict[str, Converter] = {
             "int2": int, "int4": int, "int8": int, "oid": int,
             "float4": _float, "float8": _float, "bool": _bool,
-            "json": orjson.loads, "jsonb": orjson.loads,
+            "json": json_exact, "jsonb": json_exact,
             "bytea": _bytea(ctx), "interval": interval_to_iso,
         }
         for name, render in (("date", dt.date.isoformat), ("time", dt.time.isoformat),

@@ -33,7 +33,7 @@ from pydantic import Field, model_validator
 
 from cdc_bridge.adapters.contract import AdapterConfig
 from cdc_bridge.adapters.transform import ColumnRules
-from cdc_bridge.kernel.model import Duration, StrictModel
+from cdc_bridge.kernel.model import Duration, PollInterval, StrictModel
 
 CursorMode = Literal["incrementing", "timestamp", "timestamp+incrementing"]
 BaseMode = Literal["incrementing", "timestamp", "timestamp+incrementing", "diff"]
@@ -65,7 +65,7 @@ with warnings.catch_warnings():
         key_columns: list[str] | None = None
         #: What to do with rows present on first run (default ``initial``: ``op: r``).
         snapshot: Snapshot | None = None
-        poll_interval: Duration | None = None
+        poll_interval: PollInterval | None = None
         batch_size: int | None = Field(default=None, ge=1, le=100_000)
         #: Look-back for out-of-order commits (cursor modes); overrides the adapter's.
         lag_window: Duration | None = None
@@ -122,7 +122,7 @@ class SqlPollConfig(AdapterConfig):
     type: Literal["sql_poll"]
     #: An SQLAlchemy URL, e.g. ``sqlite:///legacy.db`` or ``mysql+pymysql://u:p@h/db``.
     url: str = Field(repr=False)
-    poll_interval: Duration = 5.0
+    poll_interval: PollInterval = 5.0
     batch_size: int = Field(default=1000, ge=1, le=100_000)
     #: Rows committed up to this long after a row with a higher cursor are still caught.
     lag_window: Duration = 30.0

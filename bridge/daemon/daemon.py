@@ -40,6 +40,7 @@ import signal
 import time
 from collections import Counter
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from cdc_bridge import metrics
@@ -98,7 +99,7 @@ class Daemon:
     async def run(self) -> int:
         """Run until stopped; returns the process exit code."""
         cfg = self.config
-        cfg.state_dir.mkdir(parents=True, exist_ok=True)
+        make_private_dir(cfg.state_dir)
         # Before anything else: a second daemon on the same state must start nothing.
         instance = self.instance = InstanceGuard(cfg.state_dir, cfg.outbox_url())
         if not await self._until_stopped(instance.acquire()):
@@ -392,7 +393,7 @@ class Daemon:
             "started_ms": self.started_ms,
             "ready": self.readiness()[0],
             "nats": {"connected": self.nats_connected(),
-                     "servers": self.config.nats.servers()},
+                     "servers": [self._redactor.redact(s) for s in self.config.nats.servers()]},
             "relay": {"state": "running" if self.relay and self.relay.connected
                       else self.relay_state,
                       "published": rs.published if rs else 0,
@@ -411,6 +412,14 @@ class Daemon:
         ready = nats_ok and not not_ready and not self.stop_event.is_set()
         return ready, {"nats": "connected" if nats_ok else "disconnected",
                        "adapters": adapters, "not_ready": not_ready}
+
+
+def make_private_dir(path: Path) -> None:
+    """Create ``path`` (and parents) readable by this user only: the outbox in it holds
+    event bodies. An existing directory keeps the mode its owner gave it."""
+    if not path.exists():
+        path.mkdir(parents=True, mode=0o700)
+        path.chmod(0o700)  # mkdir's mode is filtered by the umask
 
 
 def _store_kind(url: str) -> str:

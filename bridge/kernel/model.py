@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
@@ -32,6 +32,20 @@ def parse_duration(value: Any) -> float:
 
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+#: Shortest poll interval a source accepts: a shorter one polls in a busy loop.
+MIN_POLL_S = 0.05
+
+
+def _poll_floor(value: float) -> float:
+    if value < MIN_POLL_S:
+        raise ValueError(f"must be at least {MIN_POLL_S * 1000:.0f}ms (a shorter interval "
+                         "polls in a busy loop)")
+    return value
+
+
+#: A :data:`Duration` of at least :data:`MIN_POLL_S`, for the sources' poll intervals.
+PollInterval = Annotated[float, BeforeValidator(parse_duration), AfterValidator(_poll_floor)]
 
 
 class StrictModel(BaseModel):

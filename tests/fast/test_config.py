@@ -146,3 +146,23 @@ def test_one_nats_auth_method_at_a_time() -> None:
     one = parse_config(GOOD.replace("stream: CDC", "stream: CDC\n  creds_file: /s/b.creds"),
                        env={})
     assert one.nats.creds_file == Path("/s/b.creds")
+
+
+def test_passwords_inside_urls_are_secrets() -> None:
+    cfg = parse_config(
+        "nats: {url: ['nats://u:natspw@h1:4222', 'nats://tok123@h2:4222']}\n"
+        "outbox: {url: 'postgresql://o:outpw%40x@db/o'}\n"
+        "adapters:\n"
+        "  - {name: a, type: sql_poll, url: 'mysql+pymysql://app:erppw@h/erp',"
+        " tables: [{name: t, incrementing_column: id}]}\n", env={})
+    assert {"natspw", "tok123", "outpw@x", "erppw"} <= cfg.secrets
+
+
+def test_poll_intervals_have_a_floor() -> None:
+    for block in ("{name: a, type: sql_poll, url: 'sqlite:///x', poll_interval: 0,"
+                  " tables: [{name: t, incrementing_column: id}]}",
+                  "{name: a, type: sql_poll, url: 'sqlite:///x', tables: [{name: t,"
+                  " incrementing_column: id, poll_interval: 10ms}]}",
+                  "{name: a, type: files, path: /d, format: csv, poll_interval: 0s}"):
+        errs = errors_of(f"adapters:\n  - {block}\n")
+        assert any("poll_interval: must be at least 50ms" in e for e in errs), errs
