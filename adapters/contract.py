@@ -24,7 +24,8 @@ back-off from its last checkpoint); :class:`FatalError`, e.g.
 Optional capabilities, each a runtime-checkable protocol: :class:`SupportsInit`
 (``cdc-bridge init``), :class:`SupportsSnapshot` (on-demand re-snapshots) and, with it,
 :class:`ReportsSnapshotProgress` (exact, committed progress: :class:`SnapshotReport`);
-a refused request raises :class:`SnapshotRequestError`.
+a refused request raises :class:`SnapshotRequestError`. :class:`ReportsTableHealth`:
+tables set aside by their own fatal error while the others flow.
 """
 
 from __future__ import annotations
@@ -48,7 +49,8 @@ from cdc_bridge.kernel.model import StrictModel
 
 __all__ = [
     "Adapter", "AdapterConfig", "AdapterContext", "AdapterType", "ChangeBatch", "Checkpoint",
-    "FatalError", "ReportsSnapshotProgress", "RetryableError", "SnapshotReport",
+    "FatalError", "ReportsSnapshotProgress", "ReportsTableHealth", "RetryableError",
+    "SnapshotReport",
     "SnapshotRequestError", "SourceSetupError", "SourceUnavailable", "SupportsInit",
     "SupportsSnapshot",
 ]
@@ -113,6 +115,17 @@ class SupportsInit(Protocol):
 
     async def init(self) -> list[str]:
         """Create what capture needs (slot, publication, ...); return one line per action."""
+        ...
+
+
+@runtime_checkable
+class ReportsTableHealth(Protocol):
+    """Optional: a source of several tables that sets one aside on a fatal error of its
+    own (a table dropped, a column it cannot read) while the others keep flowing."""
+
+    def failed_tables(self) -> dict[str, str]:
+        """Tables set aside, with the reason; shown in ``status`` and as
+        ``cdc_table_failed``. Empty when all is well."""
         ...
 
 

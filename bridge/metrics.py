@@ -43,4 +43,7 @@ ADAPTER_RESTARTS = Counter(
 ADAPTER_UP = Gauge(
     "cdc_adapter_up", "1 while the adapter is connected and capturing", ["adapter"],
     registry=REGISTRY)
+TABLE_FAILED = Gauge(
+    "cdc_table_failed", "1 while a table is set aside by a fatal error of its own",
+    ["adapter", "table"], registry=REGISTRY)
 NATS_CONNECTED = Gauge("cdc_nats_connected", "1 while connected to NATS", registry=REGISTRY)

@@ -108,7 +108,8 @@ class PostgresStore:
             if conn is not None:
                 conn.close()
                 self._local.conn = None
-            raise StoreUnavailable(f"outbox database unavailable: {type(e).__name__}") from e
+            cause = (str(e).strip().splitlines() or [""])[0].strip() or type(e).__name__
+            raise StoreUnavailable(f"outbox database unavailable: {cause}") from e
 
     def _q(self, text: str) -> sql.Composed:
         return sql.SQL(text).format(s=self._s)

@@ -189,3 +189,28 @@ def test_snapshot_on_sql_poll(running: Any) -> None:
         assert "not supported by this adapter type (sql_poll)" in result.stderr
     missing = cli("snapshot", "-c", str(cfg), "nope")
     assert missing.returncode == 2 and "no adapter named 'nope'" in missing.stderr
+
+
+def test_tail_without_nats_fails_clearly_within_connect_timeout() -> None:
+    from tests.services.ports import free_port
+
+    started = time.monotonic()
+    out = cli("tail", "-s", f"nats://127.0.0.1:{free_port()}", "cdc.>")
+    assert out.returncode == 1, (out.stdout, out.stderr)
+    assert "is not reachable" in out.stderr and "--wait" in out.stderr, out.stderr
+    assert time.monotonic() - started < 20
+
+
+def test_init_with_unreachable_outbox_and_nats_says_one_line_each(tmp_path: Path) -> None:
+    from tests.services.ports import free_port
+
+    cfg = write_config(tmp_path / "bridge.yaml", {
+        "state_dir": str(tmp_path / "state"),
+        "nats": {"url": f"nats://127.0.0.1:{free_port()}", "connect_timeout": "1s"},
+        "outbox": {"url": f"postgresql://u:pw-913@127.0.0.1:{free_port()}/x"}})
+    out = cli("init", "-c", str(cfg))
+    assert out.returncode == 1, (out.stdout, out.stderr)
+    assert "outbox: FAILED: outbox database unavailable: connection failed" in out.stdout
+    assert "stream: FAILED: cannot connect to NATS" in out.stdout
+    assert "Traceback" not in out.stderr + out.stdout, out.stderr
+    assert "pw-913" not in out.stderr + out.stdout

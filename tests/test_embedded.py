@@ -125,3 +125,26 @@ def test_a_server_of_another_store_on_the_port_is_not_touched(tmp_path: Path) ->
     finally:
         os.kill(stranger.pid, signal.SIGKILL)
         stranger.wait()
+
+
+def test_init_beside_a_running_daemon_leaves_its_embedded_server_alone(
+        tmp_path: Path) -> None:
+    cfg, db, _port, url = _setup(tmp_path)
+    pid_file = tmp_path / "state" / "nats" / "nats-server.pid"
+    insert_rows(db, 1, 50)
+    bridge = BridgeProcess(cfg, tmp_path / "bridge0.log")
+    bridge.start()
+    try:
+        wait_running(bridge)
+        wait_ids(url, 50)
+        server = leftover_pid(pid_file, tmp_path / "state" / "nats")
+        assert server is not None
+        init = subprocess.run([sys.executable, "-m", "cdc_bridge.cli", "init", "-c", str(cfg)],
+                              capture_output=True, text=True, timeout=120)
+        assert "using the running daemon's embedded nats-server" in init.stdout, init
+        assert _alive(server) and leftover_pid(pid_file, tmp_path / "state" / "nats") == server
+        insert_rows(db, 51, 60)  # the daemon still publishes through its own server
+        wait_ids(url, 60)
+    finally:
+        assert bridge.terminate() == 0, bridge.log()
+    assert "stopping the embedded nats-server" not in bridge.log()

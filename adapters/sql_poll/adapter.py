@@ -51,7 +51,7 @@ from cdc_bridge.adapters.sql_poll.diff_state import DiffState
 from cdc_bridge.adapters.sql_poll.resnapshot import Resnap, resnap_page
 from cdc_bridge.adapters.sql_poll.source import TableSource, classify, create_engine
 from cdc_bridge.adapters.sql_poll.values import Cursor
-from cdc_bridge.kernel.errors import BridgeError
+from cdc_bridge.kernel.errors import BridgeError, FatalError, SourceSetupError
 from cdc_bridge.kernel.events import ChangeEvent, DeadLetter
 
 if TYPE_CHECKING:
@@ -97,6 +97,10 @@ class SqlPollAdapter:
         #: Reached the database and capturing (see the source contract).
         self.connected = False
         self._lag: dict[str, float] = {}
+        #: Tables set aside by a fatal error of their own (ident -> reason), with the
+        #: checkpoint each had, kept in every checkpoint so a later run resumes them.
+        self.failed: dict[str, str] = {}
+        self._held: dict[str, Any] = {}
 
     @property
     def state_path(self) -> Path:
@@ -112,8 +116,15 @@ class SqlPollAdapter:
             self.resnap = dict(checkpoint["resnap"])  # type: ignore[index]
         self._committed = dict(self.resnap)
         for spec in cfg.tables:
-            source = self._guard(lambda s=spec: TableSource(self.engine, s),  # type: ignore[misc]
-                                 f"table {spec.ident!r}")
+            try:
+                source = self._guard(
+                    lambda s=spec: TableSource(self.engine, s),  # type: ignore[misc]
+                    f"table {spec.ident!r}")
+            except FatalError as e:
+                if len(cfg.tables) == 1:
+                    raise
+                self._set_aside(spec.ident, e, saved.get(spec.ident))
+                continue
             batch = spec.batch_size or cfg.batch_size
             interval = spec.poll_interval if spec.poll_interval is not None else \
                 cfg.poll_interval
@@ -131,8 +142,23 @@ class SqlPollAdapter:
                                      progress_interval_s=cfg.progress_interval)
                 runner.load(saved.get(spec.ident))
             self.slots.append(_Slot(spec, runner, interval))
+        if not self.slots:  # nothing left to capture: the adapter itself cannot run
+            raise SourceSetupError("; ".join(f"{t}: {r}" for t, r in self.failed.items()))
         log.info("%s: polling %d table(s) on %s", self.name, len(self.slots),
                  self.engine.dialect.name)
+
+    def _set_aside(self, ident: str, error: BaseException, saved: Any) -> None:
+        """One table failed for a reason waiting will not fix: stop polling it, say so
+        (log, ``failed_tables()`` for status and metrics), keep its checkpoint, and let
+        the other tables flow. A restart of the adapter or the daemon tries it again."""
+        self.failed[ident] = str(error)
+        if saved is not None:
+            self._held[ident] = saved
+        log.error("%s: table %r set aside, the other tables go on: %s", self.name, ident,
+                  error)
+
+    def failed_tables(self) -> dict[str, str]:
+        return dict(self.failed)
 
     def _guard(self, fn: Callable[[], T], what: str) -> T:
         try:
@@ -146,7 +172,8 @@ class SqlPollAdapter:
 
     def checkpoint(self) -> Checkpoint:
         return {"v": CHECKPOINT_VERSION,
-                "tables": {s.spec.ident: s.runner.dump() for s in self.slots},
+                "tables": {**self._held,
+                           **{s.spec.ident: s.runner.dump() for s in self.slots}},
                 "resnap": dict(self.resnap)}
 
     async def changes(self, checkpoint: Checkpoint | None) -> AsyncIterator[ChangeBatch]:
@@ -158,8 +185,15 @@ class SqlPollAdapter:
             now_ms = int(time.time() * 1000)
             due = [s for s in self.slots if s.next_ms <= now_ms]
             for slot in due:
-                events, dead = await self._in_thread(
-                    lambda s=slot: self._unit(s))  # type: ignore[misc]
+                try:
+                    events, dead = await self._in_thread(
+                        lambda s=slot: self._unit(s))  # type: ignore[misc]
+                except FatalError as e:
+                    if len(self.slots) == 1:
+                        raise
+                    self.slots.remove(slot)
+                    self._set_aside(slot.spec.ident, e, slot.runner.dump())
+                    continue
                 self._note_resnap(slot, events)
                 current = self.checkpoint()
                 if events or dead or current != committed:

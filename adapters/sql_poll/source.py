@@ -120,6 +120,12 @@ def _floats_as_floats(inspector: Any, table: sa.Table, column_info: dict[str, An
         kind.asdecimal = False
 
 
+def _mysql_backticks(inspector: Any, table: sa.Table, column_info: dict[str, Any]) -> None:
+    """MySQL/MariaDB reflection reads ``SHOW CREATE TABLE`` and keeps a backtick inside a
+    name doubled (```a``b``` gives ``a``b``); the column is really named ``a`b``."""
+    column_info["name"] = column_info["name"].replace("``", "`")
+
+
 @dataclass(slots=True)
 class Rows:
     """One page: the rows read, the rows that could not be decoded, where the page ends."""
@@ -192,6 +198,8 @@ class TableSource:
         listeners = [("column_reflect", _floats_as_floats)]
         if engine.dialect.name == "sqlite":
             listeners.append(("column_reflect", _sqlite_text_times))
+        elif engine.dialect.name in ("mysql", "mariadb"):
+            listeners.append(("column_reflect", _mysql_backticks))
         try:
             return sa.Table(name, sa.MetaData(), schema=schema, autoload_with=engine,
                             listeners=listeners)

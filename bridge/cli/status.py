@@ -108,6 +108,7 @@ def gather(config: BridgeConfig) -> dict[str, Any]:
             "events": la.get("events"),
             "restarts": la.get("restarts"),
             "last_error": la.get("last_error"),
+            "failed_tables": la.get("failed_tables") or {},
         })
     return {
         "daemon": {"running": live is not None, "via": via,
@@ -162,4 +163,6 @@ def render(status: dict[str, Any]) -> str:
     for a in status["adapters"]:
         if a["last_error"] and a["state"] != "running":
             lines.append(f"{a['name']}: last error: {a['last_error']}")
+        for table, reason in sorted(a.get("failed_tables", {}).items()):
+            lines.append(f"{a['name']}: table {table} set aside: {reason}")
     return "\n".join(lines)

@@ -41,6 +41,8 @@ class TailOptions:
     headers: bool = False
     color: bool = False
     connect: dict[str, Any] = field(default_factory=dict)
+    #: Give up when NATS is not reachable within this many seconds (``None``: wait).
+    wait_s: float | None = 5.0
 
 
 log = logging.getLogger("cdc_bridge.tail")
@@ -76,9 +78,10 @@ async def _connect(opts: TailOptions) -> NATS:
     """Connect, waiting (with one notice) while NATS is not up yet, e.g. the bridge starting.
 
     Attempts are spaced by the shared back-off (:mod:`cdc_bridge.kernel.backoff`, 0.5 s
-    doubling to 5 s); they go on until Ctrl-C. An error other than "not reachable"
-    (authentication, TLS) ends tail at once. The connection does not reconnect by
-    itself: when the server goes away, tail ends.
+    doubling to 5 s) for ``opts.wait_s`` seconds (the config's ``connect_timeout``), then
+    tail ends with a clear error; ``--wait`` keeps trying until Ctrl-C. An error other
+    than "not reachable" (authentication, TLS) ends tail at once. The connection does
+    not reconnect by itself: when the server goes away, tail ends.
     """
     # One pass over the servers per call, then NoServersError: with
     # max_reconnect_attempts=0, nats-py's connect() would itself retry a refused
@@ -90,13 +93,18 @@ async def _connect(opts: TailOptions) -> NATS:
 
     def notice_once(retry: Retry) -> None:  # instead of a log line per attempt
         if retry.attempt == 1:
+            until = "Ctrl-C to stop" if opts.wait_s is None else f"for up to {opts.wait_s:g}s"
             sys.stderr.write(f"waiting for NATS at {where} "
-                             f"({type(retry.error).__name__}); Ctrl-C to stop\n")
+                             f"({type(retry.error).__name__}); {until}\n")
 
+    unreachable = (TimeoutError, OSError, nats.errors.NoServersError)
     connecting = retrying("connect to NATS", log, on_retry=notice_once, initial_s=0.5,
-                          max_s=5.0, retry_on=(TimeoutError, OSError, nats.errors.NoServersError))
+                          max_s=5.0, retry_on=unreachable, deadline_s=opts.wait_s)
     try:
         return await connecting(nats.connect, **kwargs)
+    except unreachable as e:
+        raise FatalError(f"NATS at {where} is not reachable ({type(e).__name__}) after "
+                         f"{opts.wait_s:g}s: is it running? (--wait keeps trying)") from e
     except nats.errors.Error as e:
         raise FatalError(f"cannot connect to NATS at {where}: {type(e).__name__}") from e
 

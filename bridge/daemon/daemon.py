@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from cdc_bridge import metrics
-from cdc_bridge.adapters.contract import Adapter, AdapterConfig
+from cdc_bridge.adapters.contract import Adapter, AdapterConfig, ReportsTableHealth
 from cdc_bridge.adapters.registry import AdapterContext, create
 from cdc_bridge.config import BridgeConfig
 from cdc_bridge.daemon.control import ControlDb, control_path
@@ -245,6 +245,14 @@ class Daemon:
         self._adapter_metrics(name, stats)
 
     @staticmethod
+    def _table_health(name: str, stats: AdapterStats, failed: dict[str, str]) -> None:
+        for table in stats.failed_tables.keys() - failed.keys():
+            metrics.TABLE_FAILED.labels(name, table).set(0)
+        for table in failed:
+            metrics.TABLE_FAILED.labels(name, table).set(1)
+        stats.failed_tables = failed
+
+    @staticmethod
     def _adapter_metrics(name: str, stats: AdapterStats) -> None:
         """The one writer of ``cdc_adapter_up`` and ``cdc_source_lag``, from what the
         adapter declares (``connected``, ``lag()``; see the source contract)."""
@@ -254,6 +262,8 @@ class Daemon:
             try:
                 stats.lag = adapter.lag()
                 up = stats.state == "running" and adapter.connected
+                if isinstance(adapter, ReportsTableHealth):
+                    Daemon._table_health(name, stats, adapter.failed_tables())
             except Exception as e:  # a source's report must never take the daemon down
                 log.debug("adapter %s: lag/readiness report failed: %s", name, e)
         metrics.ADAPTER_UP.labels(name).set(1 if up else 0)

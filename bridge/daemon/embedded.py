@@ -31,6 +31,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from cdc_bridge.daemon.instance import running_daemon
 from cdc_bridge.kernel.backoff import Backoff, Retry
 from cdc_bridge.kernel.errors import ConfigError, FatalError
 
@@ -114,6 +115,11 @@ class EmbeddedNats:
         pid = leftover_pid(self.pid_file, self.store_dir)
         if pid is None:
             return
+        daemon = running_daemon(self.store_dir.parent)
+        if daemon is not None and daemon.pid != os.getpid():  # a live daemon's: never stop it
+            raise FatalError(f"the embedded nats-server of {self.store_dir.parent} belongs to "
+                             f"the running daemon ({daemon.describe()}): use it, do not "
+                             "start another")
         log.warning("stopping the embedded nats-server (pid %d) left running by a previous "
                     "daemon of this state_dir", pid)
         sig = signal.SIGTERM

@@ -182,6 +182,26 @@ class StateDirLock:
             self._fd = None
 
 
+def running_daemon(state_dir: Path) -> Holder | None:
+    """The live daemon holding ``state_dir``'s lock, or ``None``.
+
+    A probe with a shared lock: it fails only while a daemon holds the exclusive one,
+    and is dropped at once, so a daemon starting meanwhile is not in the way for long."""
+    try:
+        fd = os.open(state_dir / LOCK_FILE, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return Holder.parse(os.pread(fd, 4096, 0).decode("utf-8", "replace"))
+    except OSError:
+        return None
+    finally:
+        os.close(fd)  # drops the probe's lock, if it got one
+    return None
+
+
 # -- PostgreSQL outbox: session advisory lock ------------------------------------------
 
 

@@ -62,12 +62,15 @@ class AdapterStats:
     adapter: Adapter | None = None
     #: The adapter's last reported lag, by unit (kept while it restarts).
     lag: dict[str, float] = field(default_factory=dict)
+    #: Tables the adapter set aside, with the reason (``ReportsTableHealth``).
+    failed_tables: dict[str, str] = field(default_factory=dict)
 
     def as_dict(self, lag: dict[str, float]) -> dict[str, Any]:
         return {"type": self.type, "state": self.state, "batches": self.batches,
                 "events": self.events, "dead_letters": self.dead_letters,
                 "restarts": self.restarts, "last_error": self.last_error,
-                "last_batch_ms": self.last_batch_ms, "lag": lag}
+                "last_batch_ms": self.last_batch_ms, "lag": lag,
+                "failed_tables": dict(self.failed_tables)}
 
     def reads(self, tables: list[str] | None) -> int:
         if not tables:

@@ -11,7 +11,7 @@ Two forms of the same policy:
 
 * :func:`retrying`, for a loop around one awaitable call (tenacity's ``AsyncRetrying``):
   retry only :class:`cdc_bridge.kernel.errors.RetryableError` (and the connection errors a
-  caller names), give up after ``deadline_s`` if one is set;
+  caller names), give up before a wait that would end past ``deadline_s``, if one is set;
 * :class:`Backoff`, for a loop that is not one call (wait for a process to exit, fetch
   in a loop that also handles idle timeouts): the loop says when an attempt failed
   (:meth:`Backoff.wait`, or :meth:`Backoff.next_delay` to only count it) and when it
@@ -30,7 +30,7 @@ from tenacity import (
     AsyncRetrying,
     RetryCallState,
     retry_if_exception_type,
-    stop_after_delay,
+    stop_before_delay,
     stop_never,
 )
 from tenacity.wait import wait_base
@@ -132,7 +132,7 @@ def retrying(
         sleep=sleep or _sleep,
         retry=retry_if_exception_type(retry_on),
         wait=Policy(initial_s, max_s, jitter_s),
-        stop=stop_never if deadline_s is None else stop_after_delay(deadline_s),
+        stop=stop_never if deadline_s is None else stop_before_delay(deadline_s),
         before_sleep=_before_sleep(what, on_retry or log_retry(log)),
         reraise=True,
     )
