@@ -18,6 +18,14 @@ without bound. A database created without incremental vacuum is converted by one
 
 Each thread gets its own connection (SQLite connections are not shared across
 threads); writers serialise on SQLite's lock with a generous busy timeout.
+
+A full disk: appends fail with a retryable error (capture waits, nothing is lost), but
+deleting published rows needs room too (WAL frames, and a checkpoint that copies the
+WAL into the database file). So the store keeps a reserve file beside the database
+(``outbox.db.reserve``, :data:`RESERVE_BYTES`): when a delete or a compaction finds
+the disk full, the reserve is given back, the WAL checkpointed and truncated, the
+published rows deleted and the file shrunk; the reserve is taken again once the disk
+has room for it twice over. Capture resumes by itself as soon as appends fit again.
 """
 
 from __future__ import annotations
@@ -57,6 +65,12 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 _CONVERT_LIMIT_BYTES = 256 * 1024 * 1024
 _WAL_LIMIT_BYTES = 64 * 1024 * 1024
 _VACUUM_PAGES_PER_CALL = 20_000
+#: Space kept aside for deleting published rows on a full disk (see the module docstring).
+RESERVE_BYTES = 32 * 1024 * 1024
+
+
+def _disk_full(e: BaseException) -> bool:
+    return isinstance(e, sqlite3.OperationalError) and "full" in str(e).lower()
 
 
 def _transient(e: sqlite3.OperationalError) -> bool:
@@ -68,9 +82,11 @@ def _transient(e: sqlite3.OperationalError) -> bool:
 class SqliteStore:
     """:class:`cdc_bridge.outbox.base.OutboxStore` on one SQLite file."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, reserve_bytes: int = RESERVE_BYTES) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.reserve_path = Path(f"{self.path}.reserve")
+        self.reserve_bytes = reserve_bytes
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
@@ -91,6 +107,42 @@ class SqliteStore:
             conn.execute("ROLLBACK")
             raise
         self.store_id: str = store_id
+        self._take_reserve()
+
+    # -- the reserve for a full disk ---------------------------------------------------
+
+    def _take_reserve(self) -> None:
+        """Create the reserve file if it is missing and the disk has room for it twice."""
+        if self.reserve_bytes <= 0 or self.reserve_path.exists():
+            return
+        try:
+            st = os.statvfs(self.path.parent)
+            if st.f_bavail * st.f_frsize < 2 * self.reserve_bytes:
+                return
+            fd = os.open(self.reserve_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except OSError:
+            return
+        try:
+            os.posix_fallocate(fd, 0, self.reserve_bytes)
+        except OSError:
+            os.close(fd)
+            self.reserve_path.unlink(missing_ok=True)
+            return
+        os.close(fd)
+
+    def _give_back_reserve(self) -> bool:
+        try:
+            self.reserve_path.unlink()
+        except FileNotFoundError:
+            return False
+        log.warning("outbox %s: the disk is full; gave back the %d MiB reserve to delete "
+                    "published rows", self.path, self.reserve_bytes >> 20)
+        return True
+
+    def _make_room(self, conn: sqlite3.Connection) -> None:
+        """On a full disk: reserve back, WAL into the database file and truncated."""
+        self._give_back_reserve()
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
 
     def _conn(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
@@ -190,17 +242,45 @@ class SqliteStore:
     def remove(self, up_to_seq: int) -> int:
         conn = self._conn()
         self._sync(conn, "NORMAL")
+        try:
+            return self._delete(conn, up_to_seq)
+        except sqlite3.OperationalError as e:
+            if not _disk_full(e):
+                raise
+        try:  # a full disk: make room with the reserve, delete, then shrink the file
+            self._make_room(conn)
+            removed = self._delete(conn, up_to_seq)
+            self._shrink(conn)
+        except sqlite3.OperationalError as e:
+            if _disk_full(e):
+                raise StoreUnavailable(f"outbox {self.path}: {e}; published rows are "
+                                       "deleted once the disk has room") from e
+            raise
+        return removed
+
+    @staticmethod
+    def _delete(conn: sqlite3.Connection, up_to_seq: int) -> int:
         cur = conn.execute("DELETE FROM outbox WHERE seq <= ?", (up_to_seq,))
         return cur.rowcount
 
-    def compact(self) -> None:
-        conn = self._conn()
+    def _shrink(self, conn: sqlite3.Connection) -> None:
         free = conn.execute("PRAGMA freelist_count").fetchone()[0]
         if free:
             # executescript steps the pragma to completion (execute() frees one page);
             # bounded so that one call never holds the write lock for long.
             conn.executescript(f"PRAGMA incremental_vacuum({_VACUUM_PAGES_PER_CALL});")
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+
+    def compact(self) -> None:
+        conn = self._conn()
+        try:
+            self._shrink(conn)
+        except sqlite3.OperationalError as e:
+            if not _disk_full(e):
+                raise
+            self._make_room(conn)
+            self._shrink(conn)
+        self._take_reserve()
 
     def stats(self) -> StoreStats:
         conn = self._conn()

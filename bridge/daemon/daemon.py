@@ -88,6 +88,7 @@ class Daemon:
         self.probe: NatsProbe | None = None
         self._outbox: dict[str, Any] = {}
         self._redactor = RedactingFilter(config.secrets)
+        self._warned: dict[str, float] = {}
 
     def request_stop(self) -> None:
         if not self.stop_event.is_set():
@@ -364,8 +365,15 @@ class Daemon:
                 await asyncio.to_thread(self.control.publish_state, self.started_ms,
                                         self.live_state())
             except Exception as e:  # the control file must never take the daemon down
-                log.warning("control channel: %s", e)
+                self._warn_once_a_minute(f"control channel: {e}")
             await asyncio.sleep(self.state_interval_s)
+
+    def _warn_once_a_minute(self, text: str) -> None:
+        """A warning that would repeat every second (a full disk): once a minute."""
+        now = time.monotonic()
+        if now - self._warned.get(text, -1e9) >= 60.0:
+            self._warned[text] = now
+            log.warning("%s (repeats are silent for a minute)", text)
 
     async def _refresh_outbox(self) -> None:
         assert self.store is not None
