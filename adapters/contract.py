@@ -48,10 +48,22 @@ from cdc_bridge.kernel.errors import (
 from cdc_bridge.kernel.model import StrictModel
 
 __all__ = [
-    "Adapter", "AdapterConfig", "AdapterContext", "AdapterType", "ChangeBatch", "Checkpoint",
-    "FatalError", "ReportsSnapshotProgress", "ReportsTableHealth", "RetryableError",
+    "Adapter",
+    "AdapterConfig",
+    "AdapterContext",
+    "AdapterType",
+    "ChangeBatch",
+    "Checkpoint",
+    "FatalError",
+    "ReportsSnapshotProgress",
+    "ReportsTableHealth",
+    "RetryableError",
     "SnapshotReport",
-    "SnapshotRequestError", "SourceSetupError", "SourceUnavailable", "SupportsInit",
+    "SnapshotRequestError",
+    "SourceSetupError",
+    "SourceUnavailable",
+    "SupportsInit",
+    "SupportsReset",
     "SupportsSnapshot",
 ]
 
@@ -70,6 +82,9 @@ class AdapterContext:
 
     state_dir: Path
     subject_prefix: str = "cdc"
+    #: The outbox store's id (``None`` outside the daemon): a source that keeps state on
+    #: the source side (a replication slot) records whose it is, and refuses another's.
+    store_id: str | None = None
 
 
 class Adapter(Protocol):
@@ -126,6 +141,16 @@ class ReportsTableHealth(Protocol):
     def failed_tables(self) -> dict[str, str]:
         """Tables set aside, with the reason; shown in ``status`` and as
         ``cdc_table_failed``. Empty when all is well."""
+        ...
+
+
+@runtime_checkable
+class SupportsReset(Protocol):
+    """Optional: forget the source-side state (``cdc-bridge reset-source``), so that the
+    next start begins afresh (for example: drop the replication slot)."""
+
+    async def reset(self) -> list[str]:
+        """Undo what capture left at the source; return one line per action."""
         ...
 
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
-from cdc_bridge.kernel.errors import RetryableError
+from cdc_bridge.kernel.errors import FatalError, RetryableError
 
 
 class OutboxMessage(NamedTuple):
@@ -81,6 +81,11 @@ class OutboxStore(Protocol):
         """All adapters' checkpoints."""
         ...
 
+    def forget(self, adapter: str) -> bool:
+        """Delete the adapter's checkpoint (``cdc-bridge reset-source``); ``True`` if
+        there was one. Its pending rows stay and are published."""
+        ...
+
     def pending(self, after_seq: int, limit: int) -> list[PendingRow]:
         """Up to ``limit`` rows with ``seq > after_seq``, in ``seq`` order."""
         ...
@@ -100,3 +105,8 @@ class OutboxStore(Protocol):
 
 class StoreUnavailable(RetryableError):
     """The store's database cannot be reached right now (PostgreSQL down, cut, restarting)."""
+
+
+class StoreDamaged(FatalError):
+    """The store's file is not a database any more (truncated, overwritten, corrupt):
+    waiting will not fix it; the message names the file and the way out."""

@@ -172,6 +172,14 @@ class PostgresStore:
 
         return self._run(do)
 
+    def forget(self, adapter: str) -> bool:
+        def do(conn: psycopg.Connection[Any]) -> bool:
+            cur = conn.execute(self._q("DELETE FROM {s}.checkpoints WHERE adapter = %s"),
+                               (adapter,))
+            return cur.rowcount > 0
+
+        return self._run(do)
+
     def pending(self, after_seq: int, limit: int) -> list[PendingRow]:
         def do(conn: psycopg.Connection[Any]) -> list[PendingRow]:
             rows = conn.execute(self._q(

@@ -38,12 +38,21 @@ import sqlite3
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
-from cdc_bridge.outbox.base import OutboxMessage, PendingRow, StoreStats, StoreUnavailable
+from cdc_bridge.outbox.base import (
+    OutboxMessage,
+    PendingRow,
+    StoreDamaged,
+    StoreStats,
+    StoreUnavailable,
+)
 
 log = logging.getLogger("cdc_bridge.outbox")
+_T = TypeVar("_T")
+_P = ParamSpec("_P")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -69,6 +78,35 @@ _VACUUM_PAGES_PER_CALL = 20_000
 RESERVE_BYTES = 32 * 1024 * 1024
 
 
+_DAMAGED = ("malformed", "not a database", "database corrupt")
+
+
+def _damaged(path: Path, e: sqlite3.DatabaseError) -> StoreDamaged | None:
+    if not any(w in str(e).lower() for w in _DAMAGED):
+        return None
+    return StoreDamaged(
+        f"outbox {path} is damaged ({e}): nothing in it can be trusted. Stop the bridge, "
+        f"move {path} (and its -wal and -shm files) aside, and start again: each source "
+        "then starts over from no checkpoint (the postgres source refuses while its "
+        "replication slot still exists: see docs/outbox.md, 'A lost or damaged outbox')")
+
+
+def _guard(method: Callable[Concatenate[SqliteStore, _P], _T]
+           ) -> Callable[Concatenate[SqliteStore, _P], _T]:
+    """Turn a damaged file's error into :class:`StoreDamaged` (fatal, with the way out)."""
+    def guarded(self: SqliteStore, /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.DatabaseError as e:
+            damaged = _damaged(self.path, e)
+            if damaged is not None:
+                raise damaged from e
+            raise
+
+    guarded.__doc__, guarded.__name__ = method.__doc__, method.__name__
+    return guarded
+
+
 def _disk_full(e: BaseException) -> bool:
     return isinstance(e, sqlite3.OperationalError) and "full" in str(e).lower()
 
@@ -82,6 +120,7 @@ def _transient(e: sqlite3.OperationalError) -> bool:
 class SqliteStore:
     """:class:`cdc_bridge.outbox.base.OutboxStore` on one SQLite file."""
 
+    @_guard
     def __init__(self, path: str | Path, reserve_bytes: int = RESERVE_BYTES) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -177,6 +216,7 @@ class SqliteStore:
         conn.execute("VACUUM")
         log.info("outbox %s converted to incremental vacuum", self.path)
 
+    @_guard
     def append(
         self, adapter: str, messages: list[OutboxMessage], checkpoint: dict[str, Any] | None
     ) -> int:
@@ -217,16 +257,25 @@ class SqliteStore:
         row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name='outbox'").fetchone()
         return 0 if row is None else int(row[0])
 
+    @_guard
     def checkpoint(self, adapter: str) -> dict[str, Any] | None:
         row = self._conn().execute(
             "SELECT value FROM checkpoints WHERE adapter=?", (adapter,)
         ).fetchone()
         return None if row is None else dict(json.loads(row[0]))
 
+    @_guard
     def checkpoints(self) -> dict[str, dict[str, Any]]:
         rows = self._conn().execute("SELECT adapter, value FROM checkpoints").fetchall()
         return {a: json.loads(v) for a, v in rows}
 
+    @_guard
+    def forget(self, adapter: str) -> bool:
+        conn = self._conn()
+        self._sync(conn, "FULL")
+        return conn.execute("DELETE FROM checkpoints WHERE adapter=?", (adapter,)).rowcount > 0
+
+    @_guard
     def pending(self, after_seq: int, limit: int) -> list[PendingRow]:
         rows = self._conn().execute(
             "SELECT seq, msg_id, subject, payload, headers, created_ms FROM outbox"
@@ -239,6 +288,7 @@ class SqliteStore:
             for seq, mid, subj, body, h, created in rows
         ]
 
+    @_guard
     def remove(self, up_to_seq: int) -> int:
         conn = self._conn()
         self._sync(conn, "NORMAL")
@@ -271,6 +321,7 @@ class SqliteStore:
             conn.executescript(f"PRAGMA incremental_vacuum({_VACUUM_PAGES_PER_CALL});")
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
 
+    @_guard
     def compact(self) -> None:
         conn = self._conn()
         try:
@@ -282,6 +333,7 @@ class SqliteStore:
             self._shrink(conn)
         self._take_reserve()
 
+    @_guard
     def stats(self) -> StoreStats:
         conn = self._conn()
         conn.execute("BEGIN")

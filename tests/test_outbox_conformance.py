@@ -71,6 +71,10 @@ def test_checkpoints_commit_with_the_batch(opener: Opener) -> None:
     assert store.checkpoint("a") == {"pos": 1, "lsn": "0/16B3748"}
     assert store.checkpoints() == {"a": {"pos": 1, "lsn": "0/16B3748"},
                                    "b": {"file": "x.csv", "line": 7}}
+    # reset-source: the checkpoint goes, the pending rows stay to be published
+    assert store.forget("a") is True and store.forget("a") is False
+    assert store.checkpoints() == {"b": {"file": "x.csv", "line": 7}}
+    assert len(store.pending(0, 10)) == 2
 
 
 def test_failure_mid_append_leaves_neither_messages_nor_checkpoint(opener: Opener) -> None:

@@ -47,6 +47,7 @@ from cdc_bridge.adapters.contract import (
     SnapshotReport,
     SnapshotRequestError,
 )
+from cdc_bridge.adapters.postgres import identity
 from cdc_bridge.adapters.postgres import pgoutput as po
 from cdc_bridge.adapters.postgres.changes import EventBuilder
 from cdc_bridge.adapters.postgres.config import PostgresConfig, split_name
@@ -93,6 +94,7 @@ class PostgresAdapter:
         self._ready = asyncio.Event()
         #: Set up and capturing (snapshot or stream); see the source contract.
         self.connected = False
+        self._claimed = False
 
     # ---------------------------------------------------------------- set-up
 
@@ -152,6 +154,10 @@ class PostgresAdapter:
         existing = await slot_info(self._sql, slot)
         if existing is not None:
             check_slot(existing, slot, info.database)
+            if self._marks():
+                owner = await identity.read_owner(self._sql, cfg.publication_name())
+                assert self.context.store_id is not None
+                identity.check(owner, slot, self.context.store_id, self.name, pos is not None)
         names = [t.qualified for t in info.tables + info.outbox]
         wants = cfg.snapshot != "never"
         if existing is None:
@@ -171,7 +177,8 @@ class PostgresAdapter:
             pos = Position()
             if wants:
                 pos.gen = 1
-                pos.snapshot = SnapshotProgress(1, 0, names)
+                pos.snapshot = SnapshotProgress(1, 0, names,
+                                                origin=existing.confirmed_flush_lsn or "")
         if pos.snapshot is not None:
             self._copy = await self._connect()
             assert self._values is not None
@@ -192,7 +199,8 @@ class PostgresAdapter:
                 self._copy = await self._connect()
                 await import_snapshot(self._copy, created.snapshot_name)
                 pos.gen = gen
-                pos.snapshot = SnapshotProgress(gen, 0, names)
+                pos.snapshot = SnapshotProgress(gen, 0, names,
+                                                origin=created.consistent_point)
             return pos
         finally:
             repl.close()  # the importing transaction now holds the snapshot
@@ -248,7 +256,52 @@ class PostgresAdapter:
     def lag(self) -> dict[str, float]:
         return {"bytes": float(self._stream.lag_bytes)} if self._stream is not None else {}
 
+    def _marks(self) -> bool:
+        """The publication carries the slot's owner (managed mode, inside the daemon)."""
+        return self.config.publication_mode == "managed" and self.context.store_id is not None
+
+    async def _claim(self) -> None:
+        """After the first commit: mark the publication with this outbox (identity)."""
+        self._claimed = True
+        if not self._marks() or self._sql is None:
+            return
+        pub, slot = self.config.publication_name(), self.config.slot_name()
+        assert self.context.store_id is not None
+        owner = identity.Owner(slot, self.context.store_id)
+        try:
+            if await identity.read_owner(self._sql, pub) != owner:
+                await identity.claim(self._sql, pub, slot, owner.store)
+                log.info("%s: publication %s marked: slot %s belongs to outbox %s", self.name,
+                         pub, slot, owner.store)
+        except psycopg.Error as e:  # e.g. not the publication's owner: capture goes on
+            log.warning("%s: cannot mark publication %s with this outbox (%s): a reset or "
+                        "replaced outbox will not be detected", self.name, pub, _first_line(e))
+
+    async def reset(self) -> list[str]:
+        """``cdc-bridge reset-source``: drop the slot and the mark; a new start snapshots."""
+        try:
+            self._sql = sql = await self._connect()
+            slot, pub = self.config.slot_name(), self.config.publication_name()
+            actions = []
+            existing = await slot_info(sql, slot)
+            if existing is not None and existing.active:
+                raise SourceSetupError(f"replication slot {slot} is in use: stop the daemon "
+                                       "that reads it first")
+            if existing is not None:
+                await sql.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
+                actions.append(f"dropped replication slot {slot} "
+                               f"(it was at {existing.confirmed_flush_lsn})")
+            if self.config.publication_mode == "managed" and \
+                    await identity.read_owner(sql, pub) is not None:
+                await identity.claim(sql, pub, slot, None)
+                actions.append(f"cleared the outbox mark on publication {pub}")
+            return actions or [f"nothing to undo at the source (no slot {slot})"]
+        finally:
+            await self.close()
+
     async def acknowledge(self, checkpoint: Checkpoint | None) -> None:
+        if checkpoint is not None and not self._claimed:
+            await self._claim()
         if checkpoint is not None and self._stream is not None:
             self._stream.acknowledge(po.str_to_lsn(checkpoint["lsn"]))
         if checkpoint is not None and checkpoint.get("resnapshot"):

@@ -130,6 +130,10 @@ class SnapshotProgress:
     #: Last primary key copied of ``current`` (text form), ``None`` = none yet.
     after: list[str | None] | None = None
     rows: int = 0
+    #: Where the slot stood when this snapshot began: part of the ``r`` event ids, so a
+    #: snapshot on a new or reset slot never repeats an earlier one's ids (the duplicate
+    #: window would drop its rows). Empty in checkpoints written before it existed.
+    origin: str = ""
 
     def remaining(self) -> list[str]:
         return [t for t in self.tables if t not in self.done]
@@ -137,13 +141,13 @@ class SnapshotProgress:
     def to_json(self) -> dict[str, Any]:
         return {"gen": self.gen, "attempt": self.attempt, "tables": self.tables,
                 "done": self.done, "current": self.current, "after": self.after,
-                "rows": self.rows}
+                "rows": self.rows, **({"origin": self.origin} if self.origin else {})}
 
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> SnapshotProgress:
         return cls(int(raw["gen"]), int(raw["attempt"]), list(raw["tables"]),
                    list(raw["done"]), raw.get("current"), raw.get("after"),
-                   int(raw.get("rows", 0)))
+                   int(raw.get("rows", 0)), str(raw.get("origin", "")))
 
 
 @dataclass(slots=True)

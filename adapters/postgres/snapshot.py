@@ -148,7 +148,8 @@ class SnapshotReader:
                 break
             batch = ChangeBatch()
             now_ms = int(time.time() * 1000)
-            prefix = f"snap:{progress.gen}.{progress.attempt}:{info.qualified}:"
+            origin = f"@{progress.origin}" if progress.origin else ""
+            prefix = f"snap:{progress.gen}.{progress.attempt}{origin}:{info.qualified}:"
             for i, row in enumerate(texts):
                 key = [ctids[i]] if by_ctid else [row[j] for j in rel.key_idx]
                 self._add(batch, rel, row, prefix + orjson.dumps(key).decode(), now_ms)

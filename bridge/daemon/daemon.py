@@ -126,7 +126,8 @@ class Daemon:
             relay_task = asyncio.create_task(self._guard(self._run_relay(), "relay"),
                                              name="relay")
             context = AdapterContext(state_dir=cfg.state_dir,
-                                     subject_prefix=nats_cfg.subject_prefix)
+                                     subject_prefix=nats_cfg.subject_prefix,
+                                     store_id=self.store.store_id)
             adapter_tasks = [
                 asyncio.create_task(self._guard(self._supervise(a, context), a.name),
                                     name=a.name)
