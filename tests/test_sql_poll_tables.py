@@ -3,8 +3,9 @@
 Against a real MariaDB and a real bridge process: a column named with a backtick or a
 space is read (SQLAlchemy's MySQL reflection doubles the backtick; the adapter undoes
 it); a configured table that does not exist, and one dropped while the bridge runs, are
-set aside with their reason in ``status`` and ``cdc_table_failed`` while the other
-tables keep flowing; their checkpoints stay in the adapter's checkpoint.
+set aside (or, dropped while captured, waited for) with their reason in ``status`` and
+``cdc_table_failed`` while the other tables keep flowing; their checkpoints stay in the
+adapter's checkpoint. A table dropped and created again sends a ``t`` and its rows.
 """
 
 from __future__ import annotations
@@ -76,4 +77,52 @@ def test_odd_columns_and_a_failing_table_do_not_stop_the_others(
         assert "erp: table missing set aside:" in text, text
     finally:
         assert bridge.terminate() == 0, bridge.log()
-    assert "table 'doomed' set aside, the other tables go on" in bridge.log()
+    assert "table 'missing' set aside, the other tables go on" in bridge.log()
+    assert "table 'doomed' was captured before and is gone" in bridge.log()
+
+
+def test_a_reloaded_table_sends_t_then_its_rows(
+        tmp_path: Path, nats_server: NatsServer, maria_db: str) -> None:  # noqa: F811
+    """Nightly reload of an ``incrementing`` table: its keys start again at 1, below the
+    cursor, so without the check the new rows were never read."""
+    engine = sa.create_engine(maria_db, isolation_level="AUTOCOMMIT")
+    with engine.connect() as c:
+        c.exec_driver_sql("CREATE TABLE inv (id int PRIMARY KEY AUTO_INCREMENT, v text)")
+        c.exec_driver_sql("INSERT INTO inv (v) VALUES ('a'), ('b'), ('c'), ('d'), ('e')")
+    cfg = write_config(tmp_path / "bridge.yaml", {
+        "state_dir": str(tmp_path / "state"), "nats": {"url": nats_server.url},
+        "adapters": [{"name": "erp", "type": "sql_poll", "url": maria_db,
+                      "poll_interval": "100ms",
+                      "tables": [{"name": "inv", "incrementing_column": "id"}]}]})
+
+    def folded() -> dict[int, str]:
+        state: dict[int, str] = {}
+        for m in stream_messages(nats_server.url, subject="cdc.erp.>"):
+            d = m.body["data"]
+            if d["op"] == "t":
+                state.clear()
+            elif d["op"] in ("c", "r"):
+                state[d["after"]["id"]] = d["after"]["v"]
+        return state
+
+    def table() -> dict[int, str]:
+        with engine.connect() as c:
+            return dict(c.exec_driver_sql("SELECT id, v FROM inv").fetchall())
+
+    bridge = BridgeProcess(cfg, tmp_path / "bridge.log")
+    bridge.start()
+    try:
+        wait_for(lambda: folded() == table(), what="the first snapshot")
+        with engine.connect() as c:  # the reload, all within the same second
+            c.exec_driver_sql("DROP TABLE inv")
+            c.exec_driver_sql("CREATE TABLE inv (id int PRIMARY KEY AUTO_INCREMENT, v text)")
+            c.exec_driver_sql("INSERT INTO inv (v) VALUES ('new1'), ('new2')")
+        wait_for(lambda: folded() == table(), what="the reloaded table through t and r")
+        with engine.connect() as c:
+            c.exec_driver_sql("INSERT INTO inv (v) VALUES ('new3')")
+        wait_for(lambda: folded() == table(), what="new rows after the reload")
+    finally:
+        assert bridge.terminate() == 0, bridge.log()
+    ops = [m.body["data"]["op"] for m in stream_messages(nats_server.url, subject="cdc.erp.>")]
+    assert ops == ["r"] * 5 + ["t", "r", "r", "c"], ops
+    assert "the table was dropped and created again" in bridge.log()

@@ -68,6 +68,7 @@ from cdc_bridge.adapters.postgres.setup import (
 )
 from cdc_bridge.adapters.postgres.snapshot import SnapshotReader, fresh_snapshot, import_snapshot
 from cdc_bridge.adapters.postgres.stream import StreamReader
+from cdc_bridge.adapters.postgres.tables import TableWatch
 from cdc_bridge.adapters.postgres.values import ValueDecoder
 from cdc_bridge.kernel.errors import SourceSetupError, SourceUnavailable
 
@@ -86,6 +87,9 @@ class PostgresAdapter:
         self._repl: ReplicationConnection | None = None
         self._stream: StreamReader | None = None
         self._heartbeat: asyncio.Task[None] | None = None
+        self._watch: asyncio.Task[None] | None = None
+        self._resets: set[asyncio.Task[None]] = set()
+        self._user = ""
         self._values: ValueDecoder | None = None
         self._pos: Position | None = None
         self._resnap: Resnapshotter | None = None
@@ -113,6 +117,7 @@ class PostgresAdapter:
     async def _setup(self) -> SourceInfo:
         self._sql = sql = await self._connect()
         user, database = await check_server(sql)
+        self._user = user
         tables = await resolve_tables(sql, self.config, user)
         outbox = await resolve_outbox_tables(sql, self.config, user)
         info = SourceInfo(tables, user, database, outbox=outbox)
@@ -250,8 +255,21 @@ class PostgresAdapter:
         if self.config.heartbeat_interval > 0:
             self._heartbeat = asyncio.create_task(run_heartbeat(
                 self.name, self.config.dsn, self.config.heartbeat_interval, stream.idle_s))
+        stream.on_reset = self._table_back
+        if self.config.table_check_interval > 0:
+            watch = TableWatch(self.name, self.config, self._tables, self._user,
+                               lambda e: setattr(stream, "failure", e))
+            self._watch = asyncio.create_task(watch.run(), name=f"{self.name}-tables")
         async for batch in stream.batches():
             yield batch
+
+    def _table_back(self, table: str) -> None:
+        """The stream reached a table's reset (tables.py): re-snapshot that table."""
+        if self._resnap is not None:
+            self._resnap.forget(table)
+        task = asyncio.get_running_loop().create_task(self.request_snapshot([table]))
+        self._resets.add(task)
+        task.add_done_callback(self._resets.discard)
 
     def lag(self) -> dict[str, float]:
         return {"bytes": float(self._stream.lag_bytes)} if self._stream is not None else {}
@@ -372,11 +390,13 @@ class PostgresAdapter:
 
     async def close(self) -> None:
         self.connected = False
-        if self._heartbeat is not None:
-            self._heartbeat.cancel()
-            with contextlib.suppress(BaseException):
-                await self._heartbeat
-            self._heartbeat = None
+        for task in (self._heartbeat, self._watch, *self._resets):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
+        self._heartbeat = self._watch = None
+        self._resets.clear()
         if self._resnap is not None:
             await self._resnap.close()
             self._resnap = None

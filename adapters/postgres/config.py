@@ -35,6 +35,8 @@ _IDENT = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 #: Prefix of the logical messages the heartbeat writes (never emitted as events).
 HEARTBEAT_PREFIX = "cdc-bridge-heartbeat"
+#: Logical message written with a table's return to the publication (see tables.py).
+RESET_PREFIX = "cdc-bridge-reset"
 
 
 class PgTable(StrictModel):
@@ -78,6 +80,12 @@ class PostgresConfig(AdapterConfig):
     heartbeat_interval: Duration = 10.0
     #: Prefixes of pg_logical_emit_message messages to emit as events (see README).
     messages: list[str] = Field(default_factory=list)
+    #: A captured table dropped and re-created, or taken out of the publication:
+    #: ``resnapshot`` puts it back (managed publication) and sends a ``t`` then its rows
+    #: again as ``r``; ``stop`` stops the daemon with the reason.
+    on_table_change: Literal["resnapshot", "stop"] = "resnapshot"
+    #: How often the captured tables are compared with the publication; 0 disables.
+    table_check_interval: Duration = 30.0
     connect_timeout: Duration = 10.0
 
     @field_validator("slot", "publication")
@@ -110,8 +118,8 @@ class PostgresConfig(AdapterConfig):
     @field_validator("messages")
     @classmethod
     def _no_heartbeat(cls, value: list[str]) -> list[str]:
-        if HEARTBEAT_PREFIX in value:
-            raise ValueError(f"{HEARTBEAT_PREFIX!r} is reserved for heartbeats")
+        if HEARTBEAT_PREFIX in value or RESET_PREFIX in value:
+            raise ValueError(f"{HEARTBEAT_PREFIX!r} and {RESET_PREFIX!r} are reserved")
         return value
 
     def slot_name(self) -> str:

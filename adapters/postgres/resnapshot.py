@@ -239,6 +239,10 @@ class Resnapshotter:
     async def close(self) -> None:
         await self._drop()
 
+    def forget(self, table: str) -> None:
+        """``table`` was re-created: read its shape again before its next chunk."""
+        self._rels.pop(table, None)
+
     def _rel(self, table: str) -> RelationState:
         rel = self._rels.get(table)
         if rel is None:

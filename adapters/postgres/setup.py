@@ -175,6 +175,17 @@ async def resolve_outbox_tables(conn: psycopg.AsyncConnection[tuple[Any, ...]],
     return out
 
 
+async def reread_table(conn: psycopg.AsyncConnection[Any], qualified: str,
+                       rules: ColumnRules | None, user: str) -> TableInfo | None:
+    """The catalogue's view of one captured table now (``None``: it does not exist)."""
+    schema, name = split_name(qualified)
+    cur = await conn.execute(_TABLES_SQL, (schema, False, name))
+    row = await cur.fetchone()
+    if row is None:
+        return None
+    return await _table_info(conn, row, PgTable(name=qualified, columns=rules), user)
+
+
 async def _table_info(conn: psycopg.AsyncConnection[tuple[Any, ...]],
                       row: tuple[Any, ...], spec: PgTable, user: str) -> TableInfo:
     oid, schema, name, ident, estimate, can_select, _owner, pk, partitioned = row

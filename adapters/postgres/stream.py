@@ -44,7 +44,7 @@ import orjson
 from cdc_bridge.adapters.contract import ChangeBatch
 from cdc_bridge.adapters.postgres import pgoutput as po
 from cdc_bridge.adapters.postgres.changes import EventBuilder, RelationState, TxMeta
-from cdc_bridge.adapters.postgres.config import HEARTBEAT_PREFIX, PostgresConfig
+from cdc_bridge.adapters.postgres.config import HEARTBEAT_PREFIX, RESET_PREFIX, PostgresConfig
 from cdc_bridge.adapters.postgres.position import Position, governing
 from cdc_bridge.adapters.postgres.replication import ReplicationConnection
 from cdc_bridge.adapters.postgres.resnapshot import Resnapshotter
@@ -96,6 +96,10 @@ class StreamReader:
         self.lag_bytes = 0
         #: Set by the adapter: on-demand re-snapshots interleaved with the stream.
         self.resnap: Resnapshotter | None = None
+        #: A problem found beside the stream (the table watch): raised by ``batches``.
+        self.failure: BaseException | None = None
+        #: Called with a table whose reset message the stream reached (see tables.py).
+        self.on_reset: Callable[[str], None] | None = None
 
     # ---------------------------------------------------------------- public
 
@@ -107,6 +111,8 @@ class StreamReader:
         log.info("%s: streaming from slot %s at %s", self.name, cfg.slot_name(),
                  po.lsn_to_str(self.pos.lsn))
         while True:
+            if self.failure is not None:
+                raise self.failure
             raws = self.conn.read_available()
             for raw in raws:
                 rel = self._handle(raw)
@@ -332,6 +338,9 @@ class StreamReader:
                 self.events.append(ev)
 
     def _logical(self, m: po.LogicalMessage, lsn: int) -> None:
+        if m.prefix == RESET_PREFIX and m.transactional:
+            self._reset(m.content.decode("utf-8", "replace"), lsn)
+            return
         if m.prefix == HEARTBEAT_PREFIX:
             if self.tx is None:
                 self.idle_end = max(self.idle_end, lsn)
@@ -359,6 +368,22 @@ class StreamReader:
             after={"prefix": m.prefix, "content": content, "transactional": m.transactional},
             txid=meta.xid or None, ts_ms=meta.ts_ms,
             source_extra={"lsn": po.lsn_to_str(m.lsn), "snapshot": False}))
+
+
+    def _reset(self, table: str, lsn: int) -> None:
+        """A captured table came back (tables.py): a ``t`` for it, then a re-snapshot."""
+        step = self._next()
+        info = self.builder.tables.get(table)
+        if step is None or info is None:
+            return
+        tx, index = step
+        self._note()
+        self.events.append(self.builder.event(
+            self.builder.table_state(info), "t", tx.meta, index, None, None,
+            {"lsn": po.lsn_to_str(lsn), "snapshot": False, "reason": "table re-created or "
+             "put back in the publication: its rows follow as a re-snapshot"}))
+        if self.on_reset is not None:
+            self.on_reset(table)
 
 
 def _spread(rel: RelationState, key_texts: list[str | None]) -> list[str | None]:

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -51,11 +52,18 @@ from cdc_bridge.adapters.sql_poll.diff_state import DiffState
 from cdc_bridge.adapters.sql_poll.resnapshot import Resnap, resnap_page
 from cdc_bridge.adapters.sql_poll.source import TableSource, classify, create_engine
 from cdc_bridge.adapters.sql_poll.values import Cursor
-from cdc_bridge.kernel.errors import BridgeError, FatalError, SourceSetupError
+from cdc_bridge.kernel.errors import (
+    BridgeError,
+    FatalError,
+    SourceSetupError,
+    SourceUnavailable,
+)
 from cdc_bridge.kernel.events import ChangeEvent, DeadLetter
 
 if TYPE_CHECKING:
     from cdc_bridge.adapters.contract import AdapterContext
+
+_MISSING = re.compile(r"not found|doesn't exist|does not exist|no such table", re.I)
 
 log = logging.getLogger("cdc_bridge.adapter.sql_poll")
 T = TypeVar("T")
@@ -101,6 +109,9 @@ class SqlPollAdapter:
         #: checkpoint each had, kept in every checkpoint so a later run resumes them.
         self.failed: dict[str, str] = {}
         self._held: dict[str, Any] = {}
+        #: Tables captured before and gone now (dropped for a reload?), looked for again.
+        self._waiting: dict[str, PollTable] = {}
+        self._looked_ms = 0
 
     @property
     def state_path(self) -> Path:
@@ -116,36 +127,72 @@ class SqlPollAdapter:
             self.resnap = dict(checkpoint["resnap"])  # type: ignore[index]
         self._committed = dict(self.resnap)
         for spec in cfg.tables:
-            try:
-                source = self._guard(
-                    lambda s=spec: TableSource(self.engine, s),  # type: ignore[misc]
-                    f"table {spec.ident!r}")
-            except FatalError as e:
-                if len(cfg.tables) == 1:
-                    raise
-                self._set_aside(spec.ident, e, saved.get(spec.ident))
-                continue
-            batch = spec.batch_size or cfg.batch_size
-            interval = spec.poll_interval if spec.poll_interval is not None else \
-                cfg.poll_interval
-            runner: CursorTable | DiffTable
-            if source.mode == "diff":
-                if self.state is None:
-                    self.state = DiffState(self.state_path)
-                runner = DiffTable(self.name, source, self.state, batch_size=batch,
-                                   progress_interval_s=cfg.progress_interval)
-                runner.load(saved.get(spec.ident))
-            else:
-                lag = spec.lag_window if spec.lag_window is not None else cfg.lag_window
-                runner = CursorTable(self.name, source, batch_size=batch, lag_s=lag,
-                                     max_window_rows=cfg.max_window_rows,
-                                     progress_interval_s=cfg.progress_interval)
-                runner.load(saved.get(spec.ident))
-            self.slots.append(_Slot(spec, runner, interval))
-        if not self.slots:  # nothing left to capture: the adapter itself cannot run
+            self._open_table(spec, saved.get(spec.ident), single=len(cfg.tables) == 1)
+        if not self.slots and not self._waiting:  # nothing to capture: the adapter cannot run
             raise SourceSetupError("; ".join(f"{t}: {r}" for t, r in self.failed.items()))
         log.info("%s: polling %d table(s) on %s", self.name, len(self.slots),
                  self.engine.dialect.name)
+
+    def _open_table(self, spec: PollTable, saved: Any, single: bool) -> None:
+        """Reflect one table and add its runner; a failure of its own sets it aside (or,
+        a table captured before and gone now, waits for it)."""
+        cfg, engine = self.config, self.engine
+        assert engine is not None
+        try:
+            source = self._guard(lambda: TableSource(engine, spec), f"table {spec.ident!r}")
+        except FatalError as e:
+            if self._gone(e, saved is not None):
+                if single:
+                    raise SourceUnavailable(f"{self.name}: table {spec.ident!r} was captured "
+                                            "before and is gone (dropped for a reload?): "
+                                            "waiting for it") from None
+                self._wait_for(spec, saved)
+                return
+            if single:
+                raise
+            self._set_aside(spec.ident, e, saved)
+            return
+        batch = spec.batch_size or cfg.batch_size
+        interval = spec.poll_interval if spec.poll_interval is not None else cfg.poll_interval
+        runner: CursorTable | DiffTable
+        if source.mode == "diff":
+            if self.state is None:
+                self.state = DiffState(self.state_path)
+            runner = DiffTable(self.name, source, self.state, batch_size=batch,
+                               progress_interval_s=cfg.progress_interval)
+        else:
+            lag = spec.lag_window if spec.lag_window is not None else cfg.lag_window
+            runner = CursorTable(self.name, source, batch_size=batch, lag_s=lag,
+                                 max_window_rows=cfg.max_window_rows,
+                                 progress_interval_s=cfg.progress_interval)
+        runner.load(saved)
+        self.slots.append(_Slot(spec, runner, interval))
+        if self._waiting.pop(spec.ident, None) is not None:
+            self.failed.pop(spec.ident, None)
+            self._held.pop(spec.ident, None)
+            log.warning("%s: table %r is back", self.name, spec.ident)
+
+    def _gone(self, error: BaseException, captured_before: bool) -> bool:
+        """A table captured before that does not exist now was most likely dropped to be
+        created again (a nightly reload): wait for it, then the reset check sends its
+        ``t`` and its rows. A table never seen is a configuration error."""
+        return (captured_before and self.config.on_table_change == "resnapshot"
+                and _MISSING.search(str(error)) is not None)
+
+    def _wait_for(self, spec: PollTable, saved: Any) -> None:
+        if spec.ident not in self._waiting:
+            log.warning("%s: table %r was captured before and is gone (dropped for a "
+                        "reload?): the other tables go on; it is looked for again every "
+                        "poll", self.name, spec.ident)
+        self._waiting[spec.ident] = spec
+        self.failed[spec.ident] = "gone (dropped?): waiting for it to come back"
+        if saved is not None:
+            self._held[spec.ident] = saved
+
+    def _look_for_waiting(self) -> None:
+        """Blocking: try the tables that were gone again."""
+        for ident, spec in list(self._waiting.items()):
+            self._open_table(spec, self._held.get(ident), single=False)
 
     def _set_aside(self, ident: str, error: BaseException, saved: Any) -> None:
         """One table failed for a reason waiting will not fix: stop polling it, say so
@@ -189,10 +236,18 @@ class SqlPollAdapter:
                     events, dead = await self._in_thread(
                         lambda s=slot: self._unit(s))  # type: ignore[misc]
                 except FatalError as e:
-                    if len(self.slots) == 1:
+                    gone = self._gone(e, True)
+                    if len(self.slots) == 1 and not self._waiting:
+                        if gone:
+                            raise SourceUnavailable(f"{self.name}: table "
+                                                    f"{slot.spec.ident!r} is gone: waiting "
+                                                    "for it") from None
                         raise
                     self.slots.remove(slot)
-                    self._set_aside(slot.spec.ident, e, slot.runner.dump())
+                    if gone:
+                        self._wait_for(slot.spec, slot.runner.dump())
+                    else:
+                        self._set_aside(slot.spec.ident, e, slot.runner.dump())
                     continue
                 self._note_resnap(slot, events)
                 current = self.checkpoint()
@@ -200,7 +255,12 @@ class SqlPollAdapter:
                     committed = current
                     yield ChangeBatch(events, current, dead)
             self._update_lag()
-            if not due or all(s.next_ms > int(time.time() * 1000) for s in self.slots):
+            if self._waiting and now_ms - self._looked_ms >= self.config.poll_interval * 1000:
+                self._looked_ms = now_ms
+                await self._in_thread(self._look_for_waiting)
+            if not self.slots:
+                await asyncio.sleep(min(self.config.poll_interval, 1.0))
+            elif not due or all(s.next_ms > int(time.time() * 1000) for s in self.slots):
                 wake_ms = min(s.next_ms for s in self.slots)
                 delay = (wake_ms - int(time.time() * 1000)) / 1000
                 await asyncio.sleep(min(max(delay, 0.0), 1.0))
@@ -238,6 +298,10 @@ class SqlPollAdapter:
             slot.next_ms = 0 if runner.resnap is not None else slot.poll_due_ms
             return events, dead
         if not slot.polling:
+            reset = runner.reset_check(conn, self.config.on_table_change)
+            if reset:  # re-created: its t now, its rows from the next unit (snapshot)
+                slot.next_ms = 0
+                return reset, []
             slot.page_after = runner.begin_poll(conn, now_ms)
             slot.polling = True
             slot.poll_started_ms = now_ms  # type: ignore[attr-defined]

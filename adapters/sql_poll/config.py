@@ -130,6 +130,10 @@ class SqlPollConfig(AdapterConfig):
     max_window_rows: int = Field(default=5_000, ge=0, le=1_000_000)
     #: Seconds between snapshot progress log lines.
     progress_interval: Duration = 10.0
+    #: A cursor-mode table dropped and created again (or, on MySQL/MariaDB, truncated):
+    #: ``resnapshot`` sends a ``t`` then its rows again as ``r``; ``stop`` sets the table
+    #: aside with the reason (the other tables go on).
+    on_table_change: Literal["resnapshot", "stop"] = "resnapshot"
     tables: list[PollTable] = Field(min_length=1)
 
     @model_validator(mode="after")

@@ -59,6 +59,7 @@ from cdc_bridge.adapters.sql_poll.values import (
 )
 from cdc_bridge.adapters.sql_poll.window import Window
 from cdc_bridge.adapters.transform import apply_rules, mask_value
+from cdc_bridge.kernel.errors import SourceSetupError
 from cdc_bridge.kernel.events import ChangeEvent, DeadLetter, Op
 
 log = logging.getLogger("cdc_bridge.adapter.sql_poll")
@@ -94,11 +95,18 @@ class CursorTable:
         self.started = False
         self.hw: Cursor | None = None
         self.max_inc: Any = None
+        #: The table's identity when capture started (:meth:`TableSource.identity`).
+        self.identity: str | None = None
+        #: Resets seen (tables re-created): part of every position after the first, so
+        #: the rows read again never carry the ids of their predecessors.
+        self.epoch = 0
         self.snap: dict[str, int] | None = None
         #: On-demand re-snapshot in progress (:mod:`cdc_bridge.adapters.sql_poll.resnapshot`).
         self.resnap: Resnap | None = None
         self._progress_at = 0.0
         self._warned_at = 0.0
+        #: After a reset: the next first run snapshots whatever the table's setting.
+        self.force_snapshot = False
         #: A row's cursor tuple, made without a generator (it runs for every row).
         self._cursor_of = _cursor_getter(source.cursor_names)
 
@@ -118,12 +126,48 @@ class CursorTable:
         self.hw = decode_cursor(data.get("hw"))
         self.max_inc = decode_value(data.get("max_inc"))
         self.snap = data.get("snapshot")
+        self.identity = data.get("identity")
+        self.epoch = int(data.get("epoch", 0))
 
     def dump(self) -> dict[str, Any]:
         return {"mode": self.source.mode, "window": self.window.to_json(),
                 "hw": encode_cursor(self.hw), "max_inc": encode_value(self.max_inc),
                 "snapshot": self.snap,
+                **({} if self.identity is None else {"identity": self.identity}),
+                **({"epoch": self.epoch} if self.epoch else {}),
                 **({} if self.resnap is None else {"resnap": self.resnap.to_json()})}
+
+    def reset_check(self, conn: sa.Connection, on_change: str) -> list[ChangeEvent]:
+        """Before a poll: the table re-created under its name? Then (``resnapshot``) one
+        ``t`` event and a fresh start with an initial snapshot; (``stop``) a fatal error
+        for this table alone. Nothing when the database cannot tell."""
+        now = self.source.identity(conn)
+        if now is None or now == self.identity or not self.started:
+            if self.started or self.identity is None:
+                self.identity = now
+            return []
+        if self.identity is None:  # a checkpoint from before identities: adopt it
+            self.identity = now
+            return []
+        what = f"{self.adapter}/{self.spec.ident}: the table was dropped and created again"
+        if on_change == "stop":
+            raise SourceSetupError(f"{what} (on_table_change: stop): its rows since then are "
+                                   "not captured; restart with on_table_change: resnapshot")
+        log.warning("%s: sending t and its rows again (snapshot)", what)
+        event = ChangeEvent(adapter=self.adapter, schema=self.source.schema,
+                            table=self.source.table_name, op="t",
+                            position=f"{self.tag}:reset@{now}", key=None,
+                            ts_ms=int(time.time() * 1000),
+                            source_extra={"reason": "table re-created"})
+        self.window, self.started, self.hw, self.max_inc = Window(), False, None, None
+        self.snap, self.resnap = None, None
+        self.identity, self.force_snapshot, self.epoch = now, True, self.epoch + 1
+        return [event]
+
+    @property
+    def tag(self) -> str:
+        """The table's part of event positions (``ident``, then ``ident~N`` after resets)."""
+        return self.spec.ident if not self.epoch else f"{self.spec.ident}~{self.epoch}"
 
     # --- polling ----------------------------------------------------------------------
 
@@ -136,7 +180,8 @@ class CursorTable:
         return self.window.base
 
     def _first_run(self, conn: sa.Connection) -> None:
-        snapshot = self.spec.effective_snapshot
+        snapshot = "initial" if self.force_snapshot else self.spec.effective_snapshot
+        self.force_snapshot = False
         top = self.source.max_cursor(conn)
         if self.source.inc_name is not None and self.source.mode == "timestamp+incrementing":
             self.max_inc = conn.execute(sa.select(sa.func.max(
@@ -198,11 +243,11 @@ class CursorTable:
                    for k, v in key.items()}
         if src.mode == "incrementing":
             version = value_text(cursor[0])
-            position = f"{spec.ident}:{version}"
+            position = f"{self.tag}:{version}"
         else:
             version = ",".join(value_text(v) for v in cursor[:2 if src.inc_name else 1])
             content = fingerprint(row_hash(image))[:8]
-            position = f"{spec.ident}:{key_text(key)}@{version}#{content}"
+            position = f"{self.tag}:{key_text(key)}@{version}#{content}"
         fp = fingerprint(position)
         if self.window.is_seen(fp):
             return None
@@ -219,9 +264,9 @@ class CursorTable:
         src, cursor = self.source, bad.cursor
         version = ",".join(value_text(v) for v in cursor[:2 if src.inc_name else 1])
         if src.mode == "incrementing":
-            position = f"{self.spec.ident}:{version}"
+            position = f"{self.tag}:{version}"
         else:
-            position = f"{self.spec.ident}:{key_text(bad.key)}@{version}"
+            position = f"{self.tag}:{key_text(bad.key)}@{version}"
         fp = fingerprint("dlq:" + position)
         if self.window.is_seen(fp):
             return None

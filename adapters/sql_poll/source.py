@@ -191,6 +191,8 @@ class TableSource:
         self.key_elems = [cols[c] for c in self.key_cols]
         self.read_cols = self._read_columns()
         self.float_cols = _float_columns(self.read_cols)
+        #: InnoDB's table list under its MariaDB and MySQL 8 names (see ``identity``).
+        self._innodb_tables = ["INNODB_SYS_TABLES", "INNODB_TABLES"]
 
     # --- set-up -----------------------------------------------------------------------
 
@@ -373,6 +375,48 @@ class TableSource:
             query = query.where(self.selectable.c[self.ts_name].is_not(None))
         row = conn.execute(query).first()
         return None if row is None else tuple(row)
+
+    def identity(self, conn: sa.Connection) -> str | None:
+        """What tells this table from one dropped and created again under its name (or,
+        on MySQL/MariaDB, emptied by TRUNCATE, which also re-creates it): PostgreSQL's
+        OID, MySQL/MariaDB's creation time. ``None`` where the database cannot tell
+        (SQLite, others, a query): then no reset is ever detected."""
+        if self.spec.mode == "query":
+            return None
+        dialect = conn.dialect.name
+        if dialect == "postgresql":
+            query = sa.text("SELECT c.oid::text FROM pg_class c JOIN pg_namespace n ON "
+                            "n.oid = c.relnamespace WHERE c.relname = :t AND "
+                            "n.nspname = COALESCE(:s, current_schema())")
+        elif dialect in ("mysql", "mariadb"):
+            return self._mysql_identity(conn)
+        else:
+            return None
+        value = conn.execute(query, {"t": self.table_name, "s": self.schema}).scalar()
+        return None if value is None else str(value)
+
+    def _mysql_identity(self, conn: sa.Connection) -> str | None:
+        """Creation time (seconds only) and, where readable, InnoDB's table id, which
+        tells apart a table re-created within the same second."""
+        params = {"t": self.table_name, "s": self.schema}
+        for innodb in self._innodb_tables:
+            query = sa.text(
+                "SELECT CONCAT(CAST(t.CREATE_TIME AS CHAR), '#', COALESCE((SELECT "
+                f"CAST(i.TABLE_ID AS CHAR) FROM information_schema.{innodb} i WHERE i.NAME "
+                "= CONCAT(t.TABLE_SCHEMA, '/', t.TABLE_NAME)), '')) FROM "
+                "information_schema.TABLES t WHERE t.TABLE_NAME = :t AND "
+                "t.TABLE_SCHEMA = COALESCE(:s, DATABASE())")
+            try:
+                value = conn.execute(query, params).scalar()
+            except SQLAlchemyError:  # not this server's name, or no PROCESS privilege
+                conn.rollback()
+                self._innodb_tables = self._innodb_tables[1:]
+                continue
+            return None if value is None else str(value)
+        value = conn.execute(sa.text(
+            "SELECT CAST(CREATE_TIME AS CHAR) FROM information_schema.TABLES WHERE "
+            "TABLE_NAME = :t AND TABLE_SCHEMA = COALESCE(:s, DATABASE())"), params).scalar()
+        return None if value is None else str(value)
 
     def count(self, conn: sa.Connection) -> int:
         return int(conn.execute(
