@@ -22,7 +22,11 @@ from typing import Any
 import pytest
 
 from tests.helpers import STARTED
-from tests.services.mariadb import MariaDBServer
+from tests.services.mariadb import (  # noqa: F401  (fixtures: row binlog servers)
+    MariaDBServer,
+    fresh_mariadb_binlog,
+    mariadb_binlog_server,
+)
 from tests.services.nats_server import NatsServer
 from tests.services.postgres import PostgresServer
 

@@ -2,6 +2,10 @@
 
 Initialised with ``mariadb-install-db`` and run as the ``mysql`` user when we are root.
 Root connects over TCP on 127.0.0.1 without password; database ``test`` exists.
+``MariaDBServer(binlog=True)`` runs it with a row binary log (``--log-bin``,
+``binlog_format=ROW``, ``binlog_row_image=FULL``, ``binlog_row_metadata=FULL``, a
+``server_id`` of its own) for ``type: mysql_binlog``; the fixtures of such servers are at
+the end of this module.
 """
 
 from __future__ import annotations
@@ -12,14 +16,20 @@ import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 from tests.services.ports import free_port, wait_closed, wait_listening
 
 
 class MariaDBServer:
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(self, port: int | None = None, *, binlog: bool = False,
+                 server_id: int = 1) -> None:
         self.port = port or free_port()
+        self.binlog = binlog
+        self.server_id = server_id
         self.root = Path(tempfile.mkdtemp(prefix="cdc-maria-"))
         self.datadir = self.root / "data"
         self.socket = self.root / "mysqld.sock"
@@ -28,6 +38,10 @@ class MariaDBServer:
         user = ["--user=mysql"] if os.geteuid() == 0 else []
         if os.geteuid() == 0:
             shutil.chown(self.root, "mysql", "mysql")
+        if binlog:
+            (self.root / "binlog").mkdir()
+            if os.geteuid() == 0:
+                shutil.chown(self.root / "binlog", "mysql", "mysql")
         subprocess.run(
             ["mariadb-install-db", "--no-defaults", f"--datadir={self.datadir}", *user,
              "--auth-root-authentication-method=normal", "--skip-test-db"],
@@ -47,12 +61,19 @@ class MariaDBServer:
              "--bind-address=127.0.0.1", f"--socket={self.socket}", *user,
              "--skip-name-resolve", "--innodb-flush-log-at-trx-commit=2",
              "--innodb-buffer-pool-size=64M", f"--pid-file={self.root / 'mysqld.pid'}",
-             "--skip-log-bin"],
+             *self._log_options()],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
         log.close()
         wait_listening(self.port, timeout_s=60)
         self._ensure_test_db()
+
+    def _log_options(self) -> list[str]:
+        if not self.binlog:
+            return ["--skip-log-bin"]
+        return [f"--log-bin={self.root / 'binlog' / 'binlog'}", "--binlog-format=ROW",
+                "--binlog-row-image=FULL", "--binlog-row-metadata=FULL",
+                f"--server-id={self.server_id}", "--max-binlog-size=64M"]
 
     def _ensure_test_db(self) -> None:
         import pymysql
@@ -93,3 +114,31 @@ class MariaDBServer:
     def destroy(self) -> None:
         self.stop()
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- fixtures
+# Registered in tests/conftest.py (``from tests.services.mariadb import ...``).
+
+
+@pytest.fixture(scope="session")
+def mariadb_binlog_server() -> Iterator[MariaDBServer]:
+    """One MariaDB with a row binary log for the session; tests use their own databases.
+
+    Tests that stop, kill, restart it or purge its logs use ``fresh_mariadb_binlog``."""
+    server = MariaDBServer(binlog=True)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.destroy()
+
+
+@pytest.fixture
+def fresh_mariadb_binlog() -> Iterator[MariaDBServer]:
+    """A MariaDB with a row binary log of the test's own, free to stop, kill and restart."""
+    server = MariaDBServer(binlog=True)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.destroy()
