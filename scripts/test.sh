@@ -14,6 +14,8 @@ failed=()
 .venv/bin/ruff check bridge adapters outbox tests bench examples docs setup.py || failed+=(ruff)
 bash scripts/typecheck.sh || failed+=(mypy)
 
+export CDC_FUZZ="${CDC_FUZZ:-thorough}"  # property tests at full count (a desk run of tests/fast: a tenth)
+
 run_pytest() {  # pytest, where "collected no tests" (exit 5) is a failure too
     .venv/bin/python -m pytest "$@"
     local code=$?
@@ -27,7 +29,7 @@ run_pytest() {  # pytest, where "collected no tests" (exit 5) is a failure too
 if [ $# -gt 0 ]; then
     run_pytest "$@" || failed+=(pytest)
 else
-    run_pytest -m fast -p no:cacheprovider || failed+=("fast lane")
+    run_pytest -m fast -p no:cacheprovider tests/fast || failed+=("fast lane")
     run_pytest -m service -p no:cacheprovider || failed+=("service lane")
 fi
 

@@ -214,3 +214,29 @@ def test_init_with_unreachable_outbox_and_nats_says_one_line_each(tmp_path: Path
     assert "stream: FAILED: cannot connect to NATS" in out.stdout
     assert "Traceback" not in out.stderr + out.stdout, out.stderr
     assert "pw-913" not in out.stderr + out.stdout
+
+
+def test_outbox_command_shows_backlog_and_checkpoints(tmp_path: Path) -> None:
+    from cdc_bridge.outbox.base import OutboxMessage
+    from cdc_bridge.outbox.inspect import inspect_outbox
+    from cdc_bridge.outbox.sqlite import SqliteStore
+
+    cfg = write_config(tmp_path / "b.yaml", {"state_dir": str(tmp_path / "state")})
+    run = [sys.executable, "-m", "cdc_bridge.cli", "outbox", "-c", str(cfg)]
+    out = subprocess.run(run, capture_output=True, text=True, check=True).stdout
+    assert "not created yet" in out
+    store = SqliteStore(tmp_path / "state" / "outbox.db")
+    store.append("erp", [OutboxMessage(f"m{i}", "cdc.erp._.t.c", b"{}", None, 1_000)
+                         for i in range(7)], {"pos": 7})
+    store.remove(2)
+    store_id = store.store_id
+    store.close()
+    data = json.loads(subprocess.run([*run, "--json"], capture_output=True, text=True,
+                                     check=True).stdout)
+    assert data["pending"] == 5 and data["store_id"] == store_id
+    assert data["checkpoints"] == {"erp": {"pos": 7}}
+    assert (data["first_seq"], data["last_seq"]) == (3, 7)
+    assert data["size_bytes"] > 0 and data["oldest_pending_age_s"] > 0
+    text = subprocess.run(run, capture_output=True, text=True, check=True).stdout
+    assert "pending:      5" in text and "erp: {'pos': 7}" in text
+    assert inspect_outbox(f"sqlite:///{tmp_path / 'state' / 'outbox.db'}")["pending"] == 5

@@ -178,13 +178,18 @@ async def test_dead_letter_after_max_deliveries(nats_server: NatsServer,
     watcher.cancel()
     assert attempts == [1, 2, 3]
     assert ok == [2]
-    dead = await read_stream(nats_server.url, subject="cdc._dlq._consumer.svc")
+    dead = await read_stream(nats_server.url, stream="CDC_DLQ", subject="cdc_dlq._consumer.svc")
     assert len(dead) == 2
     by_reason = {m.headers["Cdc-Original-Seq"]: m for m in dead}
     first = by_reason["1"]
     assert "invoice 1 can never be applied" in first.headers["Cdc-Reason"]
     assert first.headers["Cdc-Deliveries"] == "3"
     assert first.headers["Cdc-Original-Subject"] == "cdc.erp._.invoices.c"
+    assert first.headers["Cdc-Original-Stream"] == "CDC"
+    assert first.headers["Cdc-Consumer"] == "svc"
+    assert first.headers["Cdc-Original-Id"] == change(1).id
+    assert first.headers["Cdc-Order-Key"] == "erp/_/invoices|{\"id\":1}"
+    assert first.headers["Cdc-Dead-Lettered-At"].startswith("20")
     assert first.body["data"]["key"] == {"id": 1}
     assert by_reason["3"].headers["Cdc-Reason"].startswith("undecodable")
     await asyncio.sleep(1.0)  # terminated: no further delivery

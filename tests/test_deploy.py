@@ -29,6 +29,18 @@ DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 SECRETS_ENV = {"CDC_PG_PASSWORD": "x", "CDC_ERP_PASSWORD": "x", "NATS_BRIDGE_PASSWORD": "x",
                "BRIDGE_PASSWORD": "x", "READER_PASSWORD": "x", "SYS_PASSWORD": "x",
                "SERVER_NAME": "nats-1"}
+#: What deploy/nats/nats-cluster.conf reads besides the passwords (compose's values).
+CLUSTER_ENV = {"NATS_LISTEN": "0.0.0.0:4222", "NATS_HTTP": "0.0.0.0:8222",
+               "NATS_CLUSTER_LISTEN": "0.0.0.0:6222", "NATS_STORE_DIR": "/data/jetstream",
+               "NATS_ROUTES": "[nats-route://nats-1:6222, nats-route://nats-2:6222, "
+                              "nats-route://nats-3:6222]"}
+CLUSTER_CONF = DEPLOY / "nats" / "nats-cluster.conf"
+
+
+def conf_variables(text: str) -> set[str]:
+    """The ``$VARIABLES`` a NATS config file reads (comments left out)."""
+    body = "\n".join(line.split("#", 1)[0] for line in text.splitlines())
+    return set(re.findall(r"(?<![\"\w])\$([A-Z_]+)\b", body))  # not "$JS.API.>"
 
 
 def validate_bridge_config(path: Path) -> subprocess.CompletedProcess[str]:
@@ -61,11 +73,16 @@ def test_compose_file_structure() -> None:
     assert "wal_level=logical" in services["postgres"]["command"]
     assert services["mariadb"]["image"].startswith("mariadb:")
     names = set()
+    wanted = conf_variables(CLUSTER_CONF.read_text())
     for n in (1, 2, 3):
         node = services[f"nats-{n}"]
         assert node["command"] == ["-c", "/etc/nats/nats.conf"]
         assert any("nats-cluster.conf" in v for v in node["volumes"])
         names.add(node["environment"]["SERVER_NAME"])
+        # every variable the shared config file reads is set for every node
+        assert wanted <= set(node["environment"]), wanted - set(node["environment"])
+        routes = node["environment"]["NATS_ROUTES"]
+        assert all(f"nats-route://nats-{i}:6222" in routes for i in (1, 2, 3))
     assert names == {"nats-1", "nats-2", "nats-3"}
     bridge = services["bridge"]
     assert bridge["build"]["dockerfile"] == "deploy/Containerfile"
@@ -92,8 +109,8 @@ def test_compose_bridge_config_validates() -> None:
 @pytest.mark.parametrize("name", ["nats-cluster.conf", "nats-single.conf"])
 def test_nats_configs_pass_nats_server_t(name: str) -> None:
     result = subprocess.run([nats_server_binary(), "-t", "-c", str(DEPLOY / "nats" / name)],
-                            capture_output=True, text=True, env={**os.environ, **SECRETS_ENV},
-                            timeout=30)
+                            capture_output=True, text=True,
+                            env={**os.environ, **SECRETS_ENV, **CLUSTER_ENV}, timeout=30)
     assert result.returncode == 0, result.stderr + result.stdout
     text = (DEPLOY / "nats" / name).read_text()
     assert "jetstream" in text and "accounts" in text
@@ -128,6 +145,25 @@ def test_systemd_unit_verifies(tmp_path: Path) -> None:
     assert "RestartPreventExitStatus=2" in text and "User=cdc-bridge" in text
 
 
+def test_cluster_config_is_the_one_the_tests_start() -> None:
+    """tests/services/nats_cluster.py starts deploy/nats/nats-cluster.conf itself, setting
+    every variable the file reads; only the passwords are secrets."""
+    from tests.services import nats_cluster
+
+    assert nats_cluster.CONFIG == CLUSTER_CONF
+    node = nats_cluster.ClusterNode("n1", Path("/nonexistent"))
+    node.routes = [1, 2, 3]
+    env = node.env()
+    assert conf_variables(CLUSTER_CONF.read_text()) <= set(env)
+    assert set(nats_cluster.PASSWORDS) | {"SERVER_NAME", *CLUSTER_ENV} == \
+        conf_variables(CLUSTER_CONF.read_text())
+    # the config keeps every other writer out of the bridge's stream (cdc.>)
+    text = CLUSTER_CONF.read_text()
+    reader = text[text.index("{user: reader"):text.index("SYS:")]
+    publish = reader[reader.index("publish"):reader.index("subscribe")]
+    assert not any(p.startswith('"cdc.') for p in re.findall(r'"[^"]+"', publish))
+
+
 def k8s_documents() -> list[dict[str, Any]]:
     docs: list[dict[str, Any]] = []
     for path in sorted((DEPLOY / "k8s").glob("*.yaml")):
@@ -139,7 +175,8 @@ def k8s_documents() -> list[dict[str, Any]]:
 
 def test_kubernetes_manifests() -> None:
     docs = k8s_documents()
-    by_kind = {d["kind"]: d for d in docs}
+    by_kind = {d["kind"]: d for d in docs
+               if d["metadata"]["labels"]["app.kubernetes.io/name"] == "cdc-bridge"}
     assert {"Deployment", "ConfigMap", "Secret", "Service"} <= set(by_kind)
     for d in docs:
         assert d["apiVersion"] and d["metadata"]["name"]
@@ -164,8 +201,42 @@ def test_kubernetes_manifests() -> None:
     assert used and used <= set(by_kind["Secret"]["stringData"])
 
 
+def test_kubernetes_nats_cluster_uses_the_shared_config() -> None:
+    docs = [d for d in k8s_documents()
+            if d["metadata"]["labels"]["app.kubernetes.io/name"] == "nats"]
+    by_kind = {d["kind"]: d for d in docs}
+    assert {"ConfigMap", "Service", "StatefulSet"} <= set(by_kind)
+    # the ConfigMap holds deploy/nats/nats-cluster.conf verbatim
+    assert by_kind["ConfigMap"]["data"]["nats.conf"] == CLUSTER_CONF.read_text()
+    sts = by_kind["StatefulSet"]
+    assert sts["spec"]["replicas"] == 3 and sts["spec"]["serviceName"] == "nats"
+    assert by_kind["Service"]["spec"]["clusterIP"] == "None"  # headless: nats-N.nats
+    pod = sts["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["args"] == ["-c", "/etc/nats/nats.conf"]
+    env = {e["name"]: e for e in container["env"]}
+    assert conf_variables(CLUSTER_CONF.read_text()) <= set(env)
+    assert env["SERVER_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    routes = env["NATS_ROUTES"]["value"]
+    assert all(f"nats-route://nats-{i}.nats:6222" in routes for i in range(3))
+    secret = next(d for d in k8s_documents() if d["kind"] == "Secret")
+    for e in env.values():
+        ref = e.get("valueFrom", {}).get("secretKeyRef")
+        if ref:
+            assert ref["name"] == secret["metadata"]["name"]
+            assert ref["key"] in secret["stringData"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["config"]["configMap"]["name"] == by_kind["ConfigMap"]["metadata"]["name"]
+    # the bridge's ConfigMap reaches these pods, with 3 replicas
+    bridge_cm = next(d for d in k8s_documents() if d["kind"] == "ConfigMap"
+                     and "bridge.yaml" in d["data"])
+    bridge = yaml.safe_load(bridge_cm["data"]["bridge.yaml"])
+    assert bridge["nats"]["url"] == [f"nats://nats-{i}.nats:4222" for i in range(3)]
+    assert bridge["nats"]["replicas"] == 3
+
+
 def test_configmap_bridge_config_validates(tmp_path: Path) -> None:
-    cm = next(d for d in k8s_documents() if d["kind"] == "ConfigMap")
+    cm = next(d for d in k8s_documents() if d["kind"] == "ConfigMap" and "bridge.yaml" in d["data"])
     path = tmp_path / "bridge.yaml"
     path.write_text(cm["data"]["bridge.yaml"])
     result = validate_bridge_config(path)
@@ -178,4 +249,5 @@ def test_kustomize_builds() -> None:
                             text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     kinds = {d["kind"] for d in yaml.safe_load_all(result.stdout) if d}
-    assert {"Deployment", "ConfigMap", "Secret", "Service", "PersistentVolumeClaim"} <= kinds
+    assert {"Deployment", "ConfigMap", "Secret", "Service", "PersistentVolumeClaim",
+            "StatefulSet"} <= kinds

@@ -39,11 +39,16 @@ def changes(msgs: list[StoredMessage], adapter: str) -> list[StoredMessage]:
     return [m for m in msgs if m.subject.startswith(f"cdc.{adapter}.")]
 
 
+def with_dead(url: str) -> list[StoredMessage]:
+    """The stream's messages, then its dead letters (their own stream, CDC_DLQ)."""
+    return stream_messages(url) + stream_messages(url, "CDC_DLQ")
+
+
 def wait_count(url: str, n: int, pred: Any = None, timeout_s: float = 60) -> list[StoredMessage]:
     def ready() -> list[StoredMessage] | None:
-        if pred is None and stream_count(url) < n:
+        if pred is None and stream_count(url) + stream_count(url, "CDC_DLQ") < n:
             return None
-        msgs = stream_messages(url)
+        msgs = with_dead(url)
         sel = [m for m in msgs if pred is None or pred(m)]
         return msgs if len(sel) >= n else None
     result: list[StoredMessage] = wait_for(ready, timeout_s=timeout_s, what=f"{n} messages")
@@ -122,7 +127,7 @@ def test_bad_rows_go_to_dead_letter_subject(tmp_path: Path, nats_server: NatsSer
         assert bridge.terminate() == 0, bridge.log()
     good = changes(msgs, "exports")
     assert [m.body["data"]["after"] for m in good] == [{"id": 1, "qty": 10}, {"id": 5, "qty": 50}]
-    dlq = [m for m in msgs if m.subject == "cdc._dlq.exports"]
+    dlq = [m for m in msgs if m.subject == "cdc_dlq.exports"]
     assert [m.headers["Cdc-Line"] for m in dlq] == ["3", "4", "5"]
     assert all(m.headers["Cdc-File"] == "bad.csv" for m in dlq)
     reasons = [m.headers["Cdc-Reason"] for m in dlq]
@@ -153,7 +158,7 @@ def test_partial_file_is_not_read_until_stable(tmp_path: Path, nats_server: Nats
             f.write(b"12,v12")  # last line without newline: taken once stable
         msgs = wait_count(nats_server.url, 13)
         time.sleep(0.5)
-        msgs = stream_messages(nats_server.url)
+        msgs = with_dead(nats_server.url)
     finally:
         assert bridge.terminate() == 0, bridge.log()
     assert [m.body["data"]["after"]["id"] for m in msgs] == [str(i) for i in range(13)]
@@ -189,7 +194,7 @@ def test_kill9_mid_file_rename_and_archive(tmp_path: Path, nats_server: NatsServ
         bridge.start()
         wait_for(lambda: (tmp_path / "archive" / "again.csv").exists(), what="re-archived")
         time.sleep(0.5)
-        msgs = stream_messages(nats_server.url)
+        msgs = with_dead(nats_server.url)
     finally:
         if bridge.alive():
             assert bridge.terminate() == 0, bridge.log()
@@ -237,14 +242,14 @@ def test_tail_follows_rotation_and_truncation(tmp_path: Path, nats_server: NatsS
         _append(live, b'{"n": 11}\n')
         wait_count(nats_server.url, 11)
         time.sleep(0.5)
-        msgs = stream_messages(nats_server.url)
+        msgs = with_dead(nats_server.url)
     finally:
         if bridge.alive():
             assert bridge.terminate() == 0, bridge.log()
     events = changes(msgs, "applog")
     assert [m.body["data"]["after"]["n"] for m in events] == [1, 2, 3, 4, 5, 6, 7, 8, 10, 11]
     assert len({m.body["id"] for m in events}) == len(events)
-    dlq = [m for m in msgs if m.subject == "cdc._dlq.applog"]
+    dlq = [m for m in msgs if m.subject == "cdc_dlq.applog"]
     assert len(dlq) == 1 and "malformed JSON" in dlq[0].headers["Cdc-Reason"]
     assert "rotated" in bridge.log() and "truncated" in bridge.log()
 
@@ -265,7 +270,7 @@ def test_snapshot_changed_extract_gives_c_u_d(tmp_path: Path, nats_server: NatsS
         (drop / "day2.csv").write_text("sku,price\nA,1.00\nB,2.50\nE,5.00\nD,4.00\nE,6\n")
         msgs = wait_count(nats_server.url, 8)
         time.sleep(0.5)
-        msgs = stream_messages(nats_server.url)
+        msgs = with_dead(nats_server.url)
     finally:
         assert bridge.terminate() == 0, bridge.log()
     events = [(m.body["data"]["op"], m.body["data"]["key"]["sku"], m.body["data"]["before"],
@@ -279,6 +284,6 @@ def test_snapshot_changed_extract_gives_c_u_d(tmp_path: Path, nats_server: NatsS
     ]
     assert [m.subject for m in changes(msgs, "prices")][4:] == [
         "cdc.prices._.prices.u", "cdc.prices._.prices.d", "cdc.prices._.prices.c"]
-    dlq = [m for m in msgs if m.subject == "cdc._dlq.prices"]
+    dlq = [m for m in msgs if m.subject == "cdc_dlq.prices"]
     assert len(dlq) == 1 and "duplicate key" in dlq[0].headers["Cdc-Reason"]
     assert dlq[0].headers["Cdc-Line"] == "6"

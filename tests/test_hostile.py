@@ -175,11 +175,16 @@ def _bridge(tmp: Path, nats_url: str, adapter: dict[str, Any]) -> BridgeProcess:
 
 
 def _changes(msgs: list[StoredMessage]) -> list[StoredMessage]:
-    return [m for m in msgs if not m.subject.startswith("cdc._dlq.")]
+    return [m for m in msgs if not m.subject.startswith("cdc_dlq.")]
 
 
 def _dead(msgs: list[StoredMessage]) -> list[StoredMessage]:
-    return [m for m in msgs if m.subject.startswith("cdc._dlq.")]
+    return [m for m in msgs if m.subject.startswith("cdc_dlq.")]
+
+
+def _events_and_dead(url: str) -> list[StoredMessage]:
+    """The stream's messages, then its dead letters (their own stream, CDC_DLQ)."""
+    return stream_messages(url) + stream_messages(url, "CDC_DLQ")
 
 
 ODD_SQLITE_TABLE = 'we "ird" tâble *>'
@@ -203,7 +208,7 @@ def test_sql_poll_huge_row_is_dead_lettered_nul_bytes_and_odd_names_flow(
                     "incrementing_column": "id"}]})
     bridge.start()
     try:
-        msgs = wait_for(lambda: (m := stream_messages(nats_server.url)) and len(m) >= 10 and m,
+        msgs = wait_for(lambda: (m := _events_and_dead(nats_server.url)) and len(m) >= 10 and m,
                         what="9 events and 1 dead letter", timeout_s=60)
         assert bridge.alive(), bridge.log()
     finally:
@@ -238,15 +243,15 @@ def test_sql_poll_invalid_utf8_is_reported_and_later_rows_flow(
         "tables": [{"name": "t", "mode": "incrementing", "incrementing_column": "id"}]})
     bridge.start()
     try:
-        msgs = wait_for(lambda: (m := stream_messages(nats_server.url)) and len(m) >= 3 and m,
+        msgs = wait_for(lambda: (m := _events_and_dead(nats_server.url)) and len(m) >= 3 and m,
                         what="3 messages (events or dead letters)", timeout_s=60)
         with sqlite3.connect(db) as conn:  # a row written after the bad one, while running
             conn.execute("INSERT INTO t VALUES (4, 'later', 40)")
-        msgs = wait_for(lambda: (m := stream_messages(nats_server.url)) and len(m) >= 4 and m,
+        msgs = wait_for(lambda: (m := _events_and_dead(nats_server.url)) and len(m) >= 4 and m,
                         what="row 4 after the bad row", timeout_s=60)
         assert bridge.alive(), bridge.log()[-2000:]
     except AssertionError:
-        msgs = stream_messages(nats_server.url)
+        msgs = _events_and_dead(nats_server.url)
         log = bridge.log()
         bridge.terminate()
         pytest.fail(f"row 2 (invalid UTF-8) stalled table t: {len(msgs)} message(s) in the "
@@ -255,7 +260,7 @@ def test_sql_poll_invalid_utf8_is_reported_and_later_rows_flow(
     ids = [m.body["data"]["after"]["id"] for m in _changes(msgs)]
     assert sorted(ids) == [1, 3, 4]
     dead = _dead(msgs)
-    assert len(dead) == 1 and dead[0].subject == "cdc._dlq.utf"
+    assert len(dead) == 1 and dead[0].subject == "cdc_dlq.utf"
     hdrs = dead[0].headers
     assert "decode" in hdrs["Cdc-Reason"] and "UTF-8" in hdrs["Cdc-Reason"], hdrs
     assert hdrs["Cdc-Table"] == "t" and hdrs["Cdc-Key"] == '{"id":2}', hdrs
@@ -305,11 +310,11 @@ def test_postgres_odd_identifiers_get_sanitised_subjects_and_huge_rows_dead_lett
     per_round = len(ODD_PG_TABLES) + 2
     bridge.start()
     try:
-        wait_for(lambda: len(stream_messages(nats_server.url)) >= per_round,
+        wait_for(lambda: len(_events_and_dead(nats_server.url)) >= per_round,
                  what="the snapshot", timeout_s=60)
         with psycopg.connect(dsn, autocommit=True) as conn:
             insert(conn, 200)  # streamed through pgoutput
-        msgs = wait_for(lambda: (m := stream_messages(nats_server.url))
+        msgs = wait_for(lambda: (m := _events_and_dead(nats_server.url))
                         and len(m) >= 2 * per_round and m, what="the stream", timeout_s=60)
         assert bridge.alive(), bridge.log()[-2000:]
     finally:
@@ -347,7 +352,7 @@ def test_files_invalid_utf8_and_nul_bytes_are_reported_not_dropped(
         "poll_interval": "100ms", "stable_for": "0s"})
     bridge.start()
     try:
-        msgs = wait_for(lambda: (m := stream_messages(nats_server.url)) and len(m) >= 5 and m,
+        msgs = wait_for(lambda: (m := _events_and_dead(nats_server.url)) and len(m) >= 5 and m,
                         what="5 messages (events or dead letters)", timeout_s=30)
         assert bridge.alive(), bridge.log()[-2000:]
     finally:

@@ -25,12 +25,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--duration", type=float, default=600.0, help="seconds of faults")
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--sources", default=",".join(ALL_SOURCES),
-                   help="comma-separated: postgres,sql_poll,files")
+                   help="comma-separated: postgres,sql_poll,files,mysql_binlog")
     p.add_argument("--kinds", default="", help="comma-separated fault kind prefixes")
     p.add_argument("--keys", type=int, default=200, help="keys per mutable table")
     p.add_argument("--rate", type=float, default=20.0, help="transactions/s per writer")
     p.add_argument("--gap", default="1,6", help="min,max seconds between faults")
     p.add_argument("--no-disk-fault", action="store_true")
+    p.add_argument("--cluster", action="store_true",
+                   help="a local 3-node JetStream cluster, R3 stream, cluster faults")
     p.add_argument("--workdir", type=Path, default=None)
     p.add_argument("--keep", action="store_true", help="keep the work dir (logs, configs)")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -43,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         sources=tuple(s for s in args.sources.split(",") if s),
         kinds=tuple(k for k in args.kinds.split(",") if k) or None,
         n_keys=args.keys, rate=args.rate, gap_s=(lo, hi), disk_fault=not args.no_disk_fault,
+        cluster=args.cluster,
         workdir=args.workdir, keep_workdir=args.keep or args.workdir is not None,
     )
     result = Soak(opts).run()

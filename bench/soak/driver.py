@@ -32,6 +32,7 @@ from bench.soak.faults import (
     Ballast,
     Fault,
     bridge_fault,
+    cluster_faults,
     disk_fault,
     proxy_faults,
     schedule,
@@ -44,7 +45,7 @@ from bench.soak.verify import TableResult, verify_table
 from tests.helpers import BridgeProcess, write_config
 
 log = logging.getLogger("soak")
-ALL_SOURCES = ("postgres", "sql_poll", "files")
+ALL_SOURCES = ("postgres", "sql_poll", "files", "mysql_binlog")
 PREFIX, STREAM = "cdc", "CDC"
 
 
@@ -60,6 +61,9 @@ class SoakOptions:
     recovery_timeout_s: float = 120.0
     settle_timeout_s: float = 90.0
     disk_fault: bool = True
+    #: A local three-node JetStream cluster (deploy/nats/nats-cluster.conf) and an R3
+    #: stream, with cluster faults, instead of one nats-server behind a proxy.
+    cluster: bool = False
     workdir: Path | None = None
     keep_workdir: bool = False
 
@@ -119,6 +123,19 @@ def available_sources(wanted: tuple[str, ...]) -> list[str]:
     return [s for s in wanted if s in REGISTRY]
 
 
+class _ClusterUrl:
+    """What the driver reads the stream through in ``--cluster`` mode: a running node's
+    URL with the bridge user's credentials."""
+
+    def __init__(self, cluster: Any) -> None:
+        self.cluster = cluster
+
+    @property
+    def url(self) -> str:
+        node = next((n for n in self.cluster.nodes if n.running), self.cluster.nodes[0])
+        return str(self.cluster.url_of(node))
+
+
 class Soak:
     def __init__(self, opts: SoakOptions) -> None:
         self.opts = opts
@@ -158,13 +175,27 @@ class Soak:
         self.stack.callback(subprocess.run, ["umount", "-l", str(state)], capture_output=True)
         return state, True
 
-    def _start_servers(self, work: Path) -> FaultProxy:
-        from tests.services.nats_server import NatsServer
+    def _start_nats(self, work: Path) -> None:
+        self.cluster: Any = None
+        self.nats: Any
+        if self.opts.cluster:
+            from tests.services.nats_cluster import NatsCluster
 
-        self.nats = NatsServer(work / "nats")
-        self.nats.start()
-        self.stack.callback(self.nats.stop)
-        nats_proxy = self.stack.enter_context(FaultProxy(self.nats.port, name="nats"))
+            self.cluster = NatsCluster(work / "cluster")
+            self.stack.callback(self.cluster.stop)
+            self.cluster.start()
+            self.nats = _ClusterUrl(self.cluster)
+        else:
+            from tests.services.nats_server import NatsServer
+
+            self.nats = NatsServer(work / "nats")
+            self.nats.start()
+            self.stack.callback(self.nats.stop)
+
+    def _start_servers(self, work: Path) -> FaultProxy:
+        self._start_nats(work)
+        port = self.cluster.nodes[0].port if self.cluster is not None else self.nats.port
+        nats_proxy = self.stack.enter_context(FaultProxy(port, name="nats"))
         wanted = available_sources(self.opts.sources)
         skipped = sorted(set(self.opts.sources) - set(wanted))
         if skipped:
@@ -191,6 +222,15 @@ class Soak:
             from bench.soak.sources_files import FilesSource
 
             src = FilesSource(self.work / "files", rng, n_keys=n, rate=rate)
+        elif kind == "mysql_binlog":
+            from bench.soak.sources_binlog import BinlogSource
+            from tests.services.mariadb import MariaDBServer
+
+            server = MariaDBServer(binlog=True)
+            server.start()
+            self.stack.callback(server.destroy)
+            proxy = self.stack.enter_context(FaultProxy(server.port, name="mariadb_binlog"))
+            src = BinlogSource(server, proxy, rng, n_keys=n, rate=rate)
         else:
             from tests.services.mariadb import MariaDBServer
 
@@ -204,9 +244,12 @@ class Soak:
 
     def _config(self, work: Path, state: Path, nats_proxy: FaultProxy) -> Path:
         adapters = [a for s in self.sources for a in s.adapter_configs()]
+        nats: dict[str, Any] = {"url": f"nats://127.0.0.1:{nats_proxy.port}"}
+        if self.cluster is not None:  # every node's URL, 3 replicas
+            nats = self.cluster.nats_config()
         return write_config(work / "bridge.yaml", {
             "state_dir": str(state),
-            "nats": {"url": f"nats://127.0.0.1:{nats_proxy.port}", "stream": STREAM,
+            "nats": {**nats, "stream": STREAM,
                      "subject_prefix": PREFIX, "ack_timeout": "3s", "connect_timeout": "2s"},
             "outbox": {"poll_interval": "200ms"},
             "adapters": adapters,
@@ -214,15 +257,18 @@ class Soak:
 
     def _build_faults(self, nats_proxy: FaultProxy, state: Path, disk: bool) -> None:
         assert self.bridge is not None
-        faults = [bridge_fault(self.bridge), server_fault("nats", self.nats, [])]
-        faults += proxy_faults("nats", nats_proxy)
+        faults = [bridge_fault(self.bridge)]
+        if self.cluster is not None:
+            faults += cluster_faults(self.cluster, STREAM)
+        else:
+            faults += [server_fault("nats", self.nats, []), *proxy_faults("nats", nats_proxy)]
         for src in self.sources:
             coin = _coin(random.Random(self.rng.random()))
             if src.server is not None:
                 faults.append(server_fault(src.kind, src.server, src.writers, hard=coin))
             if src.proxy is not None:
                 faults += proxy_faults(src.kind, src.proxy)
-        if disk:
+        if disk and self.cluster is None:  # (the bridge would reach the other nodes)
             faults.append(disk_fault(Ballast(state), nats_proxy))
         if self.opts.kinds:
             faults = [f for f in faults if f.kind.startswith(self.opts.kinds)]

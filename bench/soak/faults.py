@@ -8,14 +8,19 @@ Kinds (each enabled only when its target exists in this soak):
 
 - ``kill9:bridge``: SIGKILL the bridge process, restart it on heal;
 - ``restart:nats``: stop nats-server (SIGTERM), start it again on heal;
-- ``restart:postgres`` / ``restart:mariadb``: stop the server (PostgreSQL alternates
-  fast shutdown and kill -9) with its writer paused, start it on heal;
+- ``restart:postgres`` / ``restart:mariadb`` / ``restart:mariadb_binlog``: stop the
+  server (a clean stop or kill -9, by a seeded coin) with its writers paused, start it
+  on heal;
 - ``cut:<target>``: reset every proxied connection (heal is immediate);
 - ``refuse:<target>``: reset open and new connections until heal;
 - ``delay:<target>``: add 50-400 ms to every chunk until heal;
 - ``diskfull:outbox``: NATS unreachable and the small tmpfs holding the bridge's
   state_dir filled with a ballast file, so the growing outbox hits ENOSPC; delete it
   and reconnect on heal (only when that tmpfs could be mounted).
+
+With ``--cluster`` (a local three-node JetStream cluster and an R3 stream instead of one
+nats-server) the NATS kinds are :func:`cluster_faults`' instead: ``stepdown:nats``,
+``kill9:nats-leader``, ``stop:nats-follower``, ``kill9:nats-bridge-node``.
 
 :func:`schedule` draws kinds from a shuffled bag, so a short run still sees each kind
 before any repeats.
@@ -148,3 +153,53 @@ def disk_fault(ballast: Ballast, nats_proxy: Any) -> Fault:
         nats_proxy.heal()
 
     return Fault("diskfull:outbox", inject, heal, lambda rng: rng.uniform(2.0, 5.0))
+
+
+def cluster_faults(cluster: Any, stream: str) -> list[Fault]:
+    """Faults of a three-node JetStream cluster (``--cluster``): each heal waits (bounded)
+    until every node is back and the stream's replicas are current, so no two faults
+    ever overlap into a lost quorum.
+
+    - ``stepdown:nats``: the stream's leader steps down (an election);
+    - ``kill9:nats-leader``: the leader's node killed -9, restarted on heal;
+    - ``stop:nats-follower``: a node that is neither leader nor the bridge's, stopped;
+    - ``kill9:nats-bridge-node``: the node the bridge is connected to, killed -9 (the
+      bridge reconnects to another).
+    """
+    import asyncio
+
+    victim: list[Any] = [None]
+
+    def healed() -> None:
+        if victim[0] is not None:
+            _start_with_retries(victim[0])
+            victim[0] = None
+        cluster.wait_healthy(120)
+        asyncio.run(cluster.replicas_current(stream, 120))
+
+    def leader() -> Any:
+        return cluster.node(asyncio.run(cluster.leader(stream)))
+
+    def kill_leader() -> None:
+        victim[0] = leader()
+        victim[0].kill()
+
+    def stop_follower() -> None:
+        lead, bridge = leader(), cluster.node_of_client()
+        victim[0] = next(n for n in cluster.nodes if n is not lead and n is not bridge)
+        victim[0].stop()
+
+    def kill_bridge_node() -> None:
+        victim[0] = cluster.node_of_client() or leader()
+        victim[0].kill()
+
+    def hold(rng: random.Random) -> float:
+        return rng.uniform(0.5, 3.0)
+
+    return [
+        Fault("stepdown:nats", lambda: asyncio.run(cluster.step_down(stream)), healed,
+              lambda rng: 0.0),
+        Fault("kill9:nats-leader", kill_leader, healed, hold),
+        Fault("stop:nats-follower", stop_follower, healed, hold),
+        Fault("kill9:nats-bridge-node", kill_bridge_node, healed, hold),
+    ]

@@ -95,12 +95,22 @@ class StreamContents:
     total: int = 0
 
 
+async def _dead_letters(url: str, stream: str) -> list[Message]:
+    """The dead-letter stream ``<stream>_DLQ`` (``<prefix>_dlq.>``), empty if none yet."""
+    try:
+        return await read_all(url, f"{stream}_DLQ")
+    except nats.js.errors.NotFoundError:
+        return []
+
+
 def read_contents(url: str, stream: str, prefix: str) -> StreamContents:
     msgs = asyncio.run(read_all(url, stream))
     out = StreamContents(total=len(msgs))
-    dlq = f"{prefix}._dlq."
+    for m in asyncio.run(_dead_letters(url, stream)):
+        out.dead_letters.append((m.subject, m.headers))
+    legacy = f"{prefix}._dlq."  # where dead letters were before their own stream
     for m in msgs:
-        if m.subject.startswith(dlq):
+        if m.subject.startswith(legacy):
             out.dead_letters.append((m.subject, m.headers))
             continue
         d = delivered_change(m.seq, m.body)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -15,7 +17,8 @@ from pathlib import Path
 import click
 
 from cdc_bridge import __version__
-from cdc_bridge.config import BridgeConfig, load_config
+from cdc_bridge.cli.common import load_or_exit
+from cdc_bridge.config import BridgeConfig
 from cdc_bridge.daemon.logs import RedactingFilter, setup_logging
 from cdc_bridge.kernel.errors import BridgeError, ConfigError, FatalError
 
@@ -30,14 +33,7 @@ def _err(config: BridgeConfig | None, message: str) -> None:
     click.echo(RedactingFilter(config.secrets if config else ()).redact(message), err=True)
 
 
-def _load_or_exit(path: Path) -> BridgeConfig:
-    try:
-        return load_config(path)
-    except ConfigError as e:
-        click.echo(f"{path}: configuration is invalid:", err=True)
-        for line in e.errors:
-            click.echo(f"  {line}", err=True)
-        sys.exit(2)
+_load_or_exit = load_or_exit
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -68,6 +64,7 @@ def run(config_path: Path, log_format: str | None, log_level: str | None) -> Non
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     config = _load_or_exit(config_path)
     setup_logging(log_level or config.log.level, log_format or config.log.format, config.secrets)
+    os.umask(0o077)  # the daemon's files (outbox, control file, NATS store): this user only
     from cdc_bridge.daemon.daemon import run_daemon
 
     try:
@@ -94,8 +91,11 @@ def run(config_path: Path, log_format: str | None, log_level: str | None) -> Non
 @click.option("--idle-exit", type=float, default=0.0,
               help="Exit after this many seconds without a new event (0 = never).")
 @click.option("--headers", "show_headers", is_flag=True, help="Show message headers too.")
+@click.option("--wait", "wait", is_flag=True,
+              help="Wait for NATS to come up instead of failing after connect_timeout.")
 def tail(subject: str, config_path: Path | None, server: str | None, stream: str | None,
-         only_new: bool, raw: bool, count: int, idle_exit: float, show_headers: bool) -> None:
+         only_new: bool, raw: bool, count: int, idle_exit: float, show_headers: bool,
+         wait: bool) -> None:
     """Print events on SUBJECT (wildcards allowed, e.g. 'cdc.>') as they arrive.
 
     From the start of the stream by default, or only new events with --new.
@@ -109,8 +109,9 @@ def tail(subject: str, config_path: Path | None, server: str | None, stream: str
     servers = [server] if server else (config.nats.servers() if config else
                                        ["nats://127.0.0.1:4222"])
     stream_name = stream or (config.nats.stream if config else "CDC")
+    wait_s = None if wait else (config.nats.connect_timeout if config else 5.0)
     opts = TailOptions(servers, stream_name, subject, only_new, raw, count, idle_exit,
-                       show_headers, sys.stdout.isatty(), connect)
+                       show_headers, sys.stdout.isatty(), connect, wait_s)
     try:
         asyncio.run(tail_events(opts))
     except KeyboardInterrupt:
@@ -145,6 +146,7 @@ def init(config_path: Path) -> None:
 
     config = _load_or_exit(config_path)
     setup_logging("WARNING", config.log.format, config.secrets)
+    logging.getLogger("nats.aio.client").setLevel(logging.CRITICAL)  # said once, below
     redact = RedactingFilter(config.secrets).redact
     try:
         ok = asyncio.run(run_init(config, lambda line: click.echo(redact(line))))
@@ -220,6 +222,8 @@ def replay(config_path: Path, target: str, filter_subject: str | None, from_seq:
                f"in stream {result.target_stream}; {result.duplicates} already there")
 
 from cdc_bridge.cli.outbox import outbox_command; main.add_command(outbox_command)  # noqa: E402, E702, I001
+from cdc_bridge.cli.reset import reset_command; main.add_command(reset_command)  # noqa: E402, E702, I001
+from cdc_bridge.cli.dlq import dlq_command; main.add_command(dlq_command)  # noqa: E402, E702, I001
 
 
 if __name__ == "__main__":

@@ -13,7 +13,8 @@ service live).
 Reading uses an ephemeral pull consumer with no acks (nothing left behind on the
 server). Publishing is pipelined (``publish_async``), every PubAck awaited.
 
-Headers: the original headers are kept, except the relay's own; ``Cdc-Replay-Seq``
+Headers: the original headers are kept, except the relay's own (the message id, the
+outbox's, and the relay's ``Nats-Expected-*`` order chain); ``Cdc-Replay-Seq``
 carries the original stream sequence and ``Cdc-Replay-Subject`` the original subject,
 so a consumer can order replayed and live events on one sequence.
 ``Nats-Msg-Id`` becomes ``<event id>@<target>`` (plus ``#<run id>`` when given): unique
@@ -23,6 +24,10 @@ target publishes each event once. A new ``--run-id`` replays again into the same
 
 The target must be captured by a stream other than the source (else the replay would
 feed itself); one is created (``--target-stream``) when no stream covers it.
+
+Dead letters are never replayed: they live in their own stream (``<STREAM>_DLQ``, on
+``<prefix>_dlq.>``), and those an older version left inside the main stream
+(``<prefix>._dlq.>``, see ``cdc-bridge dlq migrate``) are skipped.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ from nats.js import JetStreamContext, api
 
 from cdc_bridge.config import BridgeConfig
 from cdc_bridge.kernel.errors import ConfigError
+from cdc_bridge.kernel.events import LEGACY_DLQ_TOKEN
 from cdc_bridge.kernel.model import parse_duration
 from cdc_bridge.kernel.wire import MSG_ID, OUTBOX_ID, OUTBOX_SEQ, REPLAY_SEQ, REPLAY_SUBJECT
 from cdc_bridge.relay.publisher import connect_once
@@ -162,6 +168,7 @@ async def _copy(js: JetStreamContext, sub: JetStreamContext.PullSubscription,
                 config: BridgeConfig, opts: ReplayOptions, end: int, result: ReplayResult,
                 progress: Callable[[int], None]) -> None:
     prefix = config.nats.subject_prefix
+    legacy_dlq = f"{prefix}.{LEGACY_DLQ_TOKEN}."
     while True:
         try:
             msgs = await sub.fetch(opts.batch, timeout=2.0)
@@ -180,7 +187,13 @@ async def _copy(js: JetStreamContext, sub: JetStreamContext.PullSubscription,
                     finished = True
                     break
                 continue
-            headers = {k: v for k, v in (m.headers or {}).items() if k not in DROP_HEADERS}
+            if m.subject.startswith(legacy_dlq):  # dead letters of an older version
+                if meta.num_pending == 0:
+                    finished = True
+                    break
+                continue
+            headers = {k: v for k, v in (m.headers or {}).items()
+                       if k not in DROP_HEADERS and not k.startswith("Nats-Expected-")}
             original_id = (m.headers or {}).get(MSG_ID) or f"seq-{seq}"
             headers[MSG_ID] = replay_msg_id(original_id, opts.target, opts.run_id)
             headers[REPLAY_SEQ_HEADER] = str(seq)

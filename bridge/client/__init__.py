@@ -24,16 +24,23 @@ if TYPE_CHECKING:
         SeenStore,
         SqliteSeenStore,
     )
+    from cdc_bridge.client.stats import ConsumerStats, prometheus_collector
 
 _WHERE = {
     "Consumer": "consumer", "ConsumerSettings": "consumer", "Event": "consumer",
     "decode_event": "consumer",
+    "ConsumerStats": "stats", "prometheus_collector": "stats",
     "SeenStore": "seen", "MemorySeenStore": "seen", "SqliteSeenStore": "seen",
     "PostgresSeenStore": "seen",
     "write_event": "outbox", "write_event_async": "outbox", "create_outbox_table": "outbox",
 }
 
-__all__ = sorted(_WHERE)
+__all__ = [
+    "Consumer", "ConsumerSettings", "ConsumerStats", "Event", "MemorySeenStore",
+    "PostgresSeenStore", "SeenStore", "SqliteSeenStore", "create_outbox_table", "decode_event",
+    "prometheus_collector", "write_event", "write_event_async",
+]
+assert sorted(__all__) == sorted(_WHERE)
 
 
 def __getattr__(name: str) -> Any:

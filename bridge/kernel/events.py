@@ -52,8 +52,14 @@ OP_NAMES: dict[str, str] = {
 NO_SCHEMA = "_"
 #: Namespace of every event id (a fixed, project-specific UUID).
 ID_NAMESPACE = uuid.UUID("8f0c3b8e-2a55-4c1e-9d3e-6b1f1c0ad5e1")
-#: Reserved subject token for dead letters: ``<prefix>._dlq.<adapter>``.
+#: Suffix of the dead-letter prefix: dead letters go to ``<prefix>_dlq.<adapter>`` (and
+#: consumers' to ``<prefix>_dlq._consumer.<durable>``), a subject space of their own
+#: outside ``<prefix>.>``, stored in a stream of their own (:func:`dead_letter_stream`),
+#: so no ``<prefix>.>`` subscriber and no replay ever receives them. (Before 0.2 they
+#: were ``<prefix>._dlq.<adapter>`` inside the main stream: :data:`LEGACY_DLQ_TOKEN`.)
 DLQ_TOKEN = "_dlq"
+#: The token of the old, in-stream dead letters (``<prefix>._dlq.<adapter>``).
+LEGACY_DLQ_TOKEN = "_dlq"
 EVENT_TYPE_PREFIX = "io.cdc-bridge."
 
 _TOKEN_BAD = re.compile(r"[^A-Za-z0-9_\-]")
@@ -96,9 +102,19 @@ def change_subject(prefix: str, adapter: str, schema: str | None, table: str, op
     )
 
 
+def dead_letter_prefix(prefix: str) -> str:
+    """The subject prefix of every dead letter of ``prefix``: ``<prefix>_dlq``."""
+    return f"{prefix}{DLQ_TOKEN}"
+
+
 def dead_letter_subject(prefix: str, adapter: str) -> str:
-    """Where an adapter's undeliverable or malformed input goes."""
-    return f"{prefix}.{DLQ_TOKEN}.{subject_token(adapter)}"
+    """Where an adapter's undeliverable or malformed input goes: ``<prefix>_dlq.<adapter>``."""
+    return f"{dead_letter_prefix(prefix)}.{subject_token(adapter)}"
+
+
+def dead_letter_stream(stream: str) -> str:
+    """The stream that keeps the dead letters of ``stream``: ``<STREAM>_DLQ``."""
+    return f"{stream}_DLQ"
 
 
 #: JSON has no NaN or infinities: every source writes them as these strings (never

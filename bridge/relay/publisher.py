@@ -52,13 +52,14 @@ from cdc_bridge.relay.settings import NatsConfig
 log = logging.getLogger("cdc_bridge.publisher")
 
 PENDING = 0
+EXPECTED_LAST_SEQ = "Nats-Expected-Last-Sequence"
 _AUTH_WORDS = ("authorization violation", "authentication", "user authentication expired")
 
 
 class Slot:
     """One outbox row on its way: filled in by the PubAck (or a failure)."""
 
-    __slots__ = ("ack_seq", "message", "outcome", "reason", "sent_at", "seq")
+    __slots__ = ("ack_seq", "expected_last", "message", "outcome", "reason", "sent_at", "seq")
 
     def __init__(self, seq: int, message: OutboxMessage) -> None:
         self.seq = seq
@@ -67,6 +68,8 @@ class Slot:
         self.outcome = PENDING
         self.reason = ""
         self.ack_seq = 0
+        #: The ``Nats-Expected-Last-Sequence`` it was sent with (-1: none).
+        self.expected_last = -1
 
 
 def _tls_context(cfg: NatsConfig) -> ssl.SSLContext | None:
@@ -277,6 +280,9 @@ class Publisher:
             max_age=cfg.max_age or None,
             max_bytes=cfg.max_bytes,
             max_msg_size=cfg.max_msg_size,
+            placement=api.Placement(cluster=cfg.placement.cluster,
+                                    tags=list(cfg.placement.tags) or None)
+            if cfg.placement else None,
         )
 
     @staticmethod
@@ -289,6 +295,11 @@ class Publisher:
                 out.append(name)
         if (have.max_age or 0) != (want.max_age or 0):
             out.append("max_age")
+        if want.placement is not None and (
+                (have.placement.cluster if have.placement else None) != want.placement.cluster
+                or sorted((have.placement.tags if have.placement else None) or [])
+                != sorted(want.placement.tags or [])):
+            out.append("placement")
         return out
 
     async def ensure_stream(self) -> None:
@@ -311,8 +322,14 @@ class Publisher:
                         f"nats.storage: stream {self.cfg.stream} exists with storage "
                         f"{have_storage}; JetStream cannot change it in place"])
                 changed = self._differs(have, wanted)
+                if "num_replicas" in changed and "placement" in changed:
+                    # JetStream cannot "move and scale a stream in a single update": scale
+                    # where it is, then move
+                    scaled = api.StreamConfig.from_response(wanted.as_dict())
+                    scaled.placement = have.placement
+                    await self.js.update_stream(scaled)
                 if changed:
-                    info = await self.js.update_stream(wanted)
+                    info = await self._update_stream(wanted)
                     log.info("updated stream %s to match the config (%s)", self.cfg.stream,
                              ", ".join(changed))
         except nats.js.errors.BadRequestError as e:
@@ -322,11 +339,32 @@ class Publisher:
             raise PublishUnavailable(f"JetStream not available: {type(e).__name__}: {e}") from e
         self.stream_subjects = list(info.config.subjects or self.stream_subjects)
         self.max_msg_size = info.config.max_msg_size or -1
+        from cdc_bridge.relay.dlq_stream import dlq_stream_config, ensure_dlq_stream
+
+        await ensure_dlq_stream(self.js, self.cfg)  # dead letters' own stream, own subjects
+        self.stream_subjects += dlq_stream_config(self.cfg).subjects or []
+
+    async def _update_stream(self, wanted: api.StreamConfig) -> api.StreamInfo:
+        """Update the stream, waiting (bounded) while a previous change still settles."""
+        assert self.js is not None
+        deadline = time.monotonic() + max(30.0, 3 * self.cfg.ack_timeout)
+        while True:
+            try:
+                return await self.js.update_stream(wanted)
+            except nats.js.errors.BadRequestError as e:
+                if ("in progress" not in (e.description or "")
+                        or time.monotonic() > deadline):
+                    raise
+            await asyncio.sleep(0.25)
 
     # -- publishing -------------------------------------------------------------------
 
-    async def send(self, slot: Slot) -> None:
-        """Publish ``slot``'s message; its PubAck lands on the slot later."""
+    async def send(self, slot: Slot, expected_last: int = -1) -> None:
+        """Publish ``slot``'s message; its PubAck lands on the slot later.
+
+        ``expected_last`` >= 0: the message carries ``Nats-Expected-Last-Sequence``, so
+        JetStream stores it only if the stream's last sequence (counting the messages
+        in flight ahead of it) is that one (the relay's chain, see its docstring)."""
         nc = self.nc
         if nc is None or not nc.is_connected:
             raise PublishUnavailable("not connected to NATS")
@@ -335,6 +373,9 @@ class Publisher:
         if msg.headers:
             headers.update(msg.headers)
             headers["Nats-Msg-Id"] = msg.msg_id
+        if expected_last >= 0:
+            headers[EXPECTED_LAST_SEQ] = str(expected_last)
+        slot.expected_last = expected_last
         self._counter += 1
         token = str(self._counter)
         self._slots[token] = slot
@@ -382,6 +423,25 @@ class Publisher:
         except (TimeoutError, nats.errors.Error, OSError) as e:
             raise PublishUnavailable(f"publish failed: {type(e).__name__}: {e}") from e
         return bool(ack.duplicate)
+
+    async def stream_tail(self) -> tuple[int, str | None]:
+        """The stream's last sequence and the ``Nats-Msg-Id`` of the message stored there:
+        ``""`` if the stream holds no message, ``None`` if that message cannot be read
+        (deleted) or has no id."""
+        if self.js is None:
+            raise PublishUnavailable("not connected to NATS")
+        try:
+            info = await self.js.stream_info(self.cfg.stream)
+            last = int(info.state.last_seq or 0)
+            if not info.state.messages:
+                return last, ""
+            try:
+                raw = await self.js.get_msg(self.cfg.stream, seq=last)
+            except nats.js.errors.NotFoundError:
+                return last, None
+        except (TimeoutError, nats.errors.Error, OSError) as e:
+            raise PublishUnavailable(f"cannot read the stream's last message: {e}") from e
+        return last, (raw.headers or {}).get("Nats-Msg-Id") or None
 
     async def last_messages(self, limit: int, since_ms: int) -> list[tuple[str, int]]:
         """(``Nats-Msg-Id``, stored time ms) of up to ``limit`` last messages of the stream,

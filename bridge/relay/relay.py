@@ -27,17 +27,39 @@ window at (re)connect are checked against the stream's last messages and skipped
 already stored (:meth:`Relay.reconcile`), so a downtime longer than the window does not
 duplicate them either.
 
-Order per subject. Rows are sent in ``seq`` order on one connection and the server
-stores them in that order. A lost connection never reorders: the client does not
-buffer across reconnects (see :mod:`cdc_bridge.relay.publisher`), so everything after the first
-lost message is lost too and resent in order. The one remaining window: JetStream
-answers a message with a *transient* error (a timeout or "no responders" during a
-clustered stream's leader election, ``maximum messages/bytes exceeded`` on a
-``discard: new`` stream that then frees space) while a later message of the same
-pipeline on the same subject is stored; the retry of the first then lands after the
-later one. The settler detects exactly this case and logs it (``order window``) and
-counts it in ``RelayStats.reordered``. Set ``max_in_flight: 1`` to close it at the cost
-of throughput.
+Order: the stream holds the rows in outbox order, at any pipeline depth, through
+leader elections and node losses. Rows are sent in ``seq`` order on one connection, and
+a lost connection never reorders (the client does not buffer across reconnects, see
+:mod:`cdc_bridge.relay.publisher`). What pipelining alone cannot prevent is JetStream
+failing one message transiently (a timeout or "no responders" in a clustered stream's
+leader election, a full ``discard: new`` stream) while it stores a later one: the
+*order window*. The relay closes it with a *chain* over the stream
+(``outbox.expect_last_sequence``, on by default): every publish carries
+``Nats-Expected-Last-Sequence`` = the stream sequence its predecessor gets, so a
+message whose predecessor was not stored is refused (``wrong last sequence``) instead
+of stored ahead of it, and the session restarts from the first unacknowledged row.
+A chain over the whole stream, not per subject: subjects carry the op, so one key's
+changes span several subjects.
+
+What JetStream does (nats-server 2.15, checked against real servers): on a
+replicated stream it answers a message id already stored as a duplicate *before* it
+checks the expectation, and checks the expectation before proposing (a refused message
+leaves nothing behind); on a single server it checks the expectation first. Hence the
+session start (:meth:`Relay._resync`): the relay reads the stream's last sequence and
+the id stored there. That id is a pending row's: the rows up to it are stored (a chain
+stores a gapless prefix), resent without expectation (duplicates) and the chain starts
+after them at that sequence. It is the last row this relay settled (or the stream is
+empty): the chain starts at that sequence. Anything else (a restarted process, a
+message of another publisher): rows are sent one at a time without expectation until
+one is newly stored, whose sequence starts the chain. All of this assumes the bridge is
+its stream's only writer. If something else writes into it, the next chained message is
+refused: logged (``chain broken``), counted in ``RelayStats.chain_breaks``, the session
+restarts from that row, and rows go one at a time for :data:`SERIAL_AFTER_FOREIGN_S`
+(order needs no chain then): never a loss or a duplicate; the one row in flight when the
+foreign message came may land behind later ones (reported as an order window, see
+:meth:`Relay._check_chain`). Without the chain the settler still detects the window
+(``order window``, ``RelayStats.reordered``); ``max_in_flight: 1`` then closes it at the
+cost of throughput.
 """
 
 from __future__ import annotations
@@ -50,20 +72,37 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
+import nats.errors
+
 from cdc_bridge import metrics
 from cdc_bridge.kernel.backoff import retrying
 from cdc_bridge.kernel.errors import FatalError, PublishUnavailable
-from cdc_bridge.kernel.events import DLQ_TOKEN
+from cdc_bridge.kernel.events import DLQ_TOKEN, dead_letter_stream
+from cdc_bridge.kernel.wire import MSG_ID
 from cdc_bridge.outbox.base import PendingRow
 from cdc_bridge.outbox.runner import AsyncStore
 from cdc_bridge.relay.publisher import PENDING, Publisher, Slot
-from cdc_bridge.relay.rules import DUPLICATE, OK, POISON, dead_letter, headers_size, precheck
+from cdc_bridge.relay.reconcile import stored_rows, wanted_ids
+from cdc_bridge.relay.rules import (
+    DUPLICATE,
+    OK,
+    POISON,
+    dead_letter,
+    headers_size,
+    is_wrong_last_sequence,
+    precheck,
+)
 from cdc_bridge.relay.settings import OutboxConfig
 
 log = logging.getLogger("cdc_bridge.relay")
 
 #: Rows older than this share of the duplicate window are reconciled against the stream.
 RECONCILE_AGE_SHARE = 0.8
+#: Pending rows looked up in the stream per pass (bounds the memory of one pass).
+RECONCILE_PAGE = 100_000
+#: After a foreign write into the stream broke the chain, publish one row at a time
+#: (order needs no chain then) for this long before chaining again.
+SERIAL_AFTER_FOREIGN_S = 60.0
 
 
 @dataclass(slots=True)
@@ -76,6 +115,8 @@ class RelayStats:
     reconnects: int = 0
     reconciled: int = 0
     reordered: int = 0
+    chain_breaks: int = 0
+    serial_sends: int = 0
 
 
 class Relay:
@@ -92,6 +133,7 @@ class Relay:
         self.batch = settings.relay_batch
         self.poll_interval_s = settings.poll_interval
         self.max_in_flight = settings.max_in_flight
+        self.chain = settings.expect_last_sequence
         self.compact_interval_s = compact_interval_s
         self.ack_timeout_s = publisher.cfg.ack_timeout
         self.retry_max_s = publisher.cfg.retry_max
@@ -109,6 +151,15 @@ class Relay:
         self._remove_task: asyncio.Task[None] | None = None
         self._last_compact = time.monotonic()
         self._removed_since_compact = False
+        #: The chain: next expected stream sequence (None: not known, send one at a time),
+        #: the outbox seq up to which rows are known stored, the last ids this relay saw
+        #: stored (its last settled row, its last dead letter).
+        self._expect: int | None = None
+        self._stored_upto = 0
+        self._known_tail: list[str] = ["", ""]
+        self._gap = 0
+        self._serial_until = 0.0
+        self._aborted = False
 
     def stop(self) -> None:
         """Finish what is in flight, then return from :meth:`run`."""
@@ -137,6 +188,7 @@ class Relay:
             await self.publisher.connect()
             await self._recovered()
             await self.reconcile()
+            await self._resync()
             await self._pump()
         except PublishUnavailable as e:
             self._went_down(e)
@@ -164,32 +216,65 @@ class Relay:
     async def reconcile(self) -> int:
         """Skip pending rows the stream already holds and dedup may no longer catch.
 
-        Only rows older than :data:`RECONCILE_AGE_SHARE` of the duplicate window are
-        checked (younger ones are deduplicated by JetStream anyway), against the stream's
-        last messages back to a minute before the oldest such row.
+        Every pending row older than :data:`RECONCILE_AGE_SHARE` of the duplicate window
+        (younger ones are deduplicated by JetStream anyway), however many, is looked up
+        exactly (:mod:`cdc_bridge.relay.reconcile`: the stream's headers since it was
+        written), in pages of :data:`RECONCILE_PAGE` rows. Rows found are settled as
+        duplicates without being sent.
         """
         self._skip = set()
-        window_ms = self.publisher.cfg.duplicate_window * 1000
-        rows = await self.store.pending(0, self.max_in_flight + self.batch)
-        now_ms = int(time.time() * 1000)
-        stale = [r for r in rows if now_ms - r.message.created_ms > window_ms * RECONCILE_AGE_SHARE]
-        if not stale:
+        js = self.publisher.js
+        if js is None:
             return 0
-        since = min(r.message.created_ms for r in stale) - 60_000
-        stored = {mid for mid, _ in await self.publisher.last_messages(len(rows) + 1000, since)}
-        for r in stale:
-            mid = r.message.msg_id
-            if mid in stored or "dlq-" + mid in stored:
-                self._skip.add(r.seq)
-        self.stats.reconciled += len(self._skip)
-        log.info("reconciled %d rows older than the duplicate window: %d already in the stream",
-                 len(stale), len(self._skip))
+        window_ms = self.publisher.cfg.duplicate_window * 1000
+        cutoff = int(time.time() * 1000) - window_ms * RECONCILE_AGE_SHARE
+        streams = [self.publisher.cfg.stream, dead_letter_stream(self.publisher.cfg.stream)]
+        after, checked = 0, 0
+        while True:
+            rows = await self.store.pending(after, RECONCILE_PAGE)
+            stale = [r for r in rows if r.message.created_ms < cutoff]
+            if not stale:
+                break
+            try:
+                self._skip |= await stored_rows(
+                    js, streams, wanted_ids((r.seq, r.message.msg_id) for r in stale),
+                    min(r.message.created_ms for r in stale))
+            except (TimeoutError, nats.errors.Error, OSError) as e:
+                raise PublishUnavailable(f"cannot read the stream back: {e}") from e
+            checked += len(stale)
+            if len(stale) < len(rows):
+                break
+            after = rows[-1].seq
+        if checked:
+            self.stats.reconciled += len(self._skip)
+            log.info("reconciled %d rows older than the duplicate window: %d already in the "
+                     "stream", checked, len(self._skip))
         return len(self._skip)
+
+    async def _resync(self) -> None:
+        """Where the chain starts this session (see the module docstring)."""
+        self._expect, self._stored_upto, self._gap = None, 0, 0
+        if not self.chain or self._serial_until:
+            return
+        last_seq, last_id = await self.publisher.stream_tail()
+        if last_id == "" or last_id in self._known_tail:
+            self._expect = last_seq
+            return
+        if last_id is not None:
+            rows = await self.store.pending(0, self.max_in_flight + self.batch)
+            for r in rows:
+                if r.message.msg_id == last_id:
+                    self._stored_upto, self._expect = r.seq, last_seq
+                    return
+        log.info("the last message of stream %s (seq %d, id %s) is none the relay knows: "
+                 "sending one row at a time until one is newly stored", self.publisher.cfg.stream,
+                 last_seq, last_id)
 
     # -- the pump ---------------------------------------------------------------------
 
     async def _pump(self) -> None:
         inflight: deque[Slot] = deque()
+        self._aborted = False
         first = await self.store.pending(0, 1)
         self._acked_seq = self._removed_seq = first[0].seq - 1 if first else 0
         settler = asyncio.create_task(self._settle(inflight), name="relay-settle")
@@ -215,7 +300,13 @@ class Relay:
             if reader is not None:
                 reader.cancel()
             if not settler.done():
+                # the flag and the wake-ups, not only cancel(): Python 3.11's wait_for can
+                # swallow a cancellation that meets a completion, and the settler would
+                # then wait on _sent for ever
+                self._aborted = True
                 settler.cancel()
+                self._sent.set()
+                self.publisher.acked.set()
             await asyncio.gather(settler, return_exceptions=True)
             if reader is not None:
                 await asyncio.gather(reader, return_exceptions=True)
@@ -229,10 +320,10 @@ class Relay:
         skip = self._skip
         for row in rows:
             while len(inflight) >= self.max_in_flight:
+                if settler.done() or self._stopping.is_set():
+                    return  # (checked before clearing: a settler that ended set _space)
                 self._space.clear()
                 await self._space.wait()
-                if settler.done() or self._stopping.is_set():
-                    return
             slot = Slot(row.seq, row.message)
             msg = row.message
             reason = self._subject_ok.get(msg.subject, "?")
@@ -247,7 +338,23 @@ class Relay:
                 slot.outcome = DUPLICATE
                 skip.discard(row.seq)
             elif reason is None and size <= limit:
-                await pub.send(slot)
+                if not self.chain or row.seq <= self._stored_upto:
+                    await pub.send(slot)
+                elif self._expect is not None and self._serial_until == 0.0:
+                    await pub.send(slot, self._expect)
+                    self._expect += 1
+                else:  # where the chain stands is not known: one at a time, unchained
+                    await pub.send(slot)
+                    inflight.append(slot)
+                    self._sent.set()
+                    self.stats.serial_sends += 1
+                    await self._await_outcome(slot, settler)
+                    if slot.outcome == OK:
+                        self._expect = slot.ack_seq
+                        if self._serial_until and time.monotonic() >= self._serial_until:
+                            self._serial_until = 0.0
+                            log.info("chaining publishes again")
+                    continue
             else:
                 slot.outcome = POISON
                 slot.reason = reason or precheck(
@@ -255,6 +362,12 @@ class Relay:
                     stream_subjects=pub.stream_subjects, max_msg_size=pub.max_msg_size) or "?"
             inflight.append(slot)
             self._sent.set()
+
+    async def _await_outcome(self, slot: Slot, settler: asyncio.Task[None]) -> None:
+        """Wait until ``slot`` is settled (or the session ends)."""
+        while slot.outcome == PENDING and not settler.done() and not self._stopping.is_set():
+            self._space.clear()
+            await self._space.wait()
 
     async def _idle(self, settler: asyncio.Task[None], cursor: int) -> bool:
         """Wait for new rows; ``False`` if woken by a stop or a settler failure."""
@@ -287,7 +400,7 @@ class Relay:
     async def _settle_loop(self, inflight: deque[Slot]) -> None:
         pub = self.publisher
         low_water = max(0, self.max_in_flight - max(1, self.max_in_flight // 4))
-        while True:
+        while not self._aborted:
             if inflight and inflight[0].outcome != PENDING:
                 await self._settle_done(inflight)
                 if len(inflight) <= low_water:
@@ -321,12 +434,19 @@ class Relay:
                 if outcome == OK:
                     published += 1
                     observe(now - slot.message.created_ms / 1000)
+                    self._known_tail[0] = slot.message.msg_id
                 elif outcome == DUPLICATE:
                     duplicates += 1
+                    self._known_tail[0] = slot.message.msg_id
+                    if slot.expected_last >= 0:  # stored before: took no sequence
+                        self._gap = self._gap or slot.seq
                 elif outcome == POISON:
+                    if slot.expected_last >= 0:  # sent in the chain, refused: a gap
+                        self._gap = slot.seq
                     await self._dead_letter(slot)
                 else:
                     self._check_order_window(slot, inflight)
+                    self._check_chain(slot, inflight)
                     raise PublishUnavailable(slot.reason or "publish failed")
                 inflight.popleft()
                 self._acked_seq = slot.seq
@@ -348,6 +468,35 @@ class Relay:
                         "seq %d on the same subject was stored; its retry lands after it",
                         failed.seq, failed.message.subject, failed.reason, later[0].seq)
 
+    def _check_chain(self, failed: Slot, inflight: deque[Slot]) -> None:
+        """A chain refusal of the first unsettled row: its predecessor was stored (or it
+        has none in this session), so something else moved the stream's last sequence.
+
+        A foreign message may take exactly the place of the refused row, and then the
+        rows after it are stored ahead of it (their expectations hold again): that is
+        reported and counted as an order window. From here the relay publishes one row
+        at a time for :data:`SERIAL_AFTER_FOREIGN_S` (order without a chain)."""
+        if failed.expected_last < 0 or not is_wrong_last_sequence(failed.reason):
+            return
+        if self._gap:
+            log.info("outbox seq %d refused by the chain after seq %d took no stream sequence "
+                     "(refused as poison, or stored before); resending from it", failed.seq,
+                     self._gap)
+            return
+        self.stats.chain_breaks += 1
+        self._serial_until = time.monotonic() + SERIAL_AFTER_FOREIGN_S
+        log.warning("chain broken at outbox seq %d: stream %s refused it (%s; expected last "
+                    "sequence %d): something else writes into the stream; resending from it, "
+                    "one row at a time for %gs", failed.seq, self.publisher.cfg.stream,
+                    failed.reason, failed.expected_last, SERIAL_AFTER_FOREIGN_S)
+        ahead = [s for s in inflight if s.seq > failed.seq and s.outcome in (OK, PENDING)]
+        if ahead and not any(s.message.subject == failed.message.subject for s in ahead
+                             if s.outcome == OK):  # (else _check_order_window counted it)
+            self.stats.reordered += 1
+            log.warning("order window: outbox seq %d..%d may be stored ahead of seq %d (a "
+                        "foreign message took its place in the chain)", ahead[0].seq,
+                        ahead[-1].seq, failed.seq)
+
     async def _dead_letter(self, slot: Slot) -> None:
         msg = slot.message
         pub = self.publisher
@@ -366,6 +515,7 @@ class Relay:
             # the reason and the original's identity, drop the body
             headers["Cdc-Body-Dropped"] = "the stream refused the original body"
             await pub.publish_one(subject, b"", headers)
+        self._known_tail[1] = headers.get(MSG_ID, "")
         self.stats.dead_lettered += 1
         metrics.DEAD_LETTERS.labels(subject.rsplit(".", 1)[-1], "publish").inc()
 
@@ -409,4 +559,5 @@ class Relay:
         s = self.stats
         return {"published": s.published, "duplicates": s.duplicates,
                 "dead_lettered": s.dead_lettered, "retries": s.retries,
-                "reconnects": s.reconnects, "reordered": s.reordered}
+                "reconnects": s.reconnects, "reordered": s.reordered,
+                "chain_breaks": s.chain_breaks}

@@ -98,10 +98,19 @@ def parse_ack(data: bytes, status: str | None, expected_stream: str) -> AckResul
         reason = f"JetStream error {code}: {err.get('description', '')}"
         return AckResult(POISON if code in POISON_ERR_CODES else RETRY, reason=reason)
     stream = body.get("stream", "")
-    if stream != expected_stream:
+    if stream not in (expected_stream, f"{expected_stream}_DLQ"):  # dead letters' stream
         return AckResult(POISON, stream, int(body.get("seq", 0)),
                          f"stored in stream {stream!r}, not {expected_stream!r}")
     return AckResult(DUPLICATE if body.get("duplicate") else OK, stream, int(body["seq"]))
+
+
+#: JetStream's error code for a publish whose ``Nats-Expected-Last-Sequence`` does not hold.
+WRONG_LAST_SEQUENCE = 10071
+
+
+def is_wrong_last_sequence(reason: str) -> bool:
+    """Whether a failed publish's reason (from :func:`parse_ack`) is a chain refusal."""
+    return reason.startswith(f"JetStream error {WRONG_LAST_SEQUENCE}:")
 
 
 def dlq_token(subject: str, prefix: str) -> str:
@@ -132,7 +141,7 @@ def dead_letter(msg_id: str, subject: str, payload: bytes, headers: dict[str, st
         ORIGINAL_SIZE: str(len(payload)),
     })
     body = payload if len(payload) + headers_size(out) <= body_limit else b""
-    return f"{prefix}.{dlq}.{dlq_token(subject, prefix)}", body, out
+    return f"{prefix}{dlq}.{dlq_token(subject, prefix)}", body, out
 
 
 def min_duplicate_window(ack_timeout_s: float, retry_max_s: float) -> float:

@@ -29,6 +29,13 @@ class TlsConfig(StrictModel):
     key_file: Path | None = None
 
 
+class Placement(StrictModel):
+    #: The JetStream cluster (``cluster.name`` of the servers) to place the stream in.
+    cluster: str | None = None
+    #: Server tags (``server_tags``) every server holding a replica must have.
+    tags: list[str] = []
+
+
 class NatsConfig(StrictModel):
     #: One URL or several (a cluster). Absent -> the embedded nats-server.
     url: str | list[str] | None = None
@@ -44,7 +51,11 @@ class NatsConfig(StrictModel):
     #: JetStream duplicate window: must cover the longest time between a PubAck and the
     #: outbox row's deletion (a crash in between, then restart).
     duplicate_window: Duration = 600.0
+    #: Copies of the stream on a JetStream cluster (3 survives one node lost; 1 on a
+    #: single server).
     replicas: int = Field(default=1, ge=1, le=5)
+    #: Where JetStream places the stream's replicas; absent: wherever it chooses.
+    placement: Placement | None = None
     storage: str = Field(default="file", pattern="^(file|memory)$")
     max_age: Duration = 0.0
     max_bytes: int = -1
@@ -100,3 +111,10 @@ class OutboxConfig(StrictModel):
     max_in_flight: int = Field(default=4000, ge=1, le=100_000)
     #: Idle relay re-checks the store this often even without a wake-up.
     poll_interval: Duration = 1.0
+    #: Chain the publishes over the stream (``Nats-Expected-Last-Sequence``): a message
+    #: whose predecessor was not stored is refused, never stored ahead of it, so per-key
+    #: order holds at any ``max_in_flight``, through leader elections and node losses.
+    #: Assumes the bridge is the stream's only writer (a foreign write costs a restart).
+    #: Off: a transient failure under a full pipeline may reorder (``max_in_flight: 1``
+    #: prevents it).
+    expect_last_sequence: bool = True

@@ -86,8 +86,7 @@ class ReadModel:
     async def rebuild(self, config: BridgeConfig, adapter: str) -> int:
         """Rebuild from scratch through ``replay``; returns the events applied."""
         self.projection.reset()
-        self.conn.execute("DELETE FROM cdc_seen WHERE consumer=?", (self.durable,))
-        self.conn.commit()
+        self.seen.forget_all()  # ids and key positions; commits the reset with them
         run = str(int(time.time() * 1000))
         target = f"readmodel.{self.durable}.{run}"
         stream = f"READMODEL_{self.durable}".upper()

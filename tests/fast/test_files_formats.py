@@ -26,6 +26,7 @@ from cdc_bridge.adapters.files.formats import CsvFormat, FixedWidthFormat, Jsonl
 from cdc_bridge.adapters.files.formats.types import convert
 from cdc_bridge.adapters.files.modes.snapshot_store import SnapshotStore, merge_page
 from cdc_bridge.adapters.files.reader import RecordReader
+from tests.fast import examples
 
 
 def csv_fmt(**kw: object) -> CsvFormat:
@@ -169,7 +170,7 @@ def _fuzz_parse(fmt: object, data: bytes) -> None:
         assert isinstance(row, dict)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(st.binary(max_size=200), st.sampled_from([",", ";", "\t", "|"]))
 def test_fuzz_csv(data: bytes, delimiter: str) -> None:
     fmt = csv_fmt(delimiter=delimiter, header=False, columns=["a", "b"],
@@ -178,7 +179,7 @@ def test_fuzz_csv(data: bytes, delimiter: str) -> None:
     _fuzz_parse(fmt, b"1" + delimiter.encode() + b"2")  # state never leaks between rows
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(st.binary(max_size=200))
 def test_fuzz_jsonl_and_fixed_width(data: bytes) -> None:
     _fuzz_parse(JsonlFormat(JsonlOptions()), data)
@@ -186,7 +187,7 @@ def test_fuzz_jsonl_and_fixed_width(data: bytes) -> None:
     _fuzz_parse(FixedWidthFormat(LAYOUT.model_copy(update={"encoding": "cp1252"})), data)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(st.binary(max_size=400), st.integers(min_value=8, max_value=64))
 def test_fuzz_reader_covers_every_byte(data: bytes, max_bytes: int) -> None:
     reader = RecordReader(io.BytesIO(data), 0, 1, csv_fmt().joiner(), max_bytes)
@@ -213,7 +214,7 @@ def test_merge_page_ops() -> None:
     assert changes[0].before == b'{"v":2}' and finished and last == "4"
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=examples(100), deadline=None)
 @given(st.dictionaries(st.integers(0, 60), st.integers(0, 3), max_size=40),
        st.dictionaries(st.integers(0, 60), st.integers(0, 3), max_size=40),
        st.integers(1, 7))

@@ -49,6 +49,7 @@ from cdc_bridge.adapters.postgres.pgoutput import (
     str_to_lsn,
 )
 from cdc_bridge.kernel.errors import DecodeError
+from tests.fast import examples
 
 # ---------------------------------------------------------------- byte builders
 
@@ -254,7 +255,7 @@ def decodes_or_fails_cleanly(raw: bytes, in_stream: bool) -> None:
     assert time.perf_counter() - start < 0.5
 
 
-@settings(max_examples=1500, deadline=1000)
+@settings(max_examples=examples(1500), deadline=1000)
 @given(st.binary(max_size=200), st.booleans())
 def test_fuzz_arbitrary_bytes(raw: bytes, in_stream: bool) -> None:
     decodes_or_fails_cleanly(raw, in_stream)
@@ -262,7 +263,7 @@ def test_fuzz_arbitrary_bytes(raw: bytes, in_stream: bool) -> None:
         parse_copy_data(raw)
 
 
-@settings(max_examples=1500, deadline=1000)
+@settings(max_examples=examples(1500), deadline=1000)
 @given(st.sampled_from(KINDS), st.binary(max_size=120), st.booleans())
 def test_fuzz_known_kind_with_random_body(kind: bytes, body: bytes, in_stream: bool) -> None:
     decodes_or_fails_cleanly(kind + body, in_stream)
@@ -287,7 +288,7 @@ def mutated(draw: st.DrawFn) -> bytes:
     return bytes(raw)
 
 
-@settings(max_examples=3000, deadline=1000, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(3000), deadline=1000, suppress_health_check=[HealthCheck.too_slow])
 @given(mutated(), st.booleans())
 def test_fuzz_mutated_valid_messages(raw: bytes, in_stream: bool) -> None:
     decodes_or_fails_cleanly(raw, in_stream)
