@@ -113,6 +113,7 @@ async def relay_run(cluster: NatsCluster, work: Path, msgs: list[OutboxMessage],
     await task
     assert publisher.js is not None
     await publisher.js.delete_stream(stream)
+    await publisher.js.delete_stream(f"{stream}_DLQ")  # the relay made it beside
     await publisher.close()
     store.close()
     return len(msgs) / elapsed

@@ -101,6 +101,7 @@ async def relay_run(url: str, store: OutboxStore, msgs: list[OutboxMessage], str
     await task
     assert publisher.js is not None
     await publisher.js.delete_stream(stream)
+    await publisher.js.delete_stream(f"{stream}_DLQ")  # the relay made it beside
     await publisher.close()
     astore.close()
     return len(msgs) / elapsed
