@@ -11,11 +11,14 @@ import sqlite3
 import subprocess
 import sys
 import time
+import uuid
 import zlib
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import nats
+import psycopg
 import pytest
 import yaml
 from click.testing import CliRunner
@@ -23,7 +26,7 @@ from nats.js import api
 
 from cdc_bridge.cli.main import main as cli_main
 from cdc_bridge.client.consumer import Consumer, ConsumerSettings, Event
-from cdc_bridge.client.seen import MemorySeenStore, SqliteSeenStore
+from cdc_bridge.client.seen import MemorySeenStore, PostgresSeenStore, SqliteSeenStore
 from cdc_bridge.kernel.events import ChangeEvent
 from tests.helpers import read_stream
 from tests.services.nats_server import NatsServer
@@ -87,10 +90,32 @@ async def wait_until(predicate: object, timeout_s: float, what: str) -> None:
         await asyncio.sleep(0.05)
 
 
-@pytest.mark.parametrize("store", ["memory", "sqlite"])
+async def _pg_stores(request: pytest.FixtureRequest) -> tuple[str, dict[str, PostgresSeenStore]]:
+    """A database of the test's own; one store per instance, sharing it (row locks)."""
+    server = request.getfixturevalue("postgres_server")
+    name = "seen_" + uuid.uuid4().hex[:10]
+    with psycopg.connect(server.dsn, autocommit=True) as admin:
+        admin.execute(f"CREATE DATABASE {name}")
+    dsn = str(server.dsn_for(name))
+    with psycopg.connect(dsn, autocommit=True) as setup:
+        setup.execute("CREATE TABLE effects (n bigserial, k int, v int, id text UNIQUE)")
+    return dsn, {i: await PostgresSeenStore.open(dsn, "orders", pool_size=4) for i in "ab"}
+
+
+def _committed_effects(db: Path, dsn: str) -> list[tuple[int, int]]:
+    if dsn:
+        with psycopg.connect(dsn) as conn:
+            rows = conn.execute("SELECT k, v FROM effects ORDER BY n").fetchall()
+    else:
+        with sqlite3.connect(db) as conn:
+            rows = conn.execute("SELECT k, v FROM effects ORDER BY rowid").fetchall()
+    return [(int(k), int(v)) for k, v in rows]
+
+
+@pytest.mark.parametrize("store", ["memory", "sqlite", "postgres"])
 async def test_two_instances_keep_per_key_order_through_transient_failures(
         nats_server: NatsServer, js: nats.js.JetStreamContext, tmp_path: Path,
-        store: str) -> None:
+        store: str, request: pytest.FixtureRequest) -> None:
     await publish_versions(js)
     applied: list[tuple[int, int]] = []
     running: set[int] = set()
@@ -102,9 +127,11 @@ async def test_two_instances_keep_per_key_order_through_transient_failures(
         setup.execute("CREATE TABLE effects (k INTEGER, v INTEGER, id TEXT UNIQUE)")
         setup.commit()
         setup.close()
+    dsn, pg = await _pg_stores(request) if store == "postgres" else ("", {})
 
     def make(name: str) -> Consumer:
-        seen = SqliteSeenStore(db, "orders") if store == "sqlite" else shared
+        seen: Any = (SqliteSeenStore(db, "orders") if store == "sqlite" else
+                     pg[name] if store == "postgres" else shared)
 
         async def handle(event: Event) -> None:
             k, v = event.key["id"], event.after["v"]  # type: ignore[index]
@@ -117,6 +144,9 @@ async def test_two_instances_keep_per_key_order_through_transient_failures(
                     raise RuntimeError(f"transient failure on key {k}")
                 if isinstance(seen, SqliteSeenStore):
                     seen.conn.execute("INSERT INTO effects VALUES (?, ?, ?)", (k, v, event.id))
+                elif isinstance(seen, PostgresSeenStore):  # in the handler's transaction
+                    await seen.conn.execute("INSERT INTO effects (k, v, id) VALUES "
+                                            "(%s, %s, %s)", (k, v, event.id))
                 applied.append((k, v))
             finally:
                 running.discard(k)
@@ -137,10 +167,10 @@ async def test_two_instances_keep_per_key_order_through_transient_failures(
     assert a.stats.dead_lettered + b.stats.dead_lettered == 0
     if store == "memory":
         assert overlap[0] > 1, "different keys ran concurrently"
-    else:
-        with sqlite3.connect(db) as conn:
-            rows = conn.execute("SELECT k, v FROM effects ORDER BY rowid").fetchall()
-        assert_in_order_once([(int(k), int(v)) for k, v in rows])
+    else:  # the effects committed with the seen marks: once each, in order per key
+        for s in pg.values():
+            await s.close()
+        assert_in_order_once(_committed_effects(db, dsn))
     info = await js.consumer_info("CDC", "orders")
     assert info.num_ack_pending == 0 and info.num_pending == 0
 
