@@ -179,6 +179,23 @@ class SnapshotReport:
     #: That committed run is finished.
     done: bool
 
+    @classmethod
+    def of(cls, requested: RunState | None, committed: RunState | None) -> SnapshotReport:
+        """The report from the latest requested run and the one the committed checkpoint
+        describes (a source keeps both; ``None``: none yet)."""
+        return cls(requested.seq if requested else 0, committed.seq if committed else 0,
+                   committed.rows if committed else 0, committed.total if committed else 0,
+                   bool(committed and committed.finished))
+
+
+class RunState(Protocol):
+    """What a source's re-snapshot run record tells :meth:`SnapshotReport.of`."""
+
+    seq: int
+    rows: int
+    total: int
+    finished: bool
+
 
 @runtime_checkable
 class ReportsSnapshotProgress(Protocol):

@@ -40,7 +40,7 @@ import nats
 from nats.js import api
 
 from bench.bench_relay import make_messages
-from bench.common import emit
+from bench.common import emit, relay_to_end
 from cdc_bridge.config import NatsConfig, OutboxConfig
 from cdc_bridge.outbox.base import OutboxMessage
 from cdc_bridge.outbox.factory import open_store
@@ -104,19 +104,9 @@ async def relay_run(cluster: NatsCluster, work: Path, msgs: list[OutboxMessage],
     task = asyncio.create_task(relay.run())
     for i in range(0, len(msgs), 2000):
         await store.append("erp", msgs[i:i + 2000], {"pos": i})
-    while relay.stats.published + relay.stats.duplicates < len(msgs):
-        if task.done():
-            task.result()
-        await asyncio.sleep(0.002)
-    elapsed = time.perf_counter() - start
-    relay.stop()
-    await task
-    assert publisher.js is not None
-    await publisher.js.delete_stream(stream)
-    await publisher.js.delete_stream(f"{stream}_DLQ")  # the relay made it beside
-    await publisher.close()
+    rate = await relay_to_end(relay, task, len(msgs), start)
     store.close()
-    return len(msgs) / elapsed
+    return rate
 
 
 async def throughput(cluster: NatsCluster, work: Path, args: argparse.Namespace) -> None:

@@ -32,7 +32,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import Pacer, emit, latency, publish_ceiling, services
+from bench.common import Pacer, emit, latency, publish_ceiling, relay_to_end, services
 from cdc_bridge import metrics
 from cdc_bridge.config import NatsConfig, OutboxConfig
 from cdc_bridge.kernel.events import ChangeEvent
@@ -92,19 +92,9 @@ async def relay_run(url: str, store: OutboxStore, msgs: list[OutboxMessage], str
     task = asyncio.create_task(relay.run())
     if not prefill:
         await produce()
-    while relay.stats.published + relay.stats.duplicates < len(msgs):
-        if task.done():
-            task.result()
-        await asyncio.sleep(0.002)
-    elapsed = time.perf_counter() - start
-    relay.stop()
-    await task
-    assert publisher.js is not None
-    await publisher.js.delete_stream(stream)
-    await publisher.js.delete_stream(f"{stream}_DLQ")  # the relay made it beside
-    await publisher.close()
+    rate = await relay_to_end(relay, task, len(msgs), start)
     astore.close()
-    return len(msgs) / elapsed
+    return rate
 
 
 class Recorder:

@@ -352,3 +352,23 @@ def emit_series(name: str, kind: str, points: list[Any]) -> None:
         raise ValueError(f"unknown series kind {kind!r}")
     print("BENCH_SERIES " + json.dumps({"name": name, "kind": kind, "points": points}),
           flush=True)
+
+
+async def relay_to_end(relay: Any, task: asyncio.Task[Any], n: int, start: float) -> float:
+    """Wait until ``relay`` has settled ``n`` rows (``task`` runs it), stop it, drop its
+    streams (the bench stream and the dead-letter one beside it); returns events/s."""
+    while relay.stats.published + relay.stats.duplicates < n:
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.002)
+    elapsed = time.perf_counter() - start
+    relay.stop()
+    await task
+    js = relay.publisher.js
+    assert js is not None
+    stream = relay.publisher.cfg.stream
+    await js.delete_stream(stream)
+    await js.delete_stream(f"{stream}_DLQ")
+    await relay.publisher.close()
+    return float(n / elapsed)
+

@@ -54,7 +54,6 @@ from cdc_bridge.adapters.mysql_binlog.position import (
     BinlogPos,
     Position,
     ResnapProgress,
-    SnapshotProgress,
 )
 from cdc_bridge.adapters.mysql_binlog.resnapshot import Resnapshotter, resolve
 from cdc_bridge.adapters.mysql_binlog.snapshot import (
@@ -65,6 +64,7 @@ from cdc_bridge.adapters.mysql_binlog.snapshot import (
 )
 from cdc_bridge.adapters.mysql_binlog.stream import BinlogReader
 from cdc_bridge.adapters.mysql_binlog.values import RowConverter
+from cdc_bridge.adapters.snapshot_progress import SnapshotProgress
 from cdc_bridge.kernel.errors import SourceSetupError, SourceUnavailable
 
 log = logging.getLogger("cdc_bridge.adapter.mysql_binlog")
@@ -363,11 +363,7 @@ class MysqlBinlogAdapter:
     def snapshot_progress(self) -> SnapshotReport | None:
         if not self._ready.is_set() or self._pos is None:
             return None
-        requested = self._pos.resnapshot
-        done = self._committed
-        return SnapshotReport(requested.seq if requested else 0, done.seq if done else 0,
-                              done.rows if done else 0, done.total if done else 0,
-                              bool(done and done.finished))
+        return SnapshotReport.of(self._pos.resnapshot, self._committed)
 
     async def close(self) -> None:
         self.connected = False

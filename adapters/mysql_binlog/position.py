@@ -48,6 +48,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from cdc_bridge.adapters.snapshot_progress import SnapshotProgress
+
 
 @dataclass(frozen=True, slots=True, order=True)
 class BinlogPos:
@@ -133,41 +135,6 @@ def already_copied(filters: Sequence[SnapshotFilter], table: str, key: tuple[Any
         return False
     f = governing(filters, table, key)
     return f is not None and tx_start.before(f.at)
-
-
-@dataclass(slots=True)
-class SnapshotProgress:
-    gen: int
-    attempt: int
-    tables: list[str]
-    done: list[str] = field(default_factory=list)
-    current: str | None = None
-    #: Last primary key copied of ``current``; ``None``: none yet.
-    after: KeyBound = None
-    rows: int = 0
-    #: Binlog position (``file:pos``) where the snapshot is consistent; kept across
-    #: resumes. In the ``r`` event ids, so a later snapshot (a new checkpoint starting
-    #: at gen 1 again) never repeats an earlier one's ids ("": checkpoints from before).
-    origin: str = ""
-
-    def remaining(self) -> list[str]:
-        return [t for t in self.tables if t not in self.done]
-
-    def id_prefix(self) -> str:
-        """``snap:<gen>.<attempt>@<origin>`` (the start of every ``r`` event's id)."""
-        origin = f"@{self.origin}" if self.origin else ""
-        return f"snap:{self.gen}.{self.attempt}{origin}"
-
-    def to_json(self) -> dict[str, Any]:
-        return {"gen": self.gen, "attempt": self.attempt, "tables": self.tables,
-                "done": self.done, "current": self.current, "after": self.after,
-                "rows": self.rows, **({"origin": self.origin} if self.origin else {})}
-
-    @classmethod
-    def from_json(cls, raw: Mapping[str, Any]) -> SnapshotProgress:
-        return cls(int(raw["gen"]), int(raw["attempt"]), list(raw["tables"]),
-                   list(raw["done"]), raw.get("current"), raw.get("after"),
-                   int(raw.get("rows", 0)), str(raw.get("origin", "")))
 
 
 @dataclass(slots=True)

@@ -52,7 +52,7 @@ from cdc_bridge.adapters.postgres import pgoutput as po
 from cdc_bridge.adapters.postgres.changes import EventBuilder
 from cdc_bridge.adapters.postgres.config import PostgresConfig, split_name
 from cdc_bridge.adapters.postgres.heartbeat import run_heartbeat
-from cdc_bridge.adapters.postgres.position import Position, SnapshotProgress
+from cdc_bridge.adapters.postgres.position import Position
 from cdc_bridge.adapters.postgres.replication import ReplicationConnection, connection_error
 from cdc_bridge.adapters.postgres.resnap_state import ResnapProgress
 from cdc_bridge.adapters.postgres.resnapshot import Resnapshotter
@@ -70,6 +70,7 @@ from cdc_bridge.adapters.postgres.snapshot import SnapshotReader, fresh_snapshot
 from cdc_bridge.adapters.postgres.stream import StreamReader
 from cdc_bridge.adapters.postgres.tables import TableWatch
 from cdc_bridge.adapters.postgres.values import ValueDecoder
+from cdc_bridge.adapters.snapshot_progress import SnapshotProgress
 from cdc_bridge.kernel.errors import SourceSetupError, SourceUnavailable
 
 log = logging.getLogger("cdc_bridge.adapter.postgres")
@@ -382,11 +383,7 @@ class PostgresAdapter:
     def snapshot_progress(self) -> SnapshotReport | None:
         if not self._ready.is_set() or self._pos is None:
             return None
-        requested = self._pos.resnapshot
-        done = self._committed
-        return SnapshotReport(requested.seq if requested else 0, done.seq if done else 0,
-                              done.rows if done else 0, done.total if done else 0,
-                              bool(done and done.finished))
+        return SnapshotReport.of(self._pos.resnapshot, self._committed)
 
     async def close(self) -> None:
         self.connected = False

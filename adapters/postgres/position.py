@@ -47,6 +47,7 @@ from typing import Any
 from cdc_bridge.adapters.postgres.pgoutput import lsn_to_str, str_to_lsn
 from cdc_bridge.adapters.postgres.resnap_state import ResnapProgress
 from cdc_bridge.adapters.postgres.xids import XID_MASK, precedes
+from cdc_bridge.adapters.snapshot_progress import SnapshotProgress
 
 #: Type OIDs whose text form converts to a Python value ordered like PostgreSQL orders it.
 _ORDERABLE: dict[int, Any] = {
@@ -118,36 +119,6 @@ def governing(filters: Sequence[SnapshotFilter], table: str, key: tuple[Any, ...
         if key > b and (best_bound is None or b > best_bound):
             best, best_bound = f, b
     return best
-
-
-@dataclass(slots=True)
-class SnapshotProgress:
-    gen: int
-    attempt: int
-    tables: list[str]
-    done: list[str] = field(default_factory=list)
-    current: str | None = None
-    #: Last primary key copied of ``current`` (text form), ``None`` = none yet.
-    after: list[str | None] | None = None
-    rows: int = 0
-    #: Where the slot stood when this snapshot began: part of the ``r`` event ids, so a
-    #: snapshot on a new or reset slot never repeats an earlier one's ids (the duplicate
-    #: window would drop its rows). Empty in checkpoints written before it existed.
-    origin: str = ""
-
-    def remaining(self) -> list[str]:
-        return [t for t in self.tables if t not in self.done]
-
-    def to_json(self) -> dict[str, Any]:
-        return {"gen": self.gen, "attempt": self.attempt, "tables": self.tables,
-                "done": self.done, "current": self.current, "after": self.after,
-                "rows": self.rows, **({"origin": self.origin} if self.origin else {})}
-
-    @classmethod
-    def from_json(cls, raw: dict[str, Any]) -> SnapshotProgress:
-        return cls(int(raw["gen"]), int(raw["attempt"]), list(raw["tables"]),
-                   list(raw["done"]), raw.get("current"), raw.get("after"),
-                   int(raw.get("rows", 0)), str(raw.get("origin", "")))
 
 
 @dataclass(slots=True)

@@ -41,8 +41,9 @@ from psycopg import sql
 from cdc_bridge.adapters.contract import ChangeBatch
 from cdc_bridge.adapters.postgres.changes import EventBuilder, RelationState
 from cdc_bridge.adapters.postgres.outbox import OutboxRowError
-from cdc_bridge.adapters.postgres.position import Position, SnapshotFilter, SnapshotProgress
+from cdc_bridge.adapters.postgres.position import Position, SnapshotFilter
 from cdc_bridge.adapters.postgres.setup import TableInfo
+from cdc_bridge.adapters.snapshot_progress import SnapshotProgress
 from cdc_bridge.kernel.errors import DecodeError, SourceUnavailable
 from cdc_bridge.kernel.events import DeadLetter
 

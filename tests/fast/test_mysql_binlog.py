@@ -173,7 +173,7 @@ def test_config() -> None:
 
 
 def test_snapshot_ids_carry_the_origin_and_survive_a_resume() -> None:
-    from cdc_bridge.adapters.mysql_binlog.position import SnapshotProgress
+    from cdc_bridge.adapters.snapshot_progress import SnapshotProgress
 
     builder = EventBuilder("erp", TableFilter(["db.*"], []))
     first = SnapshotProgress(1, 0, ["db.t"], origin="binlog.000001:400")

@@ -1,0 +1,50 @@
+"""The initial snapshot's progress, as every log-reading source checkpoints it.
+
+Tables copied in key order, chunk by chunk; ``after`` is the last key copied of the
+table being copied; ``attempt`` grows each time a killed copy resumes under a fresh
+snapshot; ``origin`` is where the source's log stood when the snapshot began (a slot's
+LSN, a binlog ``file:pos``). All of ``gen``, ``attempt`` and ``origin`` are in the
+``r`` event ids (:meth:`SnapshotProgress.id_prefix`), so a copy read again after a
+resume, or a later snapshot on a new slot or checkpoint, never repeats an earlier one's
+ids (the duplicate window would drop its rows). Checkpoints from before ``origin``
+existed have none and keep their ids. Pure.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(slots=True)
+class SnapshotProgress:
+    gen: int
+    attempt: int
+    tables: list[str]
+    done: list[str] = field(default_factory=list)
+    current: str | None = None
+    #: Last primary key copied of ``current`` (the source's own form); ``None``: none yet.
+    after: list[Any] | None = None
+    rows: int = 0
+    #: Where the source's log stood when the snapshot began ("": older checkpoints).
+    origin: str = ""
+
+    def remaining(self) -> list[str]:
+        return [t for t in self.tables if t not in self.done]
+
+    def id_prefix(self) -> str:
+        """``snap:<gen>.<attempt>[@<origin>]``: the start of every ``r`` event's id."""
+        origin = f"@{self.origin}" if self.origin else ""
+        return f"snap:{self.gen}.{self.attempt}{origin}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"gen": self.gen, "attempt": self.attempt, "tables": self.tables,
+                "done": self.done, "current": self.current, "after": self.after,
+                "rows": self.rows, **({"origin": self.origin} if self.origin else {})}
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> SnapshotProgress:
+        return cls(int(raw["gen"]), int(raw["attempt"]), list(raw["tables"]),
+                   list(raw["done"]), raw.get("current"), raw.get("after"),
+                   int(raw.get("rows", 0)), str(raw.get("origin", "")))
