@@ -7,14 +7,15 @@ LSN, a binlog ``file:pos``). All of ``gen``, ``attempt`` and ``origin`` are in t
 ``r`` event ids (:meth:`SnapshotProgress.id_prefix`), so a copy read again after a
 resume, or a later snapshot on a new slot or checkpoint, never repeats an earlier one's
 ids (the duplicate window would drop its rows). Checkpoints from before ``origin``
-existed have none and keep their ids. Pure.
+existed have none and keep their ids. The re-snapshot runs of the sources share their
+table bookkeeping (:func:`merge_tables`, :func:`finish_table`). Pure.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 
 @dataclass(slots=True)
@@ -48,3 +49,30 @@ class SnapshotProgress:
         return cls(int(raw["gen"]), int(raw["attempt"]), list(raw["tables"]),
                    list(raw["done"]), raw.get("current"), raw.get("after"),
                    int(raw.get("rows", 0)), str(raw.get("origin", "")))
+
+
+class TableRun(Protocol):
+    """A re-snapshot run's table bookkeeping (each source's ``ResnapProgress``)."""
+
+    tables: list[str]
+    done: list[str]
+    finished: bool
+
+
+def merge_tables(run: TableRun, tables: Sequence[str]) -> None:
+    """Another request while ``run`` runs: add its tables (again if already done)."""
+    for t in tables:
+        if t in run.done:
+            run.done.remove(t)
+        if t not in run.tables:
+            run.tables.append(t)
+    run.finished = False
+
+
+def finish_table(run: TableRun, table: str) -> None:
+    """``table`` is copied; the run is finished when no table is left."""
+    if table not in run.done:
+        run.done.append(table)
+    if all(t in run.done for t in run.tables):
+        run.finished = True
+        run.tables, run.done = [], []

@@ -48,7 +48,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from cdc_bridge.adapters.snapshot_progress import SnapshotProgress
+from cdc_bridge.adapters.snapshot_progress import (
+    SnapshotProgress,
+    finish_table,
+    merge_tables,
+)
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -165,21 +169,11 @@ class ResnapProgress:
         return f"snap:{self.gen}.{self.attempt}@{self.origin}"
 
     def merge(self, tables: Sequence[str]) -> None:
-        """Another request while this one runs: add its tables (again if already done)."""
-        for t in tables:
-            if t in self.done:
-                self.done.remove(t)
-            if t not in self.tables:
-                self.tables.append(t)
-        self.finished = False
+        merge_tables(self, tables)
 
     def table_done(self, table: str) -> None:
-        if table not in self.done:
-            self.done.append(table)
         self.current, self.after = None, None
-        if not self.remaining():
-            self.finished = True
-            self.tables, self.done = [], []
+        finish_table(self, table)
 
     def to_json(self) -> dict[str, Any]:
         return {"seq": self.seq, "gen": self.gen, "origin": self.origin,

@@ -49,6 +49,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cdc_bridge.adapters.postgres.xids import precedes
+from cdc_bridge.adapters.snapshot_progress import finish_table, merge_tables
 
 _XID_MASK = 0xFFFF_FFFF
 #: Commits the stream remembers for the visibility check of a new chunk snapshot.
@@ -102,21 +103,11 @@ class ResnapProgress:
         return [t for t in self.tables if t not in self.done]
 
     def merge(self, tables: Sequence[str]) -> None:
-        """Another request while this one runs: add its tables (again if already done)."""
-        for t in tables:
-            if t in self.done:
-                self.done.remove(t)
-            if t not in self.tables:
-                self.tables.append(t)
-        self.finished = False
+        merge_tables(self, tables)
 
     def table_done(self, table: str) -> None:
-        if table not in self.done:
-            self.done.append(table)
         self.current, self.after, self.retry = None, None, []
-        if not self.remaining():
-            self.finished = True
-            self.tables, self.done = [], []
+        finish_table(self, table)
 
     def to_json(self) -> dict[str, Any]:
         return {"seq": self.seq, "gen": self.gen, "attempt": self.attempt,
