@@ -124,5 +124,7 @@ def test_a_reloaded_table_sends_t_then_its_rows(
     finally:
         assert bridge.terminate() == 0, bridge.log()
     ops = [m.body["data"]["op"] for m in stream_messages(nats_server.url, subject="cdc.erp.>")]
-    assert ops == ["r"] * 5 + ["t", "r", "r", "c"], ops
+    # the new rows are r (the reset's snapshot) or, when a poll came between CREATE and
+    # INSERT (the snapshot then found the table empty), c: each once, after the t
+    assert ops[:6] == ["r"] * 5 + ["t"] and ops[6:] in (["r", "r", "c"], ["c"] * 3), ops
     assert "the table was dropped and created again" in bridge.log()

@@ -142,12 +142,12 @@ class CursorTable:
         ``t`` event and a fresh start with an initial snapshot; (``stop``) a fatal error
         for this table alone. Nothing when the database cannot tell."""
         now = self.source.identity(conn)
-        if now is None or now == self.identity or not self.started:
-            if self.started or self.identity is None:
-                self.identity = now
-            return []
-        if self.identity is None:  # a checkpoint from before identities: adopt it
+        if now is None:  # cannot tell, or the table is gone right now: keep what we know
+            return []    # (a reload seen between its DROP and CREATE must still be one)
+        if self.identity is None:  # first look, or a checkpoint from before identities
             self.identity = now
+            return []
+        if now == self.identity or not self.started:
             return []
         what = f"{self.adapter}/{self.spec.ident}: the table was dropped and created again"
         if on_change == "stop":

@@ -106,3 +106,36 @@ def test_config_rules() -> None:
     ]:
         with pytest.raises(ValidationError, match=text):
             _cfg(**bad)
+
+
+class _ReloadedSource:
+    """Just what :meth:`CursorTable.reset_check` reads of a table source: its identity
+    changes as a reload goes through DROP (gone: ``None``) and CREATE."""
+
+    schema = None
+    table_name = "inv"
+    cursor_names = ["id"]
+    mode = "incrementing"
+
+    def __init__(self) -> None:
+        self.now: str | None = "t1"
+        self.spec = type("Spec", (), {"ident": "inv"})()
+
+    def identity(self, conn: object) -> str | None:
+        return self.now
+
+
+def test_a_reload_seen_between_drop_and_create_is_still_a_reset() -> None:
+    from cdc_bridge.adapters.sql_poll.cursor_mode import CursorTable
+
+    source = _ReloadedSource()
+    table = CursorTable("erp", source, batch_size=10, lag_s=0.0,  # type: ignore[arg-type]
+                        max_window_rows=0, progress_interval_s=10.0)
+    assert table.reset_check(None, "resnapshot") == []  # type: ignore[arg-type]
+    table.started = True
+    source.now = None  # between DROP TABLE and CREATE TABLE
+    assert table.reset_check(None, "resnapshot") == []  # type: ignore[arg-type]
+    source.now = "t2"  # created again
+    events = table.reset_check(None, "resnapshot")  # type: ignore[arg-type]
+    assert [e.op for e in events] == ["t"] and table.identity == "t2"
+    assert table.reset_check(None, "resnapshot") == []  # type: ignore[arg-type]
