@@ -249,5 +249,25 @@ def test_kustomize_builds() -> None:
                             text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     kinds = {d["kind"] for d in yaml.safe_load_all(result.stdout) if d}
-    assert {"Deployment", "ConfigMap", "Secret", "Service", "PersistentVolumeClaim",
+    assert {"Deployment", "ConfigMap", "Service", "PersistentVolumeClaim",
             "StatefulSet"} <= kinds
+    # applying again must never overwrite the Secret created out of band
+    assert "Secret" not in kinds
+    monitored = subprocess.run(["kubectl", "kustomize", str(DEPLOY / "monitoring")],
+                               capture_output=True, text=True, timeout=60)
+    assert monitored.returncode == 0, monitored.stderr
+    docs = [d for d in yaml.safe_load_all(monitored.stdout) if d]
+    assert {d["kind"] for d in docs} == kinds | {"ServiceMonitor"}
+
+
+def test_service_monitor_scrapes_the_metrics_service() -> None:
+    monitor = yaml.safe_load((DEPLOY / "monitoring" / "servicemonitor.yaml").read_text())
+    service = next(d for d in k8s_documents() if d["kind"] == "Service"
+                   and d["metadata"]["name"] == "cdc-bridge-metrics")
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= \
+        service["metadata"]["labels"].items()
+    port_names = {p["name"] for p in service["spec"]["ports"]}
+    assert [e["port"] for e in monitor["spec"]["endpoints"]] == ["http"]
+    assert "http" in port_names and monitor["spec"]["endpoints"][0]["path"] == "/metrics"
+    kustomization = yaml.safe_load((DEPLOY / "k8s" / "kustomization.yaml").read_text())
+    assert not any("secret" in r for r in kustomization["resources"])

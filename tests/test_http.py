@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -82,6 +84,11 @@ def test_healthz_readyz_metrics_status(tmp_path: Path, nats_server: NatsServer) 
         status = json.loads(get(base + "/status")[1])
         assert status["adapters"]["erp"]["events"] == 50
         assert status["adapters"]["erp"]["state"] == "running"
+        assert bridge.proc is not None and status["pid"] == bridge.proc.pid
+        text = subprocess.run([sys.executable, "-m", "cdc_bridge.cli", "status", "-c",
+                               str(tmp_path / "bridge.yaml")], capture_output=True, text=True,
+                              timeout=60).stdout
+        assert f"daemon: running (pid {bridge.proc.pid}, via http)" in text, text
 
         # NATS down: not ready (503, says why); back up: ready again
         nats_server.stop()

@@ -82,8 +82,18 @@ class SourceInfo:
         return {t.qualified: t for t in self.tables}
 
 
+#: pgoutput sends logical decoding messages (``messages 'true'``) from PostgreSQL 14 on.
+MIN_SERVER_VERSION = 140000
+
+
 async def check_server(conn: psycopg.AsyncConnection[tuple[Any, ...]]) -> tuple[str, str]:
-    """wal_level and the role's REPLICATION attribute; returns (user, database)."""
+    """Version, wal_level and the role's REPLICATION attribute; returns (user, database)."""
+    version = conn.info.server_version
+    if version < MIN_SERVER_VERSION:
+        raise SourceSetupError(
+            f"PostgreSQL {version // 10000} is too old for the postgres source: it needs "
+            f"{MIN_SERVER_VERSION // 10000} or later (pgoutput's logical messages carry its "
+            "heartbeats and re-snapshot marks); poll this database with type: sql_poll")
     cur = await conn.execute("SELECT current_setting('wal_level'), current_user, "
                              "current_database(), r.rolreplication, r.rolsuper "
                              "FROM pg_roles r WHERE r.rolname = current_user")

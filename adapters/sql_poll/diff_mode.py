@@ -145,10 +145,13 @@ class DiffTable:
             self._counts[ch.op] = self._counts.get(ch.op, 0) + 1
         if self.phase == "idle":
             c = self._counts
-            log.info("%s/%s: diff pass %d done in %.1fs: %d rows read, %d c, %d r, %d u, "
-                     "%d d", self.adapter, self.tbl, self.pass_no,
-                     time.monotonic() - self._pass_t0, c.get("rows", 0), c.get("c", 0),
-                     c.get("r", 0), c.get("u", 0), c.get("d", 0))
+            # a pass that found nothing is not news: INFO only when rows changed
+            changed = any(c.get(op, 0) for op in ("c", "r", "u", "d"))
+            log.log(logging.INFO if changed else logging.DEBUG,
+                    "%s/%s: diff pass %d done in %.1fs: %d rows read, %d c, %d r, %d u, "
+                    "%d d", self.adapter, self.tbl, self.pass_no,
+                    time.monotonic() - self._pass_t0, c.get("rows", 0), c.get("c", 0),
+                    c.get("r", 0), c.get("u", 0), c.get("d", 0))
         return [self._event(ch, now_ms) for ch in changes], self._dead
 
     def _begin_pass(self, conn: sa.Connection) -> None:

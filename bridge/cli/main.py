@@ -219,7 +219,8 @@ def replay(config_path: Path, target: str, filter_subject: str | None, from_seq:
     span = (f"stream sequences {result.first_seq}..{result.last_seq}"
             if result.first_seq else "no events in range")
     click.echo(f"replayed {result.published} events ({span}) to {target}.> "
-               f"in stream {result.target_stream}; {result.duplicates} already there")
+               f"in stream {result.target_stream}; {result.duplicates} already there "
+               "(not stored again)")
 
 from cdc_bridge.cli.outbox import outbox_command; main.add_command(outbox_command)  # noqa: E402, E702, I001
 from cdc_bridge.cli.reset import reset_command; main.add_command(reset_command)  # noqa: E402, E702, I001

@@ -71,6 +71,7 @@ class ReplayOptions:
 
 @dataclass(slots=True)
 class ReplayResult:
+    #: Events the target stream stored, and events it already held (a repeated replay).
     published: int = 0
     duplicates: int = 0
     first_seq: int | None = None
@@ -205,9 +206,10 @@ async def _copy(js: JetStreamContext, sub: JetStreamContext.PullSubscription,
             if meta.num_pending == 0 or seq >= end:
                 finished = True
                 break
-        for ack in await asyncio.gather(*futures):
-            result.published += 1
-            result.duplicates += 1 if ack.duplicate else 0
-        progress(result.published)
+        acks = await asyncio.gather(*futures)
+        stored_again = sum(1 for ack in acks if ack.duplicate)
+        result.duplicates += stored_again
+        result.published += len(acks) - stored_again
+        progress(result.published + result.duplicates)
         if finished or not msgs:
             return

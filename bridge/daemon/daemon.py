@@ -36,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import time
 from collections import Counter
@@ -409,6 +410,7 @@ class Daemon:
     def live_state(self) -> dict[str, Any]:
         rs = self.relay.stats if self.relay else None
         return {
+            "pid": os.getpid(),
             "started_ms": self.started_ms,
             "ready": self.readiness()[0],
             "nats": {"connected": self.nats_connected(),
