@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install what cdc-bridge and its tests need: a venv with the package, and (for the
-# tests) the PostgreSQL 15 and MariaDB server binaries the fixtures start on free ports.
+# tests) the PostgreSQL 15 and MariaDB server binaries the fixtures start on free ports,
+# Debian's chromium (a real browser for the status page) and promtool.
 # Idempotent; safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,6 +12,8 @@ if [ "$want_servers" = "--with-test-servers" ]; then
     ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql postgresql-contrib)
     { command -v mariadbd >/dev/null || [ -x /usr/sbin/mariadbd ]; } && command -v mariadb-install-db >/dev/null || missing+=(mariadb-server)
     command -v runuser >/dev/null || missing+=(util-linux)
+    command -v chromium >/dev/null || missing+=(chromium)      # the status page's browser test
+    command -v promtool >/dev/null || missing+=(prometheus)    # checks deploy/'s alert rules
     if [ ${#missing[@]} -gt 0 ]; then
         if [ "$(id -u)" = 0 ]; then
             apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
