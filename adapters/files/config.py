@@ -142,6 +142,10 @@ class FilesConfig(AdapterConfig):
     remember_files: int = Field(default=1000, ge=1, le=100_000)
     #: ``tail`` only: where to start in a file seen for the first time.
     start_at: Literal["beginning", "end"] = "beginning"
+    #: ``tail`` only: the followed file truncated, rewritten in place or replaced (deleted
+    #: or overwritten, not rotated): ``resnapshot`` sends a ``t`` for its table, then reads
+    #: the new content from its start; ``stop`` stops the daemon with the reason.
+    on_table_change: Literal["resnapshot", "stop"] = "resnapshot"
 
     @model_validator(mode="after")
     def _consistent(self) -> FilesConfig:
@@ -155,6 +159,9 @@ class FilesConfig(AdapterConfig):
             raise ValueError("mode snapshot needs 'key' columns to compare extracts")
         if self.after.action != "leave" and self.mode == "tail":
             raise ValueError("'after' applies to drop and snapshot modes, not tail")
+        if "on_table_change" in self.model_fields_set and self.mode != "tail":
+            raise ValueError("'on_table_change' applies to mode tail: drop reads every new "
+                             "or changed file in full, snapshot compares whole extracts")
         return self
 
     def table_for(self, file_name: str) -> str:

@@ -12,13 +12,27 @@ file on a recycled inode holds different lines at the same offsets.
 
 Each poll:
 
-- rotation (the path now names another inode): the old file is still open; its
-  remaining lines are read until it has been quiet for ``stable_for``, then its last
-  unterminated line too, and only then does the new file start (old lines first);
+- rotation (the path now names another inode, and the old file is still linked: it was
+  renamed, e.g. to ``app.log.1``): the old file is still open; its remaining lines are
+  read until it has been quiet for ``stable_for``, then its last unterminated line too,
+  and only then does the new file start (old lines first). The log goes on: no reset;
 - after a restart the old file is found again by inode in the same folder (e.g.
-  ``app.log.1``); if it is gone, that is logged and the new file starts;
-- truncation (size below the offset, or the first bytes changed: copy-truncate
-  followed by new writes): reading restarts at byte 0 under a new generation.
+  ``app.log.1``);
+- a *reset*: what was read no longer describes the file, so a consumer folding the
+  events must start again. Four ways: truncated (size below the offset), rewritten (the
+  first bytes changed: copy-truncate followed by new writes), replaced (the path names
+  another inode and the old one has no link left: deleted, or overwritten by
+  ``os.replace``; its unread lines are drained first, as for a rotation) and lost (after
+  a restart the checkpoint's file is gone or was changed meanwhile).
+
+A reset is never silent. ``on_table_change: resnapshot`` (the default) starts the file
+at the path from byte 0 under a new generation and sends first one ``op: t`` event for
+its table at position ``<dev>-<ino>-g<gen>@reset``; the generation is the checkpoint's
+plus one and the file the same, so a re-read after ``kill -9`` gives the same event id.
+``stop`` raises :class:`~cdc_bridge.kernel.errors.SourceSetupError` before anything of
+the new content is read (the daemon stops with the reason and the fix). A reset found
+but not yet acted on (a replaced file drained, no new file yet) is kept in the
+checkpoint (``"reset"``), so a restart in between acts on it all the same.
 """
 
 from __future__ import annotations
@@ -35,7 +49,19 @@ from cdc_bridge.adapters.contract import ChangeBatch, Checkpoint
 from cdc_bridge.adapters.files.config import FilesConfig
 from cdc_bridge.adapters.files.identity import HeadPrint, header_safe_name
 from cdc_bridge.adapters.files.session import EventBuilder, FileSession
+from cdc_bridge.kernel.errors import SourceSetupError
 from cdc_bridge.kernel.events import ChangeEvent, DeadLetter
+
+#: Reset kinds (the checkpoint's ``"reset"``): the ``t`` event's ``source.reason`` and
+#: what happened, for log lines and the ``stop`` error.
+RESETS: dict[str, tuple[str, str]] = {
+    "truncated": ("file truncated", "got shorter than the byte offset already read"),
+    "rewritten": ("file rewritten", "was rewritten in place (its first bytes changed)"),
+    "replaced": ("file replaced", "was replaced: another file took its path and the one "
+                 "read until now was deleted or overwritten (not renamed, so no rotation)"),
+    "lost": ("file lost", "followed before the restart is gone or was changed while the "
+             "bridge was down (lines it got after the committed offset cannot be read)"),
+}
 
 
 class _Followed:
@@ -49,6 +75,8 @@ class _Followed:
         self.head = head
         self.session = FileSession(config, Path(str(f.name)), offset, line, f=f)
         self.rotated_at: float | None = None
+        #: Another file took the path and this one has no link left (not a rotation).
+        self.replaced = False
         self.last_size = st.st_size
         self.good = 0
         self.bad = 0
@@ -67,6 +95,8 @@ class _Followed:
 
 
 class TailMode:
+    """Follows ``config.path``; blocking work runs in worker threads (see the module)."""
+
     def __init__(self, config: FilesConfig, log: logging.Logger) -> None:
         self.config = config
         self.log = log
@@ -74,12 +104,30 @@ class TailMode:
         self.name = config.path.name
         self.followed: _Followed | None = None
         self.gen = 0
+        #: A reset found and not yet acted on (a key of :data:`RESETS`).
+        self.reset: str | None = None
         #: Unread bytes of the followed file (the source's lag).
         self.lag: dict[str, float] = {}
 
     def _checkpoint(self) -> Checkpoint:
         return {"v": 1, "mode": "tail", "gen": self.gen,
-                "file": self.followed.state() if self.followed else None}
+                "file": self.followed.state() if self.followed else None,
+                **({"reset": self.reset} if self.reset else {})}
+
+    def _stop_error(self, kind: str) -> SourceSetupError:
+        path = header_safe_name(str(self.config.path))
+        return SourceSetupError(
+            f"adapter {self.config.name}: {path} {RESETS[kind][1]} (on_table_change: stop); "
+            "nothing of its new content was sent. To go on, set on_table_change: resnapshot "
+            f"and restart: a t event for table {self.config.table_for(self.name)} is sent, "
+            "then the file is read from its start")
+
+    def _reset_event(self, fol: _Followed, kind: str) -> ChangeEvent:
+        """The ``t`` that goes before the first line of the new content."""
+        return ChangeEvent(adapter=self.config.name, table=self.config.table_for(self.name),
+                           op="t", position=f"{fol.file_pos}@reset", key=None,
+                           ts_ms=int(time.time() * 1000),
+                           source_extra={"file": self.name, "reason": RESETS[kind][0]})
 
     # --- blocking helpers (worker thread) -----------------------------------------
 
@@ -95,9 +143,26 @@ class TailMode:
         return _Followed(self.config, f, st, self.gen, offset, 1,
                          HeadPrint.of(f.fileno()))
 
+    def _start_next(self) -> tuple[_Followed | None, list[ChangeEvent]]:
+        """Start on the file at the path; after a reset, ``stop`` raises and
+        ``resnapshot`` gives the ``t`` event to send before its first line."""
+        kind = self.reset
+        if kind is not None and self.config.on_table_change == "stop":
+            raise self._stop_error(kind)
+        fol = self._open_path(self.gen == 0)
+        if fol is None or kind is None:
+            return fol, []
+        self.reset = None
+        self.log.warning("%s %s: sending t for table %s, then the file from its start",
+                         self.name, RESETS[kind][1], self.config.table_for(self.name))
+        return fol, [self._reset_event(fol, kind)]
+
     def _resume(self, saved: dict[str, Any]) -> _Followed | None:
-        """Re-open the checkpoint's file: at the path, or renamed beside it by rotation."""
+        """Re-open the checkpoint's file: at the path, or renamed beside it by rotation.
+
+        None when it is gone or changed: a reset, kept in :attr:`reset`."""
         head = HeadPrint(saved["fp_len"], saved["fp"])
+        kind = "lost"
         for path in [self.config.path, *sorted(self.config.path.parent.iterdir())]:
             try:
                 st = path.stat()
@@ -106,48 +171,69 @@ class TailMode:
                 f = open(path, "rb", buffering=1 << 20)  # noqa: SIM115
             except OSError:
                 continue
-            if not head.matches(f.fileno()) or os.fstat(f.fileno()).st_size < saved["offset"]:
-                f.close()
-                break  # same inode, other content: truncated or recycled
-            fol = _Followed(self.config, f, os.fstat(f.fileno()), saved["gen"],
-                            saved["offset"], saved["line"], head)
-            if path != self.config.path:
-                fol.rotated_at = time.monotonic()
-                self.log.info("resuming rotated file %s at byte %d",
-                              header_safe_name(path.name), saved["offset"])
-            return fol
+            # same inode, other content: truncated, rewritten or recycled
+            if os.fstat(f.fileno()).st_size < saved["offset"]:
+                kind = "truncated"
+            elif not head.matches(f.fileno()):
+                kind = "rewritten"
+            else:
+                fol = _Followed(self.config, f, os.fstat(f.fileno()), saved["gen"],
+                                saved["offset"], saved["line"], head)
+                if path != self.config.path:
+                    fol.rotated_at = time.monotonic()
+                    self.log.info("resuming rotated file %s at byte %d",
+                                  header_safe_name(path.name), saved["offset"])
+                return fol
+            f.close()
+            break
         self.log.warning("file followed before the restart (inode %d) is gone or was "
                          "truncated; lines it got after byte %d cannot be read",
                          saved["ino"], saved["offset"])
+        self.reset = kind
         return None
 
+    def _watch_path(self, fol: _Followed) -> None:
+        """Has the path been given to another file? Rotation, or replacement when the
+        followed file has no name left (deleted, or overwritten by a rename)."""
+        if fol.rotated_at is not None:
+            return
+        try:
+            st = self.config.path.stat()
+        except FileNotFoundError:
+            return  # deleted, nothing new yet: keep reading the open file
+        if (st.st_dev, st.st_ino) != (fol.dev, fol.ino):
+            fol.rotated_at = time.monotonic()
+            fol.replaced = os.fstat(fol.f.fileno()).st_nlink == 0
+            self.log.info("%s was %s; draining the old file", self.name,
+                          "replaced (the old file has no name left)" if fol.replaced
+                          else "rotated")
+
     def _poll(self) -> tuple[list[ChangeEvent], list[DeadLetter], bool]:
-        """Read what is new; handle rotation and truncation. Returns (events, dead, more)."""
+        """Read what is new; handle rotation and resets. Returns (events, dead, more)."""
         fol = self.followed
+        resets: list[ChangeEvent] = []
         if fol is None:
-            self.followed = fol = self._open_path(self.gen == 0)
+            self.followed, resets = self._start_next()
+            fol = self.followed
             if fol is None:
                 return [], [], False
         fd = fol.f.fileno()
         size = os.fstat(fd).st_size
-        if fol.rotated_at is None:
-            try:
-                st = self.config.path.stat()
-                if (st.st_dev, st.st_ino) != (fol.dev, fol.ino):
-                    fol.rotated_at = time.monotonic()
-                    self.log.info("%s was rotated; draining the old file", self.name)
-            except FileNotFoundError:
-                pass
-        if size < fol.session.offset or not fol.head.matches(fd):
-            self.log.warning("%s was truncated at byte %d (%d good rows, %d bad rows before); "
-                             "reading again from the start", self.name, fol.session.offset,
-                             fol.good, fol.bad)
-            self.gen += 1
+        self._watch_path(fol)
+        truncated = size < fol.session.offset
+        if truncated or not fol.head.matches(fd):
+            self.log.warning("%s was %s at byte %d (%d good rows, %d bad rows before)",
+                             self.name, "truncated" if truncated else "rewritten",
+                             fol.session.offset, fol.good, fol.bad)
+            self.reset = "truncated" if truncated else "rewritten"
             fol.close()
-            f = open(fol.f.name, "rb", buffering=1 << 20)  # noqa: SIM115
-            self.followed = fol = _Followed(self.config, f, os.fstat(f.fileno()), self.gen,
-                                            None, 1, HeadPrint.of(f.fileno()))
+            self.followed = None
+            self.followed, resets = self._start_next()
+            fol = self.followed
+            if fol is None:  # gone meanwhile: the reset waits in the checkpoint
+                return [], [], False
             fd = fol.f.fileno()
+            size = os.fstat(fd).st_size
         fol.head = fol.head.grown(fd, size)
         final = False
         if fol.rotated_at is not None:
@@ -161,13 +247,17 @@ class TailMode:
         events, dead = self.builder.build(parsed, fol.file_pos, self.name)
         fol.good += len(events)
         fol.bad += len(dead)
+        if resets:
+            events[:0] = resets
         self.lag["bytes"] = float(max(0, size - fol.session.offset))
         if final and not more:
-            self.log.info("finished rotated file at byte %d (%d good rows, %d bad rows); "
+            self.log.info("finished the old file at byte %d (%d good rows, %d bad rows); "
                           "following the new %s", fol.session.offset, fol.good, fol.bad,
                           self.name)
             fol.close()
             self.followed = None
+            if fol.replaced:
+                self.reset = "replaced"
             more = True  # open the new file right away
         return events, dead, more
 
@@ -176,6 +266,7 @@ class TailMode:
     async def run(self, checkpoint: Checkpoint | None) -> AsyncIterator[ChangeBatch]:
         cp = checkpoint or {}
         self.gen = int(cp.get("gen", 0))
+        self.reset = cp.get("reset")
         saved = cp.get("file")
         if saved:
             self.followed = await asyncio.to_thread(self._resume, saved)
