@@ -117,3 +117,33 @@ def test_json_logs_and_no_secret_anywhere(tmp_path: Path) -> None:
     assert wrong_code == 1, wrong_text
     assert "NATS" in wrong_text
     assert DB_SECRET not in wrong_text  # (the wrong password contains it, masked whole)
+
+
+def test_json_log_lines_carry_adapter_and_table_fields(
+        tmp_path: Path, nats_server: NatsServer) -> None:
+    """``log.format: json``: an adapter's lines (from its task and from the threads it
+    polls in) carry ``adapter`` and, per table, ``table`` as keys of their own."""
+    db = tmp_path / "legacy.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute("CREATE TABLE invoices (id INTEGER PRIMARY KEY, v TEXT)")
+        conn.executemany("INSERT INTO invoices VALUES (?, ?)", [(i, "x") for i in range(5)])
+    cfg = write_config(tmp_path / "bridge.yaml", {
+        "state_dir": str(tmp_path / "state"), "nats": {"url": nats_server.url},
+        "log": {"format": "json"},
+        "adapters": [{"name": "erp", "type": "sql_poll", "url": f"sqlite:///{db}",
+                      "poll_interval": "100ms",
+                      "tables": [{"name": "invoices", "incrementing_column": "id"}]}]})
+    bridge = BridgeProcess(cfg, tmp_path / "bridge.log")
+    bridge.start()
+    try:
+        wait_for(lambda: "snapshot done" in bridge.log(), what="the snapshot")
+    finally:
+        assert bridge.terminate() == 0, bridge.log()
+    lines = [json.loads(line) for line in bridge.log().splitlines() if line.startswith("{")]
+    assert lines and all({"ts", "level", "logger", "msg"} <= set(e) for e in lines)
+    done = next(e for e in lines if "snapshot done" in e["msg"])
+    assert done["adapter"] == "erp" and done["table"] == "invoices", done
+    state = next(e for e in lines if "adapter erp: starting -> running" in e["msg"])
+    assert state.get("adapter") == "erp", state
+    daemon = next(e for e in lines if e["msg"].startswith("cdc-bridge running"))
+    assert "adapter" not in daemon  # the daemon's own lines name no adapter

@@ -29,6 +29,7 @@ poll; the daemon publishes it as ``cdc_source_lag``.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import re
 import time
@@ -59,6 +60,7 @@ from cdc_bridge.kernel.errors import (
     SourceUnavailable,
 )
 from cdc_bridge.kernel.events import ChangeEvent, DeadLetter
+from cdc_bridge.kernel.logfields import bind_log_fields
 
 if TYPE_CHECKING:
     from cdc_bridge.adapters.contract import AdapterContext
@@ -268,13 +270,16 @@ class SqlPollAdapter:
     async def _in_thread(self, fn: Callable[[], T]) -> T:
         """Run blocking work in a thread; if we are cancelled it still finishes before
         :meth:`close` releases the connections and the state file it uses."""
-        fut = asyncio.get_running_loop().run_in_executor(None, fn)
+        # in the caller's context, as asyncio.to_thread does: its log fields go along
+        fut = asyncio.get_running_loop().run_in_executor(None, contextvars.copy_context().run,
+                                                         fn)
         self._inflight = fut
         return await asyncio.shield(fut)
 
     def _unit(self, slot: _Slot) -> Unit:
         """One page or one diff step of ``slot``'s table (blocking): events, dead letters."""
         assert self.engine is not None
+        bind_log_fields(table=slot.spec.ident)  # (this run's own copy of the context)
         what = f"polling table {slot.spec.ident!r}"
         try:
             with self.engine.connect() as conn:

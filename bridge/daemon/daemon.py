@@ -52,7 +52,7 @@ from cdc_bridge.daemon.control import ControlDb, control_path
 from cdc_bridge.daemon.embedded import EmbeddedNats
 from cdc_bridge.daemon.http import HttpServer
 from cdc_bridge.daemon.instance import InstanceGuard
-from cdc_bridge.daemon.logs import RedactingFilter
+from cdc_bridge.daemon.logs import RedactingFilter, bind_log_fields
 from cdc_bridge.daemon.probe import NatsProbe
 from cdc_bridge.daemon.relay_process import RelayProcess
 from cdc_bridge.daemon.snapshots import AdapterStats, SnapshotRunner
@@ -275,6 +275,7 @@ class Daemon:
 
     async def _supervise(self, cfg: AdapterConfig, context: AdapterContext) -> None:
         stats = self.adapters[cfg.name]
+        bind_log_fields(adapter=cfg.name)  # every line this task and its threads log
         adapter_log = logging.getLogger(f"cdc_bridge.adapter.{cfg.name}")
 
         def failed(e: BaseException) -> None:
