@@ -243,7 +243,8 @@ class MysqlBinlogAdapter:
         reader = self._reader = BinlogReader(cfg, pos.resume_at(), self.tables,
                                              asyncio.get_running_loop())
         reader.start()
-        log.info("%s: streaming the binlog from %s", self.name, pos.resume_at())
+        log.info("%s: streaming the binlog from %s", self.name, pos.resume_at(),
+                 extra={"position": str(pos.resume_at())})
         batch = ChangeBatch()
         last = asm.checkpoint()
         first_at = 0.0

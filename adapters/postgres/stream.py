@@ -109,7 +109,7 @@ class StreamReader:
         await self.conn.start(cfg.slot_name(), po.lsn_to_str(self.pos.lsn),
                               cfg.publication_name())
         log.info("%s: streaming from slot %s at %s", self.name, cfg.slot_name(),
-                 po.lsn_to_str(self.pos.lsn))
+                 po.lsn_to_str(self.pos.lsn), extra={"position": po.lsn_to_str(self.pos.lsn)})
         while True:
             if self.failure is not None:
                 raise self.failure

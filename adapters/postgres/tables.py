@@ -139,7 +139,7 @@ class TableWatch:
                     self._dropped.add(table)
                     log.warning("%s: captured table %s was dropped; its changes resume "
                                 "(after a t event and a re-snapshot) when it is back",
-                                self.name, table)
+                                self.name, table, extra={"table": table})
                 continue
             self._dropped.discard(table)
             await self._repair(conn, table, kind, seen[table])
@@ -168,4 +168,4 @@ class TableWatch:
         self.tables[table] = info
         await restore(conn, info, pub, add=not now.published)
         log.warning("%s: table %s %s: it is captured again; a t event and a re-snapshot of "
-                    "its rows follow", self.name, table, what)
+                    "its rows follow", self.name, table, what, extra={"table": table})
