@@ -136,8 +136,10 @@ class FilesConfig(AdapterConfig):
     #: A file is read only once its size and mtime have not changed for this long.
     stable_for: Duration = 2.0
     batch_size: int = Field(default=1000, ge=1, le=100_000)
-    #: A record longer than this is a dead letter (memory stays bounded).
-    max_record_bytes: int = Field(default=1 << 20, ge=64)
+    #: A record longer than this is a dead letter with its first bytes (memory stays
+    #: bounded against a runaway quote or a binary file). Events too large for one NATS
+    #: message go by claim check (``nats.claim_checks``), so this is well above it.
+    max_record_bytes: int = Field(default=16 << 20, ge=64)
     #: Completed files remembered after they left the folder (rename-back protection).
     remember_files: int = Field(default=1000, ge=1, le=100_000)
     #: ``tail`` only: where to start in a file seen for the first time.

@@ -5,8 +5,8 @@ groups them into records (with a :class:`~cdc_bridge.adapters.files.formats.csv.
 CSV quoted newlines). Each :class:`RawRecord` carries the byte offset and 1-based line
 number where it starts: together with the file identity that is its deterministic
 position. The reader never holds more than ``max_record_bytes`` of one record: a longer
-record is consumed up to its end, kept truncated, and flagged as an error, so a runaway
-quote or a binary file cannot exhaust memory.
+record is consumed up to its end, flagged as an error and kept as its first
+:data:`OVERSIZED_HEAD` bytes, so a runaway quote or a binary file cannot exhaust memory.
 
 With ``final=False`` (a file still growing, tail mode) an incomplete last line (no
 newline yet) is not consumed: the offset stays before it until the line is complete.
@@ -21,6 +21,9 @@ from typing import BinaryIO
 from cdc_bridge.adapters.files.formats.csv import QuoteJoiner
 
 UTF8_BOM = b"\xef\xbb\xbf"
+#: What an oversized record's dead letter keeps of it: its first bytes, enough to see
+#: what went wrong (the record itself may be many MiB of a runaway quote).
+OVERSIZED_HEAD = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,7 +120,7 @@ class RecordReader:
                 break
         self.offset = start + skipped
         self.line = start_line + max(lines, 1)
-        return RawRecord(start, start_line, head[: self.max],
+        return RawRecord(start, start_line, head[: min(self.max, OVERSIZED_HEAD)],
                          f"record longer than {self.max} bytes")
 
 

@@ -6,7 +6,8 @@ reported as such, not recreated):
 1. the state directory and the control file;
 2. the outbox store (tables are created when the store opens);
 3. the JetStream stream (created, updated to match the config, or already fine) and its
-   dead-letter stream ``<STREAM>_DLQ`` (``<prefix>_dlq.>``); with the embedded default,
+   dead-letter stream ``<STREAM>_DLQ`` (``<prefix>_dlq.>``) and, with claim checks on,
+   the object store bucket of large events (``<STREAM>_CLAIMS``); with the embedded default,
    the embedded nats-server is started for the duration;
 4. every adapter's source-side set-up, for adapter types that implement
    :class:`cdc_bridge.adapters.contract.SupportsInit` (replication slots, publications, ...); other
@@ -34,6 +35,7 @@ from cdc_bridge.daemon.instance import running_daemon
 from cdc_bridge.kernel.errors import BridgeError
 from cdc_bridge.kernel.events import dead_letter_stream
 from cdc_bridge.outbox.factory import open_store
+from cdc_bridge.relay.claims import stream_of
 from cdc_bridge.relay.publisher import Publisher, connect_once
 
 Say = Callable[[str], None]
@@ -99,11 +101,14 @@ async def _init_stream_checked(config: BridgeConfig, say: Say) -> None:
     nc = await connect_once(config.nats)
     try:
         js = nc.jetstream()
-        before = dlq_before = None
+        before = dlq_before = claims_before = None
+        claims = stream_of(config.nats.claims_bucket())
         with contextlib.suppress(nats.js.errors.NotFoundError):
             before = (await js.stream_info(config.nats.stream)).config
         with contextlib.suppress(nats.js.errors.NotFoundError):
             dlq_before = (await js.stream_info(dead_letter_stream(config.nats.stream))).config
+        with contextlib.suppress(nats.js.errors.NotFoundError):
+            claims_before = (await js.stream_info(claims)).config
     finally:
         await nc.close()
     publisher = Publisher(config.nats)
@@ -112,6 +117,8 @@ async def _init_stream_checked(config: BridgeConfig, say: Say) -> None:
         assert publisher.js is not None
         info = await publisher.js.stream_info(config.nats.stream)
         dlq = await publisher.js.stream_info(dead_letter_stream(config.nats.stream))
+        bucket = (await publisher.js.stream_info(claims)
+                  if config.nats.claim_checks.enabled else None)
     finally:
         await publisher.close()
     if before is None:
@@ -138,3 +145,9 @@ async def _init_stream_checked(config: BridgeConfig, say: Say) -> None:
     say(f"dead-letter stream: {dlq.config.name} {dlq_verb}: subjects "
         f"{', '.join(dlq.config.subjects or [])}, {dlq.state.messages} dead letters "
         "(cdc-bridge dlq list)")
+    if bucket is not None:
+        kept = f"{bucket.config.max_age:g}s" if bucket.config.max_age else "for ever"
+        claims_verb = ("created" if claims_before is None else "already up to date"
+                       if claims_before == bucket.config else "updated")
+        say(f"claim-check bucket: {config.nats.claims_bucket()} {claims_verb}: objects kept "
+            f"{kept}, {bucket.state.messages} messages (large events' bodies)")

@@ -6,6 +6,11 @@ what arrives from now on, ``--count N`` stops after N events. Pretty output is o
 per event (``seq time subject op key image``, the op coloured on a terminal); ``--raw``
 prints bodies unchanged, one per line, for scripts (``jq``); ``--headers`` adds the
 message headers. Connection options (auth, TLS) come from the config when one is given.
+
+Large events (claim-check references, README "Large events"): the pretty line shows the
+event's op and key and, instead of its row image, where its body is (``[claim check
+BUCKET/OBJECT (N bytes)]``); ``--raw`` prints the whole event, fetched from the bucket
+(the reference itself, with a note on stderr, if the object is gone).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import api
 
+from cdc_bridge.client.claims import ClaimError, ClaimRef, ClaimResolver
 from cdc_bridge.kernel.backoff import Retry, retrying
 from cdc_bridge.kernel.errors import FatalError
 
@@ -51,8 +57,10 @@ _OP_COLOURS = {"c": "32", "u": "33", "d": "31", "r": "36", "t": "35"}
 
 
 def format_event(subject: str, body: bytes, seq: int | None = None,
-                 headers: dict[str, str] | None = None, color: bool = False) -> str:
-    """One readable line for a CloudEvent body (or the body as text if it is not one)."""
+                 headers: dict[str, str] | None = None, color: bool = False,
+                 claim: ClaimRef | None = None) -> str:
+    """One readable line for a CloudEvent body (or the body as text if it is not one);
+    for a claim-check reference (``claim``), where its body is instead of the image."""
     lead = f"#{seq} " if seq is not None else ""
     extra = ""
     if headers:
@@ -67,7 +75,15 @@ def format_event(subject: str, body: bytes, seq: int | None = None,
     image = data.get("after") if op != "d" else data.get("before")
     when = f"{ce['time']} " if isinstance(ce.get("time"), str) else ""
     shown = f"\x1b[{_OP_COLOURS[op]}mop={op}\x1b[0m" if color and op in _OP_COLOURS else f"op={op}"
-    return f"{lead}{when}{subject} {shown} key={key} {orjson.dumps(image).decode()}{extra}"
+    what = f"[claim check {claim}]" if claim is not None else orjson.dumps(image).decode()
+    return f"{lead}{when}{subject} {shown} key={key} {what}{extra}"
+
+
+def _claim_of(msg: Msg) -> ClaimRef | None:
+    try:
+        return ClaimRef.of(msg.headers)
+    except ClaimError:
+        return None
 
 
 async def _quiet(_: Exception) -> None:
@@ -112,6 +128,7 @@ async def _connect(opts: TailOptions) -> NATS:
 async def tail_events(opts: TailOptions) -> None:
     nc = await _connect(opts)
     js = nc.jetstream()
+    resolver = ClaimResolver(js)
     seen = 0
     done = asyncio.Event()
     last = asyncio.get_running_loop().time()
@@ -122,15 +139,23 @@ async def tail_events(opts: TailOptions) -> None:
             return
         last = asyncio.get_running_loop().time()
         hdrs = dict(msg.headers or {}) if opts.headers else None
+        claim = _claim_of(msg)
         if opts.raw:
-            line = msg.data.decode("utf-8", "replace")
+            body = msg.data
+            if claim is not None:
+                try:
+                    body = await resolver.fetch(claim)
+                except (ClaimError, TimeoutError, nats.errors.Error) as e:
+                    sys.stderr.write(f"event {claim.name}: printing its reference: {e}\n")
+            line = body.decode("utf-8", "replace")
             if hdrs:
                 meta = orjson.dumps({"subject": msg.subject, "headers": hdrs}).decode()
                 line = meta + "\t" + line
             sys.stdout.write(line + "\n")
         else:
             seq = msg.metadata.sequence.stream if msg.reply else None
-            sys.stdout.write(format_event(msg.subject, msg.data, seq, hdrs, opts.color) + "\n")
+            sys.stdout.write(format_event(msg.subject, msg.data, seq, hdrs, opts.color, claim)
+                             + "\n")
         sys.stdout.flush()
         seen += 1
         if opts.count and seen >= opts.count:

@@ -30,6 +30,10 @@ What it guarantees (docs/consumers.md has the whole design):
   <durable>`` in ``<STREAM>_DLQ``, with headers saying why, from where, how often) and
   is terminated; if the dead letter cannot be stored the message is nak'ed instead:
   never dropped. ``cdc-bridge dlq`` lists, shows and redrives dead letters.
+- **Large events** (too large for one NATS message, sent by the bridge as a claim-check
+  reference to an object store) reach the handler whole: the consumer fetches the body
+  and checks its size and digest (:mod:`cdc_bridge.client.claims`); a reference whose
+  object is gone (expired) or wrong is dead-lettered at once with the reason.
 - **Slow handlers** keep their messages with in-progress acks; one running longer than
   ``stuck_after_s`` is logged and counted (``stats.stuck``).
 - **Housekeeping**: the ack floor is refreshed every ``floor_refresh_s``; seen ids and
@@ -64,6 +68,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 
+from cdc_bridge.client.claims import ClaimCorrupt, ClaimError, ClaimResolver, is_claim
 from cdc_bridge.client.ordering import (
     KeyIndex,
     KeyQueues,
@@ -229,6 +234,10 @@ class ConsumerSettings:
     dead_letter_subject: str | None = None
     #: Created if no stream captures the dead-letter subject; default ``<stream>_DLQ``.
     dead_letter_stream: str | None = None
+    #: Hand the handler the whole event of a claim-check reference (a large event whose
+    #: body is in an object store), fetched and checked; ``False``: the reference as it
+    #: is (its ``Event.headers`` say where the body is).
+    resolve_claims: bool = True
     connect_options: Mapping[str, Any] = field(default_factory=dict)
 
     def dlq_subject(self) -> str:
@@ -295,6 +304,7 @@ class Consumer:
         self._reported_stuck: set[int] = set()
         self._last_fetch = 0.0
         self._retention_s: float | None = None
+        self._claims: ClaimResolver | None = None
 
     # -- control and health -----------------------------------------------------------
 
@@ -331,6 +341,7 @@ class Consumer:
                                         **dict(s.connect_options)})
         try:
             js = self._js = self.nc.jetstream()
+            self._claims = ClaimResolver(js)
             await self._ensure_dlq(js)
             sub = await js.pull_subscribe(s.filter_subject, durable=s.durable, stream=s.stream,
                                           config=self.consumer_config())
@@ -483,10 +494,16 @@ class Consumer:
                     raise _Blocked
                 duplicate = last >= seq or await tx.seen(event.id)
                 if not duplicate:
+                    if self.settings.resolve_claims and is_claim(event.headers):
+                        event = await self._resolve(held)
                     await self.handler(event)
                 await tx.done(self.scope, okey, seq, event.id)
         except _Blocked:
             return _BLOCKED
+        except ClaimError as e:  # the large event's body is gone or wrong: never better
+            self.stats.claims_unresolved += 1
+            await self._dead_letter(held.msg, held.event, f"claim check: {e}")
+            return _FAILED
         except Exception as e:
             self.stats.failures += 1
             await self._failed(held, e)
@@ -501,6 +518,21 @@ class Consumer:
             self.stats.latency.observe(time.monotonic() - started)
         await self._settle(held.msg.ack(), held)
         return _DONE
+
+    async def _resolve(self, held: _Held) -> Event:
+        """The whole event a claim-check reference stands for (:mod:`.claims`)."""
+        assert self._claims is not None
+        msg = held.msg
+        body = await self._claims.resolve(msg.headers, msg.data)
+        try:
+            event = decode_event(msg.subject, body, msg.headers, held.seq,
+                                 msg.metadata.num_delivered)
+        except ValueError as e:
+            raise ClaimCorrupt(f"the claimed body is not a change event: {e}") from None
+        if event.id != held.event.id:
+            raise ClaimCorrupt(f"the claimed body is event {event.id}, not {held.event.id}")
+        self.stats.claims_resolved += 1
+        return event
 
     async def _settle(self, call: Awaitable[None], held: _Held) -> None:
         """Ack/nak/term; a lost one only means a redelivery, which the store skips."""

@@ -14,6 +14,9 @@ Series (label ``consumer``, the durable name): ``cdc_consumer_handled_total``,
 nak'ed for redelivery), ``cdc_consumer_dead_lettered_total``,
 ``cdc_consumer_deferred_total`` (a message waited for an earlier one of its key held
 elsewhere), ``cdc_consumer_stuck_total`` (handlers that ran past ``stuck_after_s``),
+``cdc_consumer_claims_resolved_total`` and ``cdc_consumer_claims_unresolved_total``
+(large events fetched by claim check, and references dead-lettered because their
+object was gone or wrong),
 ``cdc_consumer_handler_seconds`` (histogram), and the gauges ``cdc_consumer_held``
 (messages held by this instance), ``cdc_consumer_running``, ``cdc_consumer_keys`` (keys
 with a queue), ``cdc_consumer_key_queue_max`` (the deepest key queue),
@@ -72,6 +75,10 @@ class ConsumerStats:
     keys: int = 0
     key_queue_max: int = 0
     num_pending: int = 0
+    #: Claim-check references resolved to their event, and those that could not be
+    #: (object gone or not matching: dead-lettered).
+    claims_resolved: int = 0
+    claims_unresolved: int = 0
     latency: Histogram = field(default_factory=Histogram)
 
     @property
@@ -82,7 +89,7 @@ class ConsumerStats:
         out: dict[str, Any] = {name: getattr(self, name) for name in (
             "handled", "duplicates", "failures", "dead_lettered", "dead_letter_duplicates",
             "deferred", "stuck", "in_progress_sent", "fetch_errors", "held", "running", "keys",
-            "key_queue_max", "num_pending")}
+            "key_queue_max", "num_pending", "claims_resolved", "claims_unresolved")}
         out["handler_seconds_sum"] = self.latency.total
         out["handler_seconds_count"] = self.latency.n
         return out
@@ -93,7 +100,10 @@ _COUNTERS = (("handled", "Events handled (handler succeeded, committed, acked)")
              ("failures", "Handler failures (nak'ed with back-off, or dead-lettered)"),
              ("dead_lettered", "Messages sent to the dead-letter stream"),
              ("deferred", "Waits for an earlier message of the same key held elsewhere"),
-             ("stuck", "Handlers that ran longer than stuck_after_s"))
+             ("stuck", "Handlers that ran longer than stuck_after_s"),
+             ("claims_resolved", "Large events fetched from their claim-check bucket"),
+             ("claims_unresolved", "Claim-check references dead-lettered: object gone or "
+                                   "not matching"))
 _GAUGES = (("held", "Messages this instance holds (queued or running)"),
            ("running", "Handlers running now"),
            ("keys", "Order keys with messages held"),

@@ -1,10 +1,15 @@
 """Header names on the wire: what the relay, the replay command and the client share.
 
 Subjects are built in :mod:`cdc_bridge.kernel.events` (``change_subject``,
-``dead_letter_subject``); these are the NATS headers every stage reads or writes.
+``dead_letter_subject``); these are the NATS headers every stage reads or writes, plus
+the one digest format of a claim check (:func:`claim_digest`), which the relay writes
+and the client verifies.
 """
 
 from __future__ import annotations
+
+import base64
+import hashlib
 
 #: JetStream's de-duplication header: the event id, deterministic.
 MSG_ID = "Nats-Msg-Id"
@@ -30,3 +35,26 @@ REPLAY_SUBJECT = "Cdc-Replay-Subject"
 #: Routed outbox messages: the outbox row's id and sequence.
 OUTBOX_ID = "Cdc-Outbox-Id"
 OUTBOX_SEQ = "Cdc-Outbox-Seq"
+#: On every dead letter: what the original was, as far as its body or subject tells
+#: (each value one line, truncated to fit).
+ADAPTER = "Cdc-Adapter"
+SCHEMA = "Cdc-Schema"
+TABLE = "Cdc-Table"
+KEY = "Cdc-Key"
+POSITION = "Cdc-Position"
+#: On a dead letter sent without (all of) its body: why.
+BODY_DROPPED = "Cdc-Body-Dropped"
+BODY_TRUNCATED = "Cdc-Body-Truncated"
+#: On a claim-check reference (an event too large for a message, whose body is an
+#: object in a JetStream object store): the bucket, the object, its size in bytes and
+#: its digest (:func:`claim_digest`).
+CLAIM_BUCKET = "Cdc-Claim-Bucket"
+CLAIM_OBJECT = "Cdc-Claim-Object"
+CLAIM_SIZE = "Cdc-Claim-Size"
+CLAIM_DIGEST = "Cdc-Claim-Digest"
+
+
+def claim_digest(body: bytes) -> str:
+    """``SHA-256=<url-safe base64>`` of ``body``: the object store's own digest format."""
+    raw = hashlib.sha256(body).digest()
+    return "SHA-256=" + base64.urlsafe_b64encode(raw).decode("ascii")

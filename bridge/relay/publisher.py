@@ -23,6 +23,8 @@ the relay is CPU-bound in this process.
 Stream. :meth:`Publisher.ensure_stream` creates the stream or updates it to match the
 config (subjects, replicas, max age/bytes/message size, duplicate window); a storage
 type that differs cannot be changed in place and is reported as a configuration error.
+It also ensures the dead-letter stream (:mod:`cdc_bridge.relay.dlq_stream`) and, with
+claim checks on, their object store bucket (:mod:`cdc_bridge.relay.claims`).
 """
 
 from __future__ import annotations
@@ -343,6 +345,10 @@ class Publisher:
 
         await ensure_dlq_stream(self.js, self.cfg)  # dead letters' own stream, own subjects
         self.stream_subjects += dlq_stream_config(self.cfg).subjects or []
+        if self.cfg.claim_checks.enabled:
+            from cdc_bridge.relay.claims import ensure_bucket
+
+            await ensure_bucket(self.js, self.cfg)  # where oversized events' bodies go
 
     async def _update_stream(self, wanted: api.StreamConfig) -> api.StreamInfo:
         """Update the stream, waiting (bounded) while a previous change still settles."""

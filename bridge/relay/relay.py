@@ -6,6 +6,10 @@ then pump until stopped or until something fails:
 - the sender reads pending rows (the next read overlaps the current publishes) and
   publishes each one with :meth:`cdc_bridge.relay.publisher.Publisher.send`, never more than
   ``max_in_flight`` awaiting their PubAck;
+- a row too large for one message (the server's ``max_payload``, the stream's
+  ``max_msg_size``) goes by claim check (:mod:`cdc_bridge.relay.claims`, on by default):
+  its body is put in the claim-check bucket, then a small reference is published in
+  its place, same id and subject;
 - the settler walks the in-flight rows strictly in order as their PubAcks arrive:
   stored (or duplicate) rows advance the acknowledged ``seq``; poison rows are
   dead-lettered to ``<prefix>._dlq.<adapter>`` with the reason in ``Cdc-Reason`` and
@@ -77,10 +81,11 @@ import nats.errors
 from cdc_bridge import metrics
 from cdc_bridge.kernel.backoff import retrying
 from cdc_bridge.kernel.errors import FatalError, PublishUnavailable
-from cdc_bridge.kernel.events import DLQ_TOKEN, dead_letter_stream
-from cdc_bridge.kernel.wire import MSG_ID
-from cdc_bridge.outbox.base import PendingRow
+from cdc_bridge.kernel.events import DLQ_TOKEN, dead_letter_prefix, dead_letter_stream
+from cdc_bridge.kernel.wire import BODY_DROPPED, MSG_ID
+from cdc_bridge.outbox.base import OutboxMessage, PendingRow
 from cdc_bridge.outbox.runner import AsyncStore
+from cdc_bridge.relay.claims import ClaimChecker, ClaimRefused
 from cdc_bridge.relay.publisher import PENDING, Publisher, Slot
 from cdc_bridge.relay.reconcile import stored_rows, wanted_ids
 from cdc_bridge.relay.rules import (
@@ -117,6 +122,15 @@ class RelayStats:
     reordered: int = 0
     chain_breaks: int = 0
     serial_sends: int = 0
+    claim_checks: int = 0
+
+
+def _wire_size(msg: OutboxMessage) -> int:
+    """What a message weighs against max_payload: body, headers and the id header."""
+    size = len(msg.payload) + 14 + len(msg.msg_id) + 17
+    if msg.headers:
+        size += headers_size(msg.headers)
+    return size
 
 
 class Relay:
@@ -138,6 +152,10 @@ class Relay:
         self.ack_timeout_s = publisher.cfg.ack_timeout
         self.retry_max_s = publisher.cfg.retry_max
         self.stats = RelayStats()
+        #: Oversized events go by claim check (None: claim checks off, they are poison).
+        self.claims = ClaimChecker(publisher.cfg) if publisher.cfg.claim_checks.enabled \
+            else None
+        self._dlq_subjects = dead_letter_prefix(self.prefix) + "."
         self._stopping = asyncio.Event()
         self._space = asyncio.Event()
         self._sent = asyncio.Event()
@@ -331,13 +349,17 @@ class Relay:
                 reason = self._subject_ok[msg.subject] = precheck(
                     msg.subject, 0, max_payload=1, stream_subjects=pub.stream_subjects,
                     max_msg_size=-1)
-            size = len(msg.payload) + 14 + len(msg.msg_id) + 17
-            if msg.headers:
-                size += headers_size(msg.headers)
+            size = (len(msg.payload) + 14 + len(msg.msg_id) + 17  # (= _wire_size, inlined)
+                    + (headers_size(msg.headers) if msg.headers else 0))
             if skip and row.seq in skip:
                 slot.outcome = DUPLICATE
                 skip.discard(row.seq)
-            elif reason is None and size <= limit:
+                inflight.append(slot)
+                self._sent.set()
+                continue
+            if reason is None and size > limit:
+                slot, size, reason = await self._claim_check(slot, size, limit)
+            if reason is None and size <= limit:
                 if not self.chain or row.seq <= self._stored_upto:
                     await pub.send(slot)
                 elif self._expect is not None and self._serial_until == 0.0:
@@ -356,12 +378,33 @@ class Relay:
                             log.info("chaining publishes again")
                     continue
             else:
+                slot = Slot(row.seq, row.message)  # the original is dead-lettered
                 slot.outcome = POISON
                 slot.reason = reason or precheck(
                     msg.subject, size, max_payload=pub.max_payload,
                     stream_subjects=pub.stream_subjects, max_msg_size=pub.max_msg_size) or "?"
             inflight.append(slot)
             self._sent.set()
+
+    async def _claim_check(self, slot: Slot, size: int, limit: int
+                           ) -> tuple[Slot, int, str | None]:
+        """An event too large for one message: its body goes to the bucket first, then its
+        reference takes its place in the sequence of publishes (the put is awaited, so
+        order holds). Dead letters never go by claim check: kept for ever, they are cut
+        instead (:func:`cdc_bridge.relay.rules.dead_letter`). Returns the slot to send,
+        its size, and the poison reason (``None``: the size decides) if it cannot go."""
+        if self.claims is None or slot.message.subject.startswith(self._dlq_subjects):
+            return slot, size, None
+        try:
+            ref = await self.claims.check_in(self.publisher.js, slot.message)
+        except ClaimRefused as e:
+            return slot, limit + 1, str(e)
+        size = _wire_size(ref)
+        if size > limit:
+            return slot, size, (f"even its claim-check reference ({size} bytes) exceeds the "
+                                f"limit of {limit} bytes")
+        self.stats.claim_checks += 1
+        return Slot(slot.seq, ref), size, None
 
     async def _await_outcome(self, slot: Slot, settler: asyncio.Task[None]) -> None:
         """Wait until ``slot`` is settled (or the session ends)."""
@@ -503,7 +546,7 @@ class Relay:
         limit = min(pub.max_payload, pub.max_msg_size if pub.max_msg_size > 0 else 1 << 62)
         subject, body, headers = dead_letter(
             msg.msg_id, msg.subject, msg.payload, msg.headers, slot.reason,
-            prefix=self.prefix, dlq=DLQ_TOKEN, body_limit=limit - 512)
+            prefix=self.prefix, dlq=DLQ_TOKEN, limit=limit)
         log.error("dead-lettering event %s (%s) to %s: %s", msg.msg_id, msg.subject, subject,
                   slot.reason)
         try:
@@ -513,7 +556,7 @@ class Relay:
                 raise
             # the stream refuses the dead letter too (its limits changed under us): keep
             # the reason and the original's identity, drop the body
-            headers["Cdc-Body-Dropped"] = "the stream refused the original body"
+            headers[BODY_DROPPED] = "the stream refused the original body"
             await pub.publish_one(subject, b"", headers)
         self._known_tail[1] = headers.get(MSG_ID, "")
         self.stats.dead_lettered += 1
@@ -560,4 +603,4 @@ class Relay:
         return {"published": s.published, "duplicates": s.duplicates,
                 "dead_lettered": s.dead_lettered, "retries": s.retries,
                 "reconnects": s.reconnects, "reordered": s.reordered,
-                "chain_breaks": s.chain_breaks}
+                "chain_breaks": s.chain_breaks, "claim_checks": s.claim_checks}

@@ -21,7 +21,20 @@ from typing import Any
 
 import orjson
 
-from cdc_bridge.kernel.wire import MSG_ID, ORIGINAL_ID, ORIGINAL_SIZE, ORIGINAL_SUBJECT, REASON
+from cdc_bridge.kernel.wire import (
+    ADAPTER,
+    BODY_DROPPED,
+    BODY_TRUNCATED,
+    KEY,
+    MSG_ID,
+    ORIGINAL_ID,
+    ORIGINAL_SIZE,
+    ORIGINAL_SUBJECT,
+    POSITION,
+    REASON,
+    SCHEMA,
+    TABLE,
+)
 
 #: JetStream API error codes that retrying the same message cannot fix.
 POISON_ERR_CODES = frozenset({
@@ -123,25 +136,116 @@ def dlq_token(subject: str, prefix: str) -> str:
     return "_unknown"
 
 
+#: Byte caps of a dead letter's identity headers (each value is one line, truncated).
+HEADER_CAPS = {REASON: 1024, ADAPTER: 128, SCHEMA: 128, TABLE: 256, KEY: 1024,
+               POSITION: 512, ORIGINAL_SUBJECT: 512}
+#: Room kept below the limit for what the size estimate does not count.
+_MARGIN = 64
+
+
+def one_line(text: str, cap: int) -> str:
+    """``text`` as one header line of at most ``cap`` UTF-8 bytes (``...`` when cut)."""
+    flat = " ".join(text.split())
+    raw = flat.encode()
+    if len(raw) <= cap:
+        return flat
+    return raw[:max(0, cap - 3)].decode("utf-8", "ignore") + "..."
+
+
+def _header_bytes(headers: dict[str, str]) -> int:
+    return _HDR_OVERHEAD + sum(len(k) + len(v.encode()) + 4 for k, v in headers.items())
+
+
+def identity(subject: str, payload: bytes, prefix: str) -> dict[str, str]:
+    """Adapter, schema, table, key and position of a message, as dead-letter headers.
+
+    From the body when it is a change event (CloudEvents JSON with the change envelope),
+    else what the subject says (``<prefix>.<adapter>.<schema>.<table>.<op>``)."""
+    out: dict[str, str] = {}
+    head = prefix + "."
+    rest = subject[len(head):].split(".") if subject.startswith(head) else []
+    if rest and rest[0]:
+        out[ADAPTER] = rest[0]
+    if len(rest) == 4 and rest[3] in ("c", "u", "d", "r", "t"):
+        if rest[1] != "_":
+            out[SCHEMA] = rest[1]
+        out[TABLE] = rest[2]
+    data: Any = None
+    if payload[:1] == b"{":
+        try:
+            data = orjson.loads(payload).get("data")
+        except orjson.JSONDecodeError:
+            data = None
+    if isinstance(data, dict) and isinstance(data.get("source"), dict):
+        src = data["source"]
+        for name, field in ((ADAPTER, "adapter"), (SCHEMA, "schema"), (TABLE, "table"),
+                            (POSITION, "position")):
+            if src.get(field) is not None:
+                out[name] = str(src[field])
+        if src.get("index"):
+            out[POSITION] = f"{out.get(POSITION, '')}#{src['index']}"
+        if data.get("key") is not None:
+            out[KEY] = orjson.dumps(data["key"], default=str,
+                                    option=orjson.OPT_SORT_KEYS).decode()
+    return {k: one_line(v, HEADER_CAPS[k]) for k, v in out.items()}
+
+
 def dead_letter(msg_id: str, subject: str, payload: bytes, headers: dict[str, str] | None,
-                reason: str, *, prefix: str, dlq: str, body_limit: int
+                reason: str, *, prefix: str, dlq: str, limit: int
                 ) -> tuple[str, bytes, dict[str, str]]:
     """Subject, body and headers of the dead letter for a poison message.
 
-    The body is the original one when it fits in ``body_limit``, else empty (the
-    original size is in ``Cdc-Original-Size``). The id is derived from the original's,
-    so a re-dead-lettering after a crash is dropped as a duplicate.
+    Its headers always say what the original was (:func:`identity`: adapter, schema,
+    table, key, position), why (``Cdc-Reason``), its subject, id and size, each value
+    truncated (:data:`HEADER_CAPS`), so the dead letter fits in ``limit`` bytes (the
+    original's own headers are dropped, largest first, if they would not). The body is
+    the original's when the whole fits in ``limit``, else empty (``Cdc-Body-Dropped``
+    says why).
+
+    A message that is itself a dead letter (on ``<prefix><dlq>.``, e.g. a source's
+    oversized input) keeps its subject and its reason; the relay's reason goes to
+    ``Cdc-Body-Truncated``/``Cdc-Body-Dropped``, and its body is cut to fit rather than
+    dropped (it is raw input: its first bytes help). Never a dead letter of a dead letter.
+
+    The id is derived from the original's, so a re-dead-lettering after a crash is
+    dropped as a duplicate.
     """
-    out = {k: v for k, v in (headers or {}).items() if k != MSG_ID}
-    out.update({
-        MSG_ID: "dlq-" + msg_id,
-        REASON: " ".join(reason.split())[:1024],
-        ORIGINAL_SUBJECT: subject[:512],
-        ORIGINAL_ID: msg_id,
-        ORIGINAL_SIZE: str(len(payload)),
-    })
-    body = payload if len(payload) + headers_size(out) <= body_limit else b""
-    return f"{prefix}{dlq}.{dlq_token(subject, prefix)}", body, out
+    dlq_prefix = f"{prefix}{dlq}."
+    again = subject.startswith(dlq_prefix) and valid_subject(subject)
+    flat = one_line(reason, HEADER_CAPS[REASON])
+    out = {k: v for k, v in (headers or {}).items()
+           if k != MSG_ID and not k.startswith("Nats-")}
+    ours: dict[str, str] = {}
+    if again:
+        target = subject
+        ours[REASON] = one_line(out.pop(REASON, "") or flat, HEADER_CAPS[REASON])
+    else:
+        target = f"{dlq_prefix}{dlq_token(subject, prefix)}"
+        ours.update(identity(subject, payload, prefix))
+        ours[REASON] = flat
+    ours.update({MSG_ID: "dlq-" + msg_id, ORIGINAL_ID: one_line(msg_id, 256),
+                 ORIGINAL_SIZE: str(len(payload))})
+    if not again:  # (a dead letter has no subject to be redriven to)
+        ours[ORIGINAL_SUBJECT] = one_line(subject, HEADER_CAPS[ORIGINAL_SUBJECT])
+    room = limit - _MARGIN - 256  # (room for the body header below)
+    for k in sorted(out, key=lambda k: len(out[k]), reverse=True):
+        if _header_bytes({**out, **ours}) <= room:
+            break
+        del out[k]
+    final = {**out, **ours}
+    if _header_bytes(final) > room:  # tiny limit: shorter values still
+        final = {k: v if k == MSG_ID else one_line(v, 64) for k, v in ours.items()}
+    size = len(payload) + _header_bytes(final)
+    if size <= limit - _MARGIN:
+        return target, payload, final
+    if again:
+        keep = max(0, limit - _MARGIN - _header_bytes(final) - 256)
+        final[BODY_TRUNCATED] = one_line(f"first {keep} of {len(payload)} bytes kept: {flat}",
+                                         256)
+        return target, payload[:keep], final
+    final[BODY_DROPPED] = one_line(f"{len(payload)} bytes do not fit in a dead letter of "
+                                   f"{limit} bytes", 256)
+    return target, b"", final
 
 
 def min_duplicate_window(ack_timeout_s: float, retry_max_s: float) -> float:

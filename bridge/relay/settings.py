@@ -36,6 +36,21 @@ class Placement(StrictModel):
     tags: list[str] = []
 
 
+class ClaimChecks(StrictModel):
+    """Events too large for one message travel whole by claim check (README, "Large events")."""
+
+    #: Put an event larger than the server's max_payload (or the stream's max_msg_size)
+    #: in a JetStream object store and publish a small reference to it in its place
+    #: (same id, subject and order; ``cdc_bridge.client`` resolves it). Off: such an
+    #: event is dead-lettered (headers only).
+    enabled: bool = True
+    #: The object store bucket; default ``<stream>_CLAIMS``. Same storage, replicas and
+    #: placement as the stream; objects kept ``max_age`` plus the duplicate window.
+    bucket: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]+$")
+    #: Larger events are dead-lettered, not claim-checked (a runaway value).
+    max_size: int = Field(default=64 << 20, ge=1)
+
+
 class NatsConfig(StrictModel):
     #: One URL or several (a cluster). Absent -> the embedded nats-server.
     url: str | list[str] | None = None
@@ -67,6 +82,9 @@ class NatsConfig(StrictModel):
     retry_max: Duration = 5.0
     #: Expected TLS server name when it differs from the URL's host.
     tls_hostname: str | None = None
+    #: Events too large for one message: by claim check through an object store
+    #: (README, "Large events").
+    claim_checks: ClaimChecks = ClaimChecks()
 
     @field_validator("subject_prefix")
     @classmethod
@@ -95,6 +113,10 @@ class NatsConfig(StrictModel):
             raise ValueError(f"duplicate_window must be at least 2 x (ack_timeout + retry_max)"
                              f" = {least:g}s, so a retried publish is still deduplicated")
         return self
+
+    def claims_bucket(self) -> str:
+        """The claim checks' object store bucket (``<stream>_CLAIMS`` unless configured)."""
+        return self.claim_checks.bucket or f"{self.stream}_CLAIMS"
 
     def servers(self) -> list[str]:
         if self.url is None:

@@ -77,14 +77,14 @@ def test_parse_ack_outcomes() -> None:
 def test_dead_letter_shape() -> None:
     subject, body, headers = dead_letter(
         "abc", "cdc.erp._.t.c", b"x" * 100, {"Cdc-K": "1", "Nats-Msg-Id": "abc"},
-        "too\nbig", prefix="cdc", dlq="_dlq", body_limit=1000)
+        "too\nbig", prefix="cdc", dlq="_dlq", limit=1000)
     assert subject == "cdc_dlq.erp"
     assert body == b"x" * 100
     assert headers["Nats-Msg-Id"] == "dlq-abc"
     assert headers["Cdc-Reason"] == "too big"
     assert headers["Cdc-K"] == "1"
     _, body, _ = dead_letter("abc", "cdc.erp._.t.c", b"x" * 2000, None, "r", prefix="cdc",
-                             dlq="_dlq", body_limit=1000)
+                             dlq="_dlq", limit=1000)
     assert body == b""
     assert dlq_token("elsewhere.x", "cdc") == "_unknown"
 
