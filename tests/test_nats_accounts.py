@@ -1,6 +1,7 @@
 """deploy/nats/nats-single.conf on a real nats-server: the ``reader`` user that
 downstream services get can consume the bridge's stream with the client library and
-dead-letter into it, and cannot delete, purge or write the bridge's streams."""
+dead-letter into it and resolve claim checks (large events in the object store), and
+cannot delete, purge or write the bridge's streams."""
 
 from __future__ import annotations
 
@@ -18,6 +19,9 @@ from nats.js import api
 from cdc_bridge.client.consumer import Consumer, ConsumerSettings, Event
 from cdc_bridge.client.seen import MemorySeenStore
 from cdc_bridge.kernel.events import ChangeEvent
+from cdc_bridge.kernel.wire import CLAIM_OBJECT, MSG_ID
+from cdc_bridge.outbox.base import OutboxMessage
+from cdc_bridge.relay.claims import reference_message
 from tests.services.nats_server import NatsServer
 from tests.services.ports import free_port
 
@@ -60,6 +64,16 @@ async def test_reader_consumes_and_cannot_touch_the_bridges_streams(
         ev = ChangeEvent(adapter="erp", table="invoices", op="c", position=f"p{i}",
                          key={"id": i}, after={"id": i}, ts_ms=1_700_000_000_000)
         await bjs.publish(ev.subject("cdc"), ev.encode(), headers={"Nats-Msg-Id": ev.id})
+    # a large event as the relay sends it: the body in the claim-check bucket, a reference
+    # in the stream; the reader must be able to fetch it
+    big = ChangeEvent(adapter="erp", table="invoices", op="c", position="p4", key={"id": 4},
+                      after={"id": 4, "pdf": "x" * 300_000}, ts_ms=1_700_000_000_000)
+    store = await bjs.create_object_store("CDC_CLAIMS")
+    ref = reference_message(OutboxMessage(big.id, big.subject("cdc"), big.encode()),
+                            "CDC_CLAIMS")
+    assert ref.headers is not None
+    await store.put(ref.headers[CLAIM_OBJECT], big.encode())
+    await bjs.publish(ref.subject, ref.payload, headers={**ref.headers, MSG_ID: big.id})
 
     handled: list[int] = []
     done = asyncio.Event()
@@ -68,6 +82,8 @@ async def test_reader_consumes_and_cannot_touch_the_bridges_streams(
         if event.key == {"id": 2}:
             raise ValueError("never applies")
         handled.append(event.key["id"])  # type: ignore[index]
+        if event.key == {"id": 4}:
+            assert event.after is not None and len(event.after["pdf"]) == 300_000
 
     consumer = Consumer(ConsumerSettings(
         servers=[url(accounts_server, "reader", "rpw")], durable="billing",
@@ -75,7 +91,7 @@ async def test_reader_consumes_and_cannot_touch_the_bridges_streams(
         MemorySeenStore())
 
     async def watch() -> None:
-        while not (len(handled) == 2 and consumer.stats.dead_lettered == 1):
+        while not (len(handled) == 3 and consumer.stats.dead_lettered == 1):
             await asyncio.sleep(0.1)
         done.set()
 
@@ -87,7 +103,8 @@ async def test_reader_consumes_and_cannot_touch_the_bridges_streams(
         consumer.stop()
         watcher.cancel()
         await asyncio.wait_for(task, 10)
-    assert sorted(handled) == [1, 3]
+    assert sorted(handled) == [1, 3, 4]
+    assert consumer.stats.claims_resolved == 1
     assert (await bjs.stream_info("CDC_DLQ")).state.messages == 1  # the reader's dead letter
 
     reader = await nats.connect(url(accounts_server, "reader", "rpw"))
@@ -110,6 +127,6 @@ async def test_reader_consumes_and_cannot_touch_the_bridges_streams(
         pytest.fail(f"the reader user could {what} on the bridge's stream")
     await reader.close()
     info = await bjs.stream_info("CDC")
-    assert info.state.messages == 3 and info.config.subjects == ["cdc.>"]
+    assert info.state.messages == 4 and info.config.subjects == ["cdc.>"]
     assert "billing" in [c.name for c in await bridge.jsm().consumers_info("CDC")]
     await bridge.close()
