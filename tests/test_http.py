@@ -78,6 +78,14 @@ def test_healthz_readyz_metrics_status(tmp_path: Path, nats_server: NatsServer) 
 
         m = wait_for(captured, what="50 captured in /metrics", timeout_s=30)
         assert m[("cdc_adapter_up", (("adapter", "erp"),))] == 1.0
+        # labelled series exist from the start, at 0, before anything happened to them
+        assert m[("cdc_dead_letters_total", (("adapter", "erp"), ("stage", "publish")))] == 0
+        assert m[("cdc_adapter_restarts_total", (("adapter", "erp"),))] == 0
+        assert ("cdc_snapshot_rows_done", (("adapter", "erp"),)) in m
+        lag = ("cdc_source_lag_seconds", (("adapter", "erp"),))  # one unit per metric
+        wait_for(lambda: lag in samples(get(base + "/metrics")[1]), what="the lag gauge",
+                 timeout_s=30)
+        assert not any(name.endswith("_created") for name, _ in m)
         assert ("cdc_outbox_pending", ()) in m
         assert ("cdc_outbox_oldest_pending_age_seconds", ()) in m
         assert m[("cdc_nats_connected", ())] == 1.0

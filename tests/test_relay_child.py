@@ -143,9 +143,11 @@ def _get(url: str) -> bytes:
         return bytes(r.read())
 
 
-def _sample(text: str, name: str) -> float:
-    m = re.search(rf"^{re.escape(name)} (\S+)$", text, re.M)
-    return float(m.group(1)) if m else 0.0
+def _sample(text: str, name: str, labels: str | None = None) -> float:
+    """The value of ``name``: summed over its label sets, or the one with ``labels``."""
+    values = {m.group(1) or "": float(m.group(2)) for m in re.finditer(
+        rf"^{re.escape(name)}(\{{[^}}]*\}})? (\S+)$", text, re.M)}
+    return values.get(labels, 0.0) if labels is not None else sum(values.values())
 
 
 def test_child_counters_reach_metrics_and_status(tmp_path: Path,
@@ -169,6 +171,13 @@ def test_child_counters_reach_metrics_and_status(tmp_path: Path,
         text = wait_for(published, what=f"{total} published in /metrics", timeout_s=60)
         assert _sample(text, "cdc_publish_latency_seconds_count") == total
         assert _sample(text, "cdc_publish_latency_seconds_sum") > 0
+        # per adapter (the subject's adapter token): erp has a and b, crm has c
+        erp, crm = (_sample(text, "cdc_events_published_total", f'{{adapter="{a}"}}')
+                    for a in ("erp", "crm"))
+        assert erp + crm == total and erp > crm > 0, (erp, crm)
+        assert _sample(text, "cdc_publish_latency_seconds_count", '{adapter="crm"}') == crm
+        assert "_created" not in text  # no _created series
+        assert 'cdc_build_info{' in text
         assert _sample(text, "cdc_nats_connected") == 1.0
         status = json.loads(_get(base + "/status"))
         assert status["relay"]["published"] == total
@@ -205,22 +214,23 @@ def counters() -> dict[str, float]:
     def value(name: str, **labels: str) -> float:
         return metrics.REGISTRY.get_sample_value(name, labels) or 0.0
 
-    return {"published": value("cdc_events_published_total"),
+    return {"published": value("cdc_events_published_total", adapter="erp"),
             "dead": value("cdc_dead_letters_total", adapter="erp", stage="publish"),
-            "lat_count": value("cdc_publish_latency_seconds_count"),
-            "lat_sum": value("cdc_publish_latency_seconds_sum"),
-            "lat_le_0.01": value("cdc_publish_latency_seconds_bucket", le="0.01")}
+            "lat_count": value("cdc_publish_latency_seconds_count", adapter="erp"),
+            "lat_sum": value("cdc_publish_latency_seconds_sum", adapter="erp"),
+            "lat_le_0.01": value("cdc_publish_latency_seconds_bucket", adapter="erp",
+                                 le="0.01")}
 
 
 def test_metric_mirror_adds_increases_and_restarts_from_zero(counters: dict[str, float]
                                                              ) -> None:
     def snap(published: float, dead: float, b: list[float], total: float) -> dict[str, object]:
-        return {"counters": [["cdc_events_published_total", {}, published],
+        return {"counters": [["cdc_events_published_total", {"adapter": "erp"}, published],
                              ["cdc_dead_letters_total", {"adapter": "erp", "stage": "publish"},
                               dead]],
-                "latency_buckets": b, "latency_sum": total}
+                "latency": {"erp": {"buckets": b, "sum": total}}}
 
-    n = len(metrics.PUBLISH_LATENCY._upper_bounds)  # 13 bounds and +Inf
+    n = len(metrics.PUBLISH_LATENCY.labels("erp")._upper_bounds)  # 13 bounds and +Inf
     cum = [1.0, 3.0] + [3.0] * (n - 2)  # 1 observation <= 5 ms, 2 more <= 10 ms
     mirror = MetricMirror()
     mirror.apply(snap(10, 1, cum, 0.02))
@@ -231,10 +241,12 @@ def test_metric_mirror_adds_increases_and_restarts_from_zero(counters: dict[str,
     def value(name: str, **labels: str) -> float:
         return metrics.REGISTRY.get_sample_value(name, labels) or 0.0
 
-    assert value("cdc_events_published_total") - counters["published"] == 30
+    assert value("cdc_events_published_total", adapter="erp") - counters["published"] == 30
     assert value("cdc_dead_letters_total", adapter="erp", stage="publish") - \
         counters["dead"] == 1
-    assert value("cdc_publish_latency_seconds_count") - counters["lat_count"] == 5
-    assert value("cdc_publish_latency_seconds_bucket", le="0.01") - \
+    assert value("cdc_publish_latency_seconds_count", adapter="erp") - \
+        counters["lat_count"] == 5
+    assert value("cdc_publish_latency_seconds_bucket", adapter="erp", le="0.01") - \
         counters["lat_le_0.01"] == 5
-    assert abs(value("cdc_publish_latency_seconds_sum") - counters["lat_sum"] - 0.03) < 1e-9
+    assert abs(value("cdc_publish_latency_seconds_sum", adapter="erp") - counters["lat_sum"]
+               - 0.03) < 1e-9

@@ -45,7 +45,12 @@ from pathlib import Path
 from typing import Any
 
 from cdc_bridge import metrics
-from cdc_bridge.adapters.contract import Adapter, AdapterConfig, ReportsTableHealth
+from cdc_bridge.adapters.contract import (
+    Adapter,
+    AdapterConfig,
+    ReportsSnapshotProgress,
+    ReportsTableHealth,
+)
 from cdc_bridge.adapters.registry import AdapterContext, create
 from cdc_bridge.config import BridgeConfig
 from cdc_bridge.daemon.control import ControlDb, control_path
@@ -76,6 +81,8 @@ class Daemon:
         self.state_interval_s = state_interval_s
         self.adapters: dict[str, AdapterStats] = {
             a.name: AdapterStats(a.type) for a in config.adapter_configs}
+        for name in self.adapters:
+            metrics.init_adapter_series(name)
         self.fatal: BaseException | None = None
         self.stop_event = asyncio.Event()
         self.started_ms = int(time.time() * 1000)
@@ -267,11 +274,19 @@ class Daemon:
                 up = stats.state == "running" and adapter.connected
                 if isinstance(adapter, ReportsTableHealth):
                     Daemon._table_health(name, stats, adapter.failed_tables())
+                if isinstance(adapter, ReportsSnapshotProgress):
+                    report = adapter.snapshot_progress()
+                    if report is not None and report.committed:
+                        metrics.SNAPSHOT_ROWS_DONE.labels(name).set(report.rows)
+                        metrics.SNAPSHOT_ROWS_TOTAL.labels(name).set(
+                            max(report.total, report.rows))
             except Exception as e:  # a source's report must never take the daemon down
                 log.debug("adapter %s: lag/readiness report failed: %s", name, e)
         metrics.ADAPTER_UP.labels(name).set(1 if up else 0)
         for unit, value in stats.lag.items():
-            metrics.SOURCE_LAG.labels(name, unit).set(value)
+            gauge = metrics.SOURCE_LAG.get(unit)
+            if gauge is not None:
+                gauge.labels(name).set(value)
 
     async def _supervise(self, cfg: AdapterConfig, context: AdapterContext) -> None:
         stats = self.adapters[cfg.name]

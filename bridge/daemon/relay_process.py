@@ -74,6 +74,7 @@ FORWARDED_COUNTERS = {
     "cdc_dead_letters_total": metrics.DEAD_LETTERS,
     "cdc_reconnects_total": metrics.RECONNECTS,
     "cdc_adapter_restarts_total": metrics.ADAPTER_RESTARTS,
+    "cdc_relay_order_window_total": metrics.ORDER_WINDOW,
 }
 _LATENCY = "cdc_publish_latency_seconds"
 
@@ -127,17 +128,19 @@ def read_settings(fd: int) -> ChildSettings:
 def metrics_snapshot() -> dict[str, Any]:
     """The relay's Prometheus series in this process, as plain JSON-able values."""
     counters: list[list[Any]] = []
-    buckets: list[float] = []
-    total = 0.0
+    latency: dict[str, dict[str, Any]] = {}  # adapter -> cumulative buckets, sum
     for family in metrics.REGISTRY.collect():
         for s in family.samples:
             if s.name in FORWARDED_COUNTERS and s.value:
                 counters.append([s.name, s.labels, s.value])
-            elif s.name == _LATENCY + "_bucket":
-                buckets.append(s.value)  # cumulative, in bucket order, +Inf last
-            elif s.name == _LATENCY + "_sum":
-                total = s.value
-    return {"counters": counters, "latency_buckets": buckets, "latency_sum": total}
+            elif s.name.startswith(_LATENCY):
+                per = latency.setdefault(s.labels.get("adapter", ""),
+                                         {"buckets": [], "sum": 0.0})
+                if s.name == _LATENCY + "_bucket":
+                    per["buckets"].append(s.value)  # cumulative, in bucket order, +Inf last
+                elif s.name == _LATENCY + "_sum":
+                    per["sum"] = s.value
+    return {"counters": counters, "latency": latency}
 
 
 class MetricMirror:
@@ -148,8 +151,8 @@ class MetricMirror:
 
     def __init__(self) -> None:
         self._last: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
-        self._last_buckets: list[float] = []
-        self._last_sum = 0.0
+        #: Per adapter: the last report's cumulative buckets and sum.
+        self._last_latency: dict[str, tuple[list[float], float]] = {}
 
     def apply(self, snap: dict[str, Any]) -> None:
         for name, labels, value in snap.get("counters", []):
@@ -159,16 +162,17 @@ class MetricMirror:
             if delta > 0:
                 counter = FORWARDED_COUNTERS[name]
                 (counter.labels(**labels) if labels else counter).inc(delta)
-        buckets = snap.get("latency_buckets") or []
-        if buckets:
-            prev = self._last_buckets or [0.0] * len(buckets)
+        for adapter, per in (snap.get("latency") or {}).items():
+            buckets, total = per.get("buckets") or [], float(per.get("sum", 0.0))
+            if not buckets or not adapter:
+                continue
+            prev, prev_sum = self._last_latency.get(adapter, ([0.0] * len(buckets), 0.0))
             per_bucket = [b - (buckets[i - 1] if i else 0.0) for i, b in enumerate(buckets)]
             prev_per = [b - (prev[i - 1] if i else 0.0) for i, b in enumerate(prev)]
             deltas = [max(0.0, a - b) for a, b in zip(per_bucket, prev_per, strict=True)]
-            _merge_histogram(metrics.PUBLISH_LATENCY, deltas,
-                             snap.get("latency_sum", 0.0) - self._last_sum)
-            self._last_buckets = list(buckets)
-            self._last_sum = snap.get("latency_sum", 0.0)
+            _merge_histogram(metrics.PUBLISH_LATENCY.labels(adapter), deltas,
+                             total - prev_sum)
+            self._last_latency[adapter] = (list(buckets), total)
 
 
 def _merge_histogram(hist: Any, per_bucket: list[float], sum_delta: float) -> None:

@@ -93,6 +93,7 @@ from cdc_bridge.relay.rules import (
     OK,
     POISON,
     dead_letter,
+    dlq_token,
     headers_size,
     is_wrong_last_sequence,
     precheck,
@@ -123,6 +124,14 @@ class RelayStats:
     chain_breaks: int = 0
     serial_sends: int = 0
     claim_checks: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class _SubjectSeries:
+    """A subject's adapter token and its publish-latency series (looked up once)."""
+
+    adapter: str
+    latency: Any
 
 
 def _wire_size(msg: OutboxMessage) -> int:
@@ -156,6 +165,8 @@ class Relay:
         self.claims = ClaimChecker(publisher.cfg) if publisher.cfg.claim_checks.enabled \
             else None
         self._dlq_subjects = dead_letter_prefix(self.prefix) + "."
+        #: Per subject: the metrics series its rows count in (:meth:`_series_of`).
+        self._series: dict[str, _SubjectSeries] = {}
         self._stopping = asyncio.Event()
         self._space = asyncio.Event()
         self._sent = asyncio.Event()
@@ -467,19 +478,24 @@ class Relay:
 
     async def _settle_done(self, inflight: deque[Slot]) -> None:
         """Settle the leading slots that have an outcome."""
-        published = duplicates = 0
+        published: dict[str, int] = {}
+        duplicates: dict[str, int] = {}
         now = time.time()
-        observe = metrics.PUBLISH_LATENCY.observe
+        series = self._series
         try:
             while inflight and inflight[0].outcome != PENDING:
                 slot = inflight[0]
                 outcome = slot.outcome
                 if outcome == OK:
-                    published += 1
-                    observe(now - slot.message.created_ms / 1000)
+                    subject = slot.message.subject
+                    per = series.get(subject) or self._series_of(subject)
+                    published[per.adapter] = published.get(per.adapter, 0) + 1
+                    per.latency.observe(now - slot.message.created_ms / 1000)
                     self._known_tail[0] = slot.message.msg_id
                 elif outcome == DUPLICATE:
-                    duplicates += 1
+                    adapter = (series.get(slot.message.subject)
+                               or self._series_of(slot.message.subject)).adapter
+                    duplicates[adapter] = duplicates.get(adapter, 0) + 1
                     self._known_tail[0] = slot.message.msg_id
                     if slot.expected_last >= 0:  # stored before: took no sequence
                         self._gap = self._gap or slot.seq
@@ -495,18 +511,26 @@ class Relay:
                 self._acked_seq = slot.seq
                 self._progress = True
         finally:
-            if published:
-                self.stats.published += published
-                metrics.EVENTS_PUBLISHED.inc(published)
-            if duplicates:
-                self.stats.duplicates += duplicates
-                metrics.PUBLISH_DUPLICATES.inc(duplicates)
+            for adapter, n in published.items():
+                self.stats.published += n
+                metrics.EVENTS_PUBLISHED.labels(adapter).inc(n)
+            for adapter, n in duplicates.items():
+                self.stats.duplicates += n
+                metrics.PUBLISH_DUPLICATES.labels(adapter).inc(n)
+
+    def _series_of(self, subject: str) -> _SubjectSeries:
+        """The adapter token of ``subject`` and its latency series (cached per subject)."""
+        adapter = dlq_token(subject, self.prefix)
+        per = self._series[subject] = _SubjectSeries(adapter,
+                                                     metrics.PUBLISH_LATENCY.labels(adapter))
+        return per
 
     def _check_order_window(self, failed: Slot, inflight: deque[Slot]) -> None:
         later = [s for s in inflight if s.outcome == OK and s.seq > failed.seq
                  and s.message.subject == failed.message.subject]
         if later:
             self.stats.reordered += 1
+            metrics.ORDER_WINDOW.inc()
             log.warning("order window: outbox seq %d on %s failed transiently (%s) after later "
                         "seq %d on the same subject was stored; its retry lands after it",
                         failed.seq, failed.message.subject, failed.reason, later[0].seq)
@@ -536,6 +560,7 @@ class Relay:
         if ahead and not any(s.message.subject == failed.message.subject for s in ahead
                              if s.outcome == OK):  # (else _check_order_window counted it)
             self.stats.reordered += 1
+            metrics.ORDER_WINDOW.inc()
             log.warning("order window: outbox seq %d..%d may be stored ahead of seq %d (a "
                         "foreign message took its place in the chain)", ahead[0].seq,
                         ahead[-1].seq, failed.seq)
