@@ -86,8 +86,18 @@ async def look(conn: psycopg.AsyncConnection[Any], tables: Iterable[str],
 
 async def restore(conn: psycopg.AsyncConnection[Any], info: TableInfo, publication: str,
                   add: bool) -> None:
-    """Put ``info`` back in the publication (``add``) and mark the spot in the WAL."""
+    """Put ``info`` back in the publication (``add``) and mark the spot in the WAL.
+
+    The table is locked (``SHARE``: writers wait, briefly) before either, so no
+    transaction that wrote to it is still open when they commit. Logical decoding
+    decodes a change with the catalogue as of the change, so a transaction that wrote
+    before the ``ADD TABLE`` and committed after the mark would have its change neither
+    published nor (when the re-snapshot read it before that commit) in an ``r`` row.
+    ``lock_timeout`` bounds the wait behind a long transaction: next check, then.
+    """
     async with conn.transaction():
+        await conn.execute("SET LOCAL lock_timeout = '5s'")
+        await conn.execute(sql.SQL("LOCK TABLE {} IN SHARE MODE").format(info.ident()))
         if add:
             await conn.execute(sql.SQL("ALTER PUBLICATION {} ADD TABLE {}").format(
                 sql.Identifier(publication), info.ident()))

@@ -4,7 +4,8 @@
 PostgreSQL with ``wal_level=logical``, MariaDB) on free ports, runs every available
 source type at once against them with seeded writers, injects seeded faults (kill -9 of
 the bridge, server restarts, connection cuts/refusals/delays through a TCP proxy, a full
-outbox disk), and finally reads the whole JetStream stream back to prove each change
+outbox disk, a PostgreSQL table re-created or taken out of its publication, an old
+state_dir restored), and finally reads the whole JetStream stream back to prove each change
 arrived exactly once, in order per key, with the final state of every key equal to the
 source. Modules:
 

@@ -4,6 +4,11 @@ Example (ten minutes, seed 7, every available source)::
 
     .venv/bin/python -m bench.soak --duration 600 --seed 7
 
+Fault kinds (``--kinds`` takes prefixes): kill9:bridge, restart:<server>,
+cut/refuse/delay:<target>, diskfull:outbox, recreate:table and alter:publication
+(postgres), restore:state_dir (only with sources whose position survives a restored
+state_dir: ``--sources postgres``), and with ``--cluster`` the cluster kinds.
+
 Exit code 0 when every change arrived exactly once in order and every fault recovered;
 1 otherwise. The last line of output is ``SOAK {json}`` for scripts.
 """
@@ -33,6 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-disk-fault", action="store_true")
     p.add_argument("--cluster", action="store_true",
                    help="a local 3-node JetStream cluster, R3 stream, cluster faults")
+    p.add_argument("--duplicate-window", type=float, default=20.0,
+                   help="the stream's duplicate window in seconds (at least 16); "
+                        "restore:state_dir waits longer than it")
     p.add_argument("--workdir", type=Path, default=None)
     p.add_argument("--keep", action="store_true", help="keep the work dir (logs, configs)")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -45,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         sources=tuple(s for s in args.sources.split(",") if s),
         kinds=tuple(k for k in args.kinds.split(",") if k) or None,
         n_keys=args.keys, rate=args.rate, gap_s=(lo, hi), disk_fault=not args.no_disk_fault,
-        cluster=args.cluster,
+        cluster=args.cluster, duplicate_window_s=args.duplicate_window,
         workdir=args.workdir, keep_workdir=args.keep or args.workdir is not None,
     )
     result = Soak(opts).run()

@@ -3,7 +3,9 @@
 Sequence: start nats-server and each source's server (on free ports, in temp dirs),
 put a :class:`~bench.soak.proxy.FaultProxy` in front of each, create the tables, start
 the bridge (as a real ``cdc-bridge run`` process) with its ``state_dir`` on a small
-tmpfs when one can be mounted (for ``diskfull:outbox``), wait for a first probe of every
+tmpfs when one can be mounted (for ``diskfull:outbox``) and a short duplicate window
+(``duplicate_window_s``: a downtime longer than it, ``restore:state_dir`` makes one,
+leaves only the relay's exact reconcile to prevent duplicates), wait for a first probe of every
 source, start the writers, then inject one fault after another at seeded times until
 the duration is over. After each fault is healed the driver writes a probe to every
 source and times how long until all probes are in the stream (recovery time).
@@ -31,10 +33,15 @@ from typing import Any
 from bench.soak.faults import (
     Ballast,
     Fault,
+    NatsBlock,
     bridge_fault,
+    cluster_block,
     cluster_faults,
     disk_fault,
+    proxy_block,
     proxy_faults,
+    reset_fault,
+    restore_fault,
     schedule,
     server_fault,
 )
@@ -64,6 +71,9 @@ class SoakOptions:
     #: A local three-node JetStream cluster (deploy/nats/nats-cluster.conf) and an R3
     #: stream, with cluster faults, instead of one nats-server behind a proxy.
     cluster: bool = False
+    #: The stream's duplicate window (the least the relay's settings allow is
+    #: 2 x (ack_timeout 3 s + retry_max 5 s)); ``restore:state_dir`` waits longer.
+    duplicate_window_s: float = 20.0
     workdir: Path | None = None
     keep_workdir: bool = False
 
@@ -250,7 +260,8 @@ class Soak:
         return write_config(work / "bridge.yaml", {
             "state_dir": str(state),
             "nats": {**nats, "stream": STREAM,
-                     "subject_prefix": PREFIX, "ack_timeout": "3s", "connect_timeout": "2s"},
+                     "subject_prefix": PREFIX, "ack_timeout": "3s", "connect_timeout": "2s",
+                     "duplicate_window": f"{self.opts.duplicate_window_s:g}s"},
             "outbox": {"poll_interval": "200ms"},
             "adapters": adapters,
         })
@@ -258,21 +269,47 @@ class Soak:
     def _build_faults(self, nats_proxy: FaultProxy, state: Path, disk: bool) -> None:
         assert self.bridge is not None
         faults = [bridge_fault(self.bridge)]
+        block: NatsBlock
         if self.cluster is not None:
             faults += cluster_faults(self.cluster, STREAM)
+            block = cluster_block(self.cluster, STREAM)
         else:
             faults += [server_fault("nats", self.nats, []), *proxy_faults("nats", nats_proxy)]
+            block = proxy_block(nats_proxy)
         for src in self.sources:
             coin = _coin(random.Random(self.rng.random()))
             if src.server is not None:
                 faults.append(server_fault(src.kind, src.server, src.writers, hard=coin))
             if src.proxy is not None:
                 faults += proxy_faults(src.kind, src.proxy)
-        if disk and self.cluster is None:  # (the bridge would reach the other nodes)
-            faults.append(disk_fault(Ballast(state), nats_proxy))
+            if isinstance(src, PostgresSource):
+                faults += self._table_faults(src)
+        if disk:
+            faults.append(disk_fault(Ballast(state), block))
+        unsafe = [s.kind for s in self.sources if not s.restore_safe]
+        if not unsafe:
+            faults.append(restore_fault(self.bridge, state, self.work / "state-backup", block,
+                                        lambda: self._probe_all(self.opts.recovery_timeout_s)
+                                        is not None, self.opts.duplicate_window_s,
+                                        self.result.notes.append))
         if self.opts.kinds:
             faults = [f for f in faults if f.kind.startswith(self.opts.kinds)]
+            if unsafe and any("restore:state_dir".startswith(k) for k in self.opts.kinds):
+                self.result.notes.append(
+                    "restore:state_dir skipped: these sources re-read from a restored "
+                    f"checkpoint ({', '.join(unsafe)}); run it with --sources postgres")
         self.faults = faults
+
+    def _table_faults(self, src: PostgresSource) -> list[Fault]:
+        """``recreate:table`` and ``alter:publication`` on ``soak_items``."""
+        subject = f"{PREFIX}.{src.adapter}.*.soak_items.t"
+
+        def t_count() -> int | None:
+            return count_messages(self.nats.url, STREAM, subject)
+
+        return [reset_fault(kind, ddl, src.lengths, t_count, src.resets.append)
+                for kind, ddl in (("recreate:table", src.recreate),
+                                  ("alter:publication", src.unpublish))]
 
     # -- running ----------------------------------------------------------------------
 
@@ -317,7 +354,8 @@ class Soak:
         hold = fault.hold(self.rng)
         at = self.elapsed()
         log.info("[%6.1fs] inject %s (hold %.1fs)", at, fault.kind, hold)
-        self.expect_down = fault.kind in ("kill9:bridge", "diskfull:outbox")
+        self.expect_down = fault.kind in ("kill9:bridge", "diskfull:outbox",
+                                          "restore:state_dir")
         fault.inject()
         time.sleep(hold)
         fault.heal()
@@ -334,7 +372,8 @@ class Soak:
         self.result.dead_letters = len(contents.dead_letters)
         self.result.strays = len(contents.strays)
         return [verify_table(t.label, t.mode, t.history(),
-                             contents.changes.get((t.adapter, t.table), []), t.final())
+                             contents.changes.get((t.adapter, t.table), []), t.final(),
+                             t.resets() if t.resets is not None else ())
                 for s in self.sources for t in s.tables]
 
     def _settle(self) -> None:

@@ -16,7 +16,17 @@ Kinds (each enabled only when its target exists in this soak):
 - ``delay:<target>``: add 50-400 ms to every chunk until heal;
 - ``diskfull:outbox``: NATS unreachable and the small tmpfs holding the bridge's
   state_dir filled with a ballast file, so the growing outbox hits ENOSPC; delete it
-  and reconnect on heal (only when that tmpfs could be mounted).
+  and reconnect on heal (only when that tmpfs could be mounted). NATS is made
+  unreachable by the proxy, or with ``--cluster`` by freezing every node (SIGSTOP: the
+  bridge knows all three URLs, so no proxy could stand between them);
+- ``recreate:table`` (postgres): the legacy nightly reload of ``soak_items`` (copy,
+  ``DROP``, rename, in one transaction) while its writers go on;
+  ``alter:publication`` (postgres): ``ALTER PUBLICATION ... DROP TABLE soak_items``.
+  Either way the bridge must notice (``table_check_interval``), put the table back in
+  the publication and send a ``t`` then the table's rows as ``r``: the heal waits for
+  the ``t`` in the stream and records a :class:`~bench.soak.verify.ResetWindow`;
+- ``restore:state_dir``: an old state_dir put back (see :func:`restore_fault`); only
+  when every source of the soak is ``restore_safe``.
 
 With ``--cluster`` (a local three-node JetStream cluster and an R3 stream instead of one
 nats-server) the NATS kinds are :func:`cluster_faults`' instead: ``stepdown:nats``,
@@ -28,13 +38,22 @@ before any repeats.
 
 from __future__ import annotations
 
+import logging
 import os
 import random
+import shutil
+import signal
+import sqlite3
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from bench.soak.verify import ResetWindow
+
+log = logging.getLogger("soak.faults")
 
 
 @dataclass(slots=True)
@@ -137,7 +156,38 @@ class Ballast:
             os.unlink(self.path)
 
 
-def disk_fault(ballast: Ballast, nats_proxy: Any) -> Fault:
+@dataclass(slots=True)
+class NatsBlock:
+    """Make NATS unreachable for the bridge and back: ``block``/``unblock``."""
+
+    block: Callable[[], None]
+    unblock: Callable[[], None]
+
+
+def proxy_block(nats_proxy: Any) -> NatsBlock:
+    """One nats-server behind the soak's proxy: refuse its connections."""
+    return NatsBlock(nats_proxy.refuse, nats_proxy.heal)
+
+
+def cluster_block(cluster: Any, stream: str) -> NatsBlock:
+    """A three-node cluster the bridge reaches directly: freeze every node (SIGSTOP),
+    thaw them (SIGCONT) and wait until the cluster and the stream's replicas are back."""
+    import asyncio
+
+    def signal_all(sig: signal.Signals) -> None:
+        for node in cluster.nodes:
+            if node.proc is not None and node.proc.poll() is None:
+                os.kill(node.proc.pid, sig)
+
+    def unblock() -> None:
+        signal_all(signal.SIGCONT)
+        cluster.wait_healthy(120)
+        asyncio.run(cluster.replicas_current(stream, 120))
+
+    return NatsBlock(lambda: signal_all(signal.SIGSTOP), unblock)
+
+
+def disk_fault(ballast: Ballast, nats: NatsBlock) -> Fault:
     """Outbox disk full while NATS is unreachable, so the outbox must grow and hit ENOSPC.
 
     (With NATS up, SQLite keeps reusing pages it already owns and a full disk goes
@@ -145,12 +195,12 @@ def disk_fault(ballast: Ballast, nats_proxy: Any) -> Fault:
     """
 
     def inject() -> None:
-        nats_proxy.refuse()
+        nats.block()
         ballast.fill()
 
     def heal() -> None:
         ballast.remove()
-        nats_proxy.heal()
+        nats.unblock()
 
     return Fault("diskfull:outbox", inject, heal, lambda rng: rng.uniform(2.0, 5.0))
 
@@ -203,3 +253,117 @@ def cluster_faults(cluster: Any, stream: str) -> list[Fault]:
         Fault("stop:nats-follower", stop_follower, healed, hold),
         Fault("kill9:nats-bridge-node", kill_bridge_node, healed, hold),
     ]
+
+
+def reset_fault(kind: str, ddl: Callable[[], None], lengths: Callable[[], dict[int, int]],
+                t_count: Callable[[], int | None], record: Callable[[ResetWindow], None],
+                timeout_s: float = 90.0) -> Fault:
+    """A table fault the bridge repairs with a ``t`` and a re-snapshot.
+
+    ``inject`` notes the writers' per-key change counts (``lo``) and runs ``ddl``
+    (writers keep going); ``heal`` waits (bounded) until one more ``t`` of the table is
+    in the stream (``t_count``), then records the window with the counts at that moment
+    (``hi``) for the verifier. A ``t`` that never comes is logged; the verifier then
+    reports what it cost.
+    """
+    before: list[int] = [0]
+    lo: list[dict[int, int]] = [{}]
+
+    def count() -> int:
+        deadline = time.monotonic() + 30.0
+        while True:
+            n = t_count()
+            if n is not None:
+                return n
+            if time.monotonic() > deadline:
+                raise TimeoutError("cannot count the table's t events")
+            time.sleep(0.2)
+
+    def inject() -> None:
+        before[0] = count()
+        lo[0] = lengths()
+        ddl()
+
+    def heal() -> None:
+        deadline = time.monotonic() + timeout_s
+        while (t_count() or 0) <= before[0]:
+            if time.monotonic() > deadline:
+                log.error("%s: no t event within %.0fs", kind, timeout_s)
+                break
+            time.sleep(0.1)
+        record(ResetWindow(kind, lo[0], lengths()))
+
+    return Fault(kind, inject, heal, lambda rng: 0.0)
+
+
+def _copy_state(src: Path, dst: Path) -> None:
+    """Make ``dst`` hold exactly ``src``'s files (``dst`` may be a mount point, so it is
+    emptied, not replaced); the disk fault's ballast is never copied."""
+    dst.mkdir(parents=True, exist_ok=True)
+    for old in dst.iterdir():
+        if old.is_dir() and not old.is_symlink():
+            shutil.rmtree(old)
+        else:
+            old.unlink()
+    for item in src.iterdir():
+        if item.name == Ballast(src).path.name:
+            continue
+        if item.is_dir():
+            shutil.copytree(item, dst / item.name)
+        else:
+            shutil.copy2(item, dst / item.name)
+
+
+def pending_rows(state: Path) -> int | None:
+    """Rows in the SQLite outbox under ``state`` (read from a copy, the files untouched);
+    None if there is none."""
+    for db in sorted(state.glob("*.db")):
+        with tempfile.TemporaryDirectory() as tmp:
+            _copy_state(state, Path(tmp))
+            try:
+                conn = sqlite3.connect(Path(tmp) / db.name)
+                try:
+                    return int(conn.execute("SELECT count(*) FROM outbox").fetchone()[0])
+                finally:
+                    conn.close()
+            except sqlite3.Error:
+                continue
+    return None
+
+
+def restore_fault(bridge: Any, state: Path, backup: Path, nats: NatsBlock,
+                  drained: Callable[[], bool], window_s: float,
+                  note: Callable[[str], None]) -> Fault:
+    """An old state_dir restored, exercising the exact reconcile of the relay.
+
+    ``inject``: NATS made unreachable for a moment, so the outbox holds rows not yet
+    published; the bridge killed -9 and its state_dir copied aside (the backup); NATS
+    back and the bridge restarted, which publishes those rows; ``drained()`` waits
+    until everything committed so far is in the stream (the soak's probes); then a
+    wait until those rows were published longer than the stream's duplicate window
+    (``window_s``) ago, so JetStream's de-duplication can no longer catch them; the
+    bridge killed -9 again and the backup put back. ``heal``: the bridge started on the
+    restored state_dir. Its outbox holds rows the stream already has: the relay must
+    find them (``bridge/relay/reconcile.py``) and publish none twice. Nothing is lost
+    either, since everything committed after the backup had been published before the
+    second kill (for a source whose position lives in the source, ``restore_safe``).
+    """
+
+    def inject() -> None:
+        nats.block()
+        time.sleep(1.5)  # the writers go on: rows pile up in the outbox
+        bridge.kill9()
+        _copy_state(state, backup)
+        rows = pending_rows(backup)
+        nats.unblock()
+        bridge.start()
+        if not drained():
+            note("restore:state_dir: the bridge did not drain after the backup")
+        published = time.monotonic()
+        time.sleep(max(0.0, published + window_s + 2.0 - time.monotonic()))
+        bridge.kill9()
+        _copy_state(backup, state)
+        note(f"restore:state_dir: the restored outbox held {rows} row(s), all published "
+             f"more than {window_s:.0f}s (the duplicate window) before")
+
+    return Fault("restore:state_dir", inject, bridge.start, lambda rng: 0.0)

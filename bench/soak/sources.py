@@ -8,7 +8,10 @@ again; the time that takes is the fault's recovery time.
 
 - :class:`PostgresSource` (``type: postgres``, pgoutput): ``public.soak_items``, a
   mutable table written by two interleaving writers and checked change by change
-  (``exact``: log-based capture sees every one).
+  (``exact``: log-based capture sees every one). It is also the target of the table
+  faults: :meth:`PostgresSource.recreate` (the legacy nightly reload) and
+  :meth:`PostgresSource.unpublish`, each recorded as a
+  :class:`~bench.soak.verify.ResetWindow` for the verifier.
 - :class:`MariaSource` (``type: sql_poll`` on MariaDB): ``soak_ledger`` (append-only,
   ``incrementing`` mode, ``exact``), ``soak_items`` (``diff`` mode) and ``soak_ts``
   (``timestamp+incrementing``, commits out of timestamp order), the last two checked by
@@ -24,8 +27,9 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
+from bench.soak.verify import ResetWindow
 from bench.soak.workload import AppendLog, Change, KeySpace, merged_history
 from bench.soak.writers import SqlTarget, WriterThread, append_step, keyspace_step
 
@@ -42,6 +46,8 @@ class TableSpec:
     mode: str  # "exact" | "state"
     history: Callable[[], dict[int, list[Change]]]
     final: Callable[[], dict[int, int]]
+    #: The table resets the soak made (``t`` events expected), in order.
+    resets: Callable[[], list[ResetWindow]] | None = None
 
 
 @dataclass(slots=True)
@@ -55,6 +61,11 @@ class Source:
     writers: list[WriterThread] = field(default_factory=list)
     tables: list[TableSpec] = field(default_factory=list)
     probes: AppendLog = field(default_factory=AppendLog)
+    #: A restored state_dir neither loses nor repeats anything of this source (as long
+    #: as the relay had drained when the backup was made obsolete): its capture position
+    #: lives in the source (a replication slot), not only in the checkpoint. A source
+    #: that re-reads from a restored, older checkpoint re-emits what it read since.
+    restore_safe: ClassVar[bool] = False
 
     def setup(self) -> None:
         raise NotImplementedError
@@ -83,7 +94,15 @@ def _hold(rng: random.Random, max_s: float) -> Callable[[], float]:
 
 
 class PostgresSource(Source):
-    """Two writers on disjoint key ranges of one table, transactions interleaved."""
+    """Two writers on disjoint key ranges of one table, transactions interleaved.
+
+    The publication is named (:data:`PUBLICATION`) so that ``alter:publication`` can
+    take ``soak_items`` out of it; ``table_check_interval`` is short so the bridge
+    notices a table fault within a second or two.
+    """
+
+    PUBLICATION: ClassVar[str] = "cdc_soak_pub"
+    restore_safe: ClassVar[bool] = True
 
     def __init__(self, server: Any, proxy: Any, rng: random.Random, *, n_keys: int,
                  rate: float, adapter: str = "soakpg") -> None:
@@ -95,9 +114,12 @@ class PostgresSource(Source):
         self.targets = [SqlTarget("postgres", self._connect) for _ in self.spaces]
         self.probe_target = SqlTarget("postgres", self._connect)
         self.rate = rate
+        self.resets: list[ResetWindow] = []
+        self.ddl_target = SqlTarget("postgres", self._connect)
         self.tables = [TableSpec("postgres:soak_items", adapter, "soak_items", "exact",
                                  lambda: merged_history(*self.spaces),
-                                 lambda: self.probe_target.final_state("soak_items")),
+                                 lambda: self.probe_target.final_state("soak_items"),
+                                 lambda: list(self.resets)),
                        TableSpec("postgres:soak_probe", adapter, PROBE_TABLE, "exact",
                                  self.probes.history, self.probes.state)]
 
@@ -120,13 +142,48 @@ class PostgresSource(Source):
         return [{"name": self.adapter, "type": "postgres", "dsn": dsn,
                  "tables": ["public.soak_items", f"public.{PROBE_TABLE}"],
                  "snapshot": "initial", "heartbeat_interval": "2s",
-                 "status_interval": "2s", "connect_timeout": "5s"}]
+                 "status_interval": "2s", "connect_timeout": "5s",
+                 "publication": self.PUBLICATION, "on_table_change": "resnapshot",
+                 "table_check_interval": "1s"}]
 
     def write_probe(self) -> int:
         ids = self.probes.propose(1)
         _probe_insert(self.probe_target, ids)
         self.probes.commit(ids)
         return len(self.probes.written)
+
+    def lengths(self) -> dict[int, int]:
+        """How many changes of each ``soak_items`` key the writers have committed."""
+        out: dict[int, int] = {}
+        for space in self.spaces:
+            with space.lock:
+                out.update((k, len(h)) for k, h in space.history.items())
+        return out
+
+    def recreate(self) -> None:
+        """The legacy nightly reload, while the writers go on: in one transaction a copy
+        of the table's current rows becomes the table (a new OID, in no publication).
+
+        The table is locked first, so no concurrent commit falls between the copy and
+        the ``DROP``; a writer waiting on the lock then writes to the new table.
+        """
+        new = "soak_items_reload"
+        conn = self.ddl_target.conn()
+        try:
+            with conn.transaction():
+                conn.execute("LOCK TABLE soak_items IN ACCESS EXCLUSIVE MODE")
+                conn.execute(f"CREATE TABLE {new} (LIKE soak_items INCLUDING ALL)")
+                conn.execute(f"INSERT INTO {new} SELECT * FROM soak_items")
+                conn.execute(f"ALTER TABLE {new} REPLICA IDENTITY FULL")
+                conn.execute("DROP TABLE soak_items")
+                conn.execute(f"ALTER TABLE {new} RENAME TO soak_items")
+        except Exception:
+            self.ddl_target.drop()
+            raise
+
+    def unpublish(self) -> None:
+        """``ALTER PUBLICATION ... DROP TABLE soak_items`` while the writers go on."""
+        self.ddl_target.execute(f"ALTER PUBLICATION {self.PUBLICATION} DROP TABLE soak_items")
 
 
 class MariaSource(Source):
