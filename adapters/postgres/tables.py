@@ -88,17 +88,18 @@ async def restore(conn: psycopg.AsyncConnection[Any], info: TableInfo, publicati
                   add: bool) -> None:
     """Put ``info`` back in the publication (``add``) and mark the spot in the WAL.
 
-    The table is locked (``SHARE``: writers wait, briefly) before either, so no
-    transaction that wrote to it is still open when they commit. Logical decoding
-    decodes a change with the catalogue as of the change, so a transaction that wrote
-    before the ``ADD TABLE`` and committed after the mark would have its change neither
-    published nor (when the re-snapshot read it before that commit) in an ``r`` row.
-    ``lock_timeout`` bounds the wait behind a long transaction: next check, then.
+    Before an ``ADD TABLE`` the table is locked (``SHARE``: writers wait, briefly; the
+    owner, which the ``ADD`` needs anyway, may), so no transaction that wrote to it is
+    still open when both commit. Logical decoding decodes a change with the catalogue
+    as of the change, so a transaction that wrote before the ``ADD TABLE`` and
+    committed after the mark would have its change neither published nor (when the
+    re-snapshot read it before that commit) in an ``r`` row. ``lock_timeout`` bounds
+    the wait behind a long transaction: next check, then.
     """
     async with conn.transaction():
-        await conn.execute("SET LOCAL lock_timeout = '5s'")
-        await conn.execute(sql.SQL("LOCK TABLE {} IN SHARE MODE").format(info.ident()))
         if add:
+            await conn.execute("SET LOCAL lock_timeout = '5s'")
+            await conn.execute(sql.SQL("LOCK TABLE {} IN SHARE MODE").format(info.ident()))
             await conn.execute(sql.SQL("ALTER PUBLICATION {} ADD TABLE {}").format(
                 sql.Identifier(publication), info.ident()))
         await conn.execute("SELECT pg_logical_emit_message(true, %s, %s)",

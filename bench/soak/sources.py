@@ -160,6 +160,15 @@ class PostgresSource(Source):
                 out.update((k, len(h)) for k, h in space.history.items())
         return out
 
+    def _ddl_conn(self) -> Any:
+        """The DDL connection, opened again if the server restarted since its last use
+        (so the DDL itself runs once, on a connection known to work)."""
+        try:
+            self.ddl_target.execute("SELECT 1")
+        except Exception:
+            self.ddl_target.drop()
+        return self.ddl_target.conn()
+
     def recreate(self) -> None:
         """The legacy nightly reload, while the writers go on: in one transaction a copy
         of the table's current rows becomes the table (a new OID, in no publication).
@@ -168,7 +177,7 @@ class PostgresSource(Source):
         the ``DROP``; a writer waiting on the lock then writes to the new table.
         """
         new = "soak_items_reload"
-        conn = self.ddl_target.conn()
+        conn = self._ddl_conn()
         try:
             with conn.transaction():
                 conn.execute("LOCK TABLE soak_items IN ACCESS EXCLUSIVE MODE")
@@ -183,6 +192,7 @@ class PostgresSource(Source):
 
     def unpublish(self) -> None:
         """``ALTER PUBLICATION ... DROP TABLE soak_items`` while the writers go on."""
+        self._ddl_conn()
         self.ddl_target.execute(f"ALTER PUBLICATION {self.PUBLICATION} DROP TABLE soak_items")
 
 
