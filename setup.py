@@ -23,4 +23,9 @@ def _packages() -> list[str]:
     return found
 
 
-setup(package_dir=ROOTS, packages=_packages(), package_data={"cdc_bridge": ["py.typed"]})
+#: Folders of data only, shipped as packages of their own: the status page the daemon
+#: serves (``bridge/daemon/web/``: HTML, CSS, JavaScript, an icon; no build step).
+DATA_PACKAGES = {"cdc_bridge.daemon.web": ["*.html", "*.css", "*.js", "*.svg"]}
+
+setup(package_dir=ROOTS, packages=[*_packages(), *DATA_PACKAGES],
+      package_data={"cdc_bridge": ["py.typed"], **DATA_PACKAGES})

@@ -39,11 +39,17 @@ __all__ = ["BridgeConfig", "EmbeddedNats", "NatsConfig", "OutboxConfig", "TlsCon
 
 
 class HttpConfig(StrictModel):
-    """The operations endpoint (/healthz, /readyz, /metrics, /status): off unless enabled."""
+    """The operations endpoint (the status page, /healthz, /readyz, /metrics, /status):
+    off unless enabled."""
 
     enabled: bool = False
     host: str = "127.0.0.1"
     port: int = Field(default=9180, ge=0, le=65535)
+    #: Bearer token for requests that change state (``POST /snapshot``): sent as
+    #: ``Authorization: Bearer <token>``. Required for them whenever it is set; unset,
+    #: they are refused (403) when ``host`` is not a loopback address. Take it from the
+    #: environment (``${CDC_HTTP_TOKEN}``); it is redacted like every secret.
+    token: str | None = Field(default=None, min_length=16)
 
 
 class LogConfig(StrictModel):
@@ -73,7 +79,7 @@ class BridgeConfig(StrictModel):
     @property
     def secrets(self) -> frozenset[str]:
         """Values to redact from logs: interpolated variables, passwords, tokens."""
-        known = {self.nats.password or "", self.nats.token or ""}
+        known = {self.nats.password or "", self.nats.token or "", self.http.token or ""}
         urls = [*self.nats.servers(), self.outbox.url or ""]
         for adapter in self.adapter_configs:  # url/dsn keys of every source
             urls += [v for v in adapter.model_dump().values() if isinstance(v, str)]

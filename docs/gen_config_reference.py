@@ -77,8 +77,8 @@ MEANINGS: dict[str, str] = {
     "least 1).",
     "NatsConfig.ack_timeout": "A publish without its PubAck after this long fails and is "
     "retried.",
-    "HttpConfig.enabled": "Serve `/healthz`, `/readyz`, `/metrics`, `/status`, "
-    "`POST /snapshot`.",
+    "HttpConfig.enabled": "Serve the status page (`/`), `/healthz`, `/readyz`, `/metrics`, "
+    "`/status`, `/api/overview`, `POST /snapshot`.",
     "HttpConfig.host": "Listen address.",
     "HttpConfig.port": "Listen port.",
     "LogConfig.level": "Log level (`--log-level` overrides).",

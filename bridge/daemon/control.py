@@ -125,6 +125,13 @@ class ControlDb:
                          " updated_ms FROM requests WHERE id=?", (request_id,))
         return _request(rows[0]) if rows else None
 
+    def recent(self, kind: str, limit: int = 10) -> list[Request]:
+        """The latest ``limit`` requests of ``kind``, newest first (the status page)."""
+        rows = self._run("SELECT id, kind, adapter, tables, status, events, message, created_ms,"
+                         " updated_ms FROM requests WHERE kind=? ORDER BY id DESC LIMIT ?",
+                         (kind, limit))
+        return [_request(r) for r in rows]
+
     def claim_pending(self) -> list[Request]:
         """Mark every pending request running and return them (oldest first)."""
         conn = self._connect()

@@ -57,7 +57,9 @@ from cdc_bridge.daemon.control import ControlDb, control_path
 from cdc_bridge.daemon.embedded import EmbeddedNats
 from cdc_bridge.daemon.http import HttpServer
 from cdc_bridge.daemon.instance import InstanceGuard
+from cdc_bridge.daemon.jetstream_view import JetStreamView
 from cdc_bridge.daemon.logs import RedactingFilter, bind_log_fields
+from cdc_bridge.daemon.overview import Overview
 from cdc_bridge.daemon.probe import NatsProbe
 from cdc_bridge.daemon.relay_process import RelayProcess
 from cdc_bridge.daemon.snapshots import AdapterStats, SnapshotRunner
@@ -97,6 +99,10 @@ class Daemon:
         self._outbox: dict[str, Any] = {}
         self._redactor = RedactingFilter(config.secrets)
         self._warned: dict[str, float] = {}
+        #: The status page's view: counter history, JetStream consumers, dead letters.
+        self.overview = Overview(self, self.control,
+                                 JetStreamView(config.nats, self._redactor.redact),
+                                 self._redactor.redact)
 
     def request_stop(self) -> None:
         if not self.stop_event.is_set():
@@ -129,7 +135,8 @@ class Daemon:
             self.relay = RelayProcess(self.store, nats_cfg, cfg.outbox, cfg.outbox_url(),
                                       secrets=cfg.secrets)
             if cfg.http.enabled:
-                self.http = HttpServer(self, cfg.http.host, cfg.http.port, self.control)
+                self.http = HttpServer(self, cfg.http.host, cfg.http.port, self.control,
+                                       overview=self.overview.build, token=cfg.http.token)
                 await self.http.start()
             relay_task = asyncio.create_task(self._guard(self._run_relay(), "relay"),
                                              name="relay")
@@ -179,6 +186,7 @@ class Daemon:
             await self.http.stop()
         if self.probe is not None:
             await self.probe.close()
+        await self.overview.jetstream.close()
         with contextlib.suppress(Exception):
             await asyncio.to_thread(self.control.clear_state)
         if self.store is not None:
@@ -380,8 +388,9 @@ class Daemon:
             try:
                 for req in await asyncio.to_thread(self.control.claim_pending):
                     snapshots.start(req)
-                await asyncio.to_thread(self.control.publish_state, self.started_ms,
-                                        self.live_state())
+                state = self.live_state()
+                self.overview.sample(state)
+                await asyncio.to_thread(self.control.publish_state, self.started_ms, state)
             except Exception as e:  # the control file must never take the daemon down
                 self._warn_once_a_minute(f"control channel: {e}")
             await asyncio.sleep(self.state_interval_s)

@@ -2,6 +2,8 @@
 
 Routes:
 
+- ``GET /``: the live status page (:mod:`cdc_bridge.daemon.statuspage`), fed by
+  ``GET /api/overview`` (:mod:`cdc_bridge.daemon.overview`).
 - ``GET /healthz``: 200 while the event loop answers (liveness: restart me if not).
 - ``GET /readyz``: 200 when the daemon is connected to NATS and every adapter is
   capturing, 503 otherwise; the JSON body says which part is not ready and why.
@@ -12,6 +14,10 @@ Routes:
   the control channel (:mod:`cdc_bridge.daemon.control`) and return its request id;
   ``GET /requests/{id}`` reports its progress.
 
+Requests that change state (``POST /snapshot``) follow the token rule of
+:mod:`cdc_bridge.daemon.http_auth`: with ``http.token`` set they need it as a bearer
+token; without one they are only accepted on a loopback address.
+
 The server only reads state through :class:`StateSource`; it owns no daemon logic.
 """
 
@@ -20,12 +26,15 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from cdc_bridge.daemon.control import ControlDb
+from cdc_bridge.daemon.http_auth import token_guard, writes_refused_reason
+from cdc_bridge.daemon.statuspage import add_routes
 from cdc_bridge.kernel.errors import ConfigError
 from cdc_bridge.metrics import REGISTRY
 
@@ -38,7 +47,12 @@ class StateSource(Protocol):
     def readiness(self) -> tuple[bool, dict[str, Any]]: ...
 
 
-def make_app(source: StateSource, control: ControlDb | None = None) -> web.Application:
+Overview = Callable[[], Awaitable[dict[str, Any]]]
+
+
+def make_app(source: StateSource, control: ControlDb | None = None, *,
+             overview: Overview | None = None, host: str = "127.0.0.1",
+             token: str | None = None) -> web.Application:
     async def healthz(_: web.Request) -> web.Response:
         return web.json_response({"status": "alive"})
 
@@ -74,7 +88,9 @@ def make_app(source: StateSource, control: ControlDb | None = None) -> web.Appli
                                   "tables": req.tables, "status": req.status,
                                   "events": req.events, "message": req.message})
 
-    app = web.Application()
+    app = web.Application(middlewares=[token_guard(host, token)])
+    if overview is not None:
+        add_routes(app, overview)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
@@ -100,10 +116,13 @@ class HttpServer:
     """Start/stop the endpoint on ``host:port`` inside the daemon's event loop."""
 
     def __init__(self, source: StateSource, host: str, port: int,
-                 control: ControlDb | None = None) -> None:
+                 control: ControlDb | None = None, *, overview: Overview | None = None,
+                 token: str | None = None) -> None:
         self.host = host
         self.port = port
-        self._runner = web.AppRunner(make_app(source, control), access_log=None)
+        self.token = token
+        self._runner = web.AppRunner(make_app(source, control, overview=overview, host=host,
+                                              token=token), access_log=None)
 
     async def start(self) -> None:
         await self._runner.setup()
@@ -117,8 +136,11 @@ class HttpServer:
         addrs = self._runner.addresses
         if addrs and self.port == 0:
             self.port = int(addrs[0][1])
-        log.info("HTTP endpoint on http://%s:%d (/healthz /readyz /metrics /status)",
-                 self.host, self.port)
+        log.info("HTTP endpoint on http://%s:%d (status page /, /healthz /readyz /metrics "
+                 "/status)", self.host, self.port)
+        refused = writes_refused_reason(self.host, self.token)
+        if refused is not None:
+            log.info("HTTP endpoint: %s (set it to allow POST /snapshot)", refused)
 
     async def stop(self) -> None:
         await self._runner.cleanup()
