@@ -187,3 +187,12 @@ def wait_for(predicate: Any, timeout_s: float = 60.0, interval_s: float = 0.2,
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
         time.sleep(interval_s)
+
+
+def add_rows(db: Path, count: int) -> None:
+    """Append ``count`` rows to the SQLite table ``invoices`` (id, amount), creating it."""
+    with sqlite3.connect(db) as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS invoices (id INTEGER PRIMARY KEY, amount TEXT)")
+        start = conn.execute("SELECT COALESCE(MAX(id), 0) FROM invoices").fetchone()[0]
+        conn.executemany("INSERT INTO invoices VALUES (?, ?)",
+                         [(i, f"{i}.50") for i in range(start + 1, start + count + 1)])

@@ -4,7 +4,6 @@ nats-server and the bridge running as a real process on a SQLite source (sql_pol
 from __future__ import annotations
 
 import json
-import sqlite3
 import subprocess
 import sys
 import time
@@ -13,21 +12,13 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import BridgeProcess, stream_messages, wait_for, write_config
+from tests.helpers import BridgeProcess, add_rows, stream_messages, wait_for, write_config
 from tests.services.nats_server import NatsServer
 
 
 def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "cdc_bridge.cli", *args], capture_output=True,
                           text=True, timeout=timeout)
-
-
-def add_rows(db: Path, count: int) -> None:
-    with sqlite3.connect(db) as conn:
-        conn.execute("CREATE TABLE IF NOT EXISTS invoices (id INTEGER PRIMARY KEY, amount TEXT)")
-        start = conn.execute("SELECT COALESCE(MAX(id), 0) FROM invoices").fetchone()[0]
-        conn.executemany("INSERT INTO invoices VALUES (?, ?)",
-                         [(i, f"{i}.50") for i in range(start + 1, start + count + 1)])
 
 
 def config(tmp: Path, nats_url: str, db: Path) -> Path:

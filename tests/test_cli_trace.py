@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -18,21 +17,20 @@ import pytest
 from nats.js import api
 
 from cdc_bridge.client.consumer import Consumer, ConsumerSettings, Event
-from tests.helpers import BridgeProcess, appended_events, stream_messages, wait_for, write_config
+from tests.helpers import (
+    BridgeProcess,
+    add_rows,
+    appended_events,
+    stream_messages,
+    wait_for,
+    write_config,
+)
 from tests.services.nats_server import NatsServer
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "cdc_bridge.cli", "trace", *args],
                           capture_output=True, text=True, timeout=60)
-
-
-def add_rows(db: Path, count: int) -> None:
-    with sqlite3.connect(db) as conn:
-        conn.execute("CREATE TABLE IF NOT EXISTS invoices (id INTEGER PRIMARY KEY, amount TEXT)")
-        start = conn.execute("SELECT COALESCE(MAX(id), 0) FROM invoices").fetchone()[0]
-        conn.executemany("INSERT INTO invoices VALUES (?, ?)",
-                         [(i, f"{i}.50") for i in range(start + 1, start + count + 1)])
 
 
 @pytest.fixture
