@@ -75,3 +75,37 @@ def test_on_table_change_stop_stops_loudly(tmp_path: Path, nats_server: NatsServ
     assert code == 1, bridge.log()
     assert "was dropped and created again" in bridge.log()
     assert "ALTER PUBLICATION cdc_bridge_shop ADD TABLE public.kv" in bridge.log()
+
+
+def test_changes_while_the_bridge_is_stopped_are_not_hidden_by_its_start(
+        tmp_path: Path, nats_server: NatsServer, pg_dsn: str) -> None:  # noqa: F811
+    """The table check watches a running bridge; a start re-adds every configured table
+    to the publication. Before: a table taken out of the publication (or re-created)
+    while the bridge was stopped was silently put back, its changes meanwhile lost. Now
+    the start compares with the checkpoint and sends the t and the re-snapshot too."""
+    sql(pg_dsn, "CREATE TABLE kv (k int PRIMARY KEY, v text)",
+        "INSERT INTO kv SELECT g, 'old' || g FROM generate_series(1, 5) g")
+    # a long check interval: only the start can notice
+    cfg = pg_config(tmp_path, nats_server.url, pg_dsn, tables=["public.kv"],
+                    table_check_interval="1h")
+    bridge = BridgeProcess(cfg, tmp_path / "bridge.log")
+
+    def run_until_folded(what: str) -> None:
+        bridge.start()
+        try:
+            wait_for(lambda: folded(nats_server.url) == table_rows(pg_dsn), what=what)
+        finally:
+            assert bridge.terminate() == 0, bridge.log()
+
+    run_until_folded("snapshot")
+    sql(pg_dsn, "ALTER PUBLICATION cdc_bridge_shop DROP TABLE kv",
+        "UPDATE kv SET v = 'away' || k WHERE k <= 3", "DELETE FROM kv WHERE k = 5")
+    run_until_folded("the changes made while it was out of the publication")
+    assert "was taken out of publication cdc_bridge_shop while capture was not watching" \
+        in bridge.log()
+    sql(pg_dsn, "DROP TABLE kv", "CREATE TABLE kv (k int PRIMARY KEY, v text)",
+        "INSERT INTO kv VALUES (7, 'reloaded')")
+    run_until_folded("the table re-created while the bridge was stopped")
+    assert "was dropped and created again while capture was not watching" in bridge.log()
+    ops = [d["op"] for d in changes(stream_messages(nats_server.url, subject="cdc.shop.>"))]
+    assert ops.count("t") == 2, ops

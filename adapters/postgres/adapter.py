@@ -49,6 +49,7 @@ from cdc_bridge.adapters.contract import (
 )
 from cdc_bridge.adapters.postgres import identity
 from cdc_bridge.adapters.postgres import pgoutput as po
+from cdc_bridge.adapters.postgres import tables as tables_mod
 from cdc_bridge.adapters.postgres.changes import EventBuilder
 from cdc_bridge.adapters.postgres.config import PostgresConfig, split_name
 from cdc_bridge.adapters.postgres.heartbeat import run_heartbeat
@@ -84,6 +85,8 @@ class PostgresAdapter:
         self.config = config
         self.context = context
         self._sql: SqlConn | None = None
+        #: The captured tables as the catalogue had them at start, before set-up.
+        self._before: dict[str, tables_mod.Seen] = {}
         self._copy: SqlConn | None = None
         self._repl: ReplicationConnection | None = None
         self._stream: StreamReader | None = None
@@ -122,6 +125,9 @@ class PostgresAdapter:
         tables = await resolve_tables(sql, self.config, user)
         outbox = await resolve_outbox_tables(sql, self.config, user)
         info = SourceInfo(tables, user, database, outbox=outbox)
+        # as found, before ensure_publication puts every table (back) in the publication
+        self._before = await tables_mod.look(sql, [t.qualified for t in tables],
+                                             self.config.publication_name())
         info.actions += await ensure_publication(sql, self.config, tables + outbox, user)
         for line in info.actions:
             log.info("%s: %s", self.name, line)
@@ -227,6 +233,9 @@ class PostgresAdapter:
         self._tables = info.by_name()
         self._outbox = {t.qualified: t for t in info.outbox}
         pos = await self._plan(pos, info)
+        if checkpoint:
+            await self._changed_while_away(pos)
+        pos.oids = {name: t.oid for name, t in self._tables.items()}
         self._pos = pos
         if pos.resnapshot is not None:
             self._committed = ResnapProgress.from_json(pos.resnapshot.to_json())
@@ -259,10 +268,27 @@ class PostgresAdapter:
         stream.on_reset = self._table_back
         if self.config.table_check_interval > 0:
             watch = TableWatch(self.name, self.config, self._tables, self._user,
-                               lambda e: setattr(stream, "failure", e))
+                               lambda e: setattr(stream, "failure", e), pos.oids)
             self._watch = asyncio.create_task(watch.run(), name=f"{self.name}-tables")
         async for batch in stream.batches():
             yield batch
+
+    async def _changed_while_away(self, pos: Position) -> None:
+        """A table re-created or taken out of the publication while no check watched
+        (the bridge stopped, or restarted before its next table check): the start has
+        put it back in the publication, so nothing else would ever say that changes are
+        missing. Same answer as the running check: a ``t`` and a re-snapshot, or stop."""
+        assert self._sql is not None
+        now = {name: t.oid for name, t in self._tables.items()}
+        for table, kind in tables_mod.drift_while_away(pos.oids, self._before, now):
+            info = self._tables[table]
+            what = tables_mod.check_repairable(self.name, self.config, table, kind,
+                                               self._before[table].published, info)
+            await tables_mod.restore(self._sql, info, self.config.publication_name(),
+                                     add=False)
+            log.warning("%s: table %s %s while capture was not watching; a t event and a "
+                        "re-snapshot of its rows follow", self.name, table, what,
+                        extra={"table": table})
 
     def _table_back(self, table: str) -> None:
         """The stream reached a table's reset (tables.py): re-snapshot that table."""

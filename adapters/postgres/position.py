@@ -132,6 +132,9 @@ class Position:
     gen: int = 0
     #: On-demand re-snapshot of live tables (:mod:`cdc_bridge.adapters.postgres.resnap_state`).
     resnapshot: ResnapProgress | None = None
+    #: Each captured table's OID as capture knows it: a table re-created while the
+    #: bridge was stopped has another one at the next start (tables.py).
+    oids: dict[str, int] = field(default_factory=dict)
 
     def to_checkpoint(self) -> dict[str, Any]:
         return {
@@ -142,6 +145,7 @@ class Position:
             "filters": [f.to_json() for f in self.filters],
             "gen": self.gen,
             **({} if self.resnapshot is None else {"resnapshot": self.resnapshot.to_json()}),
+            **({"oids": dict(self.oids)} if self.oids else {}),
         }
 
     @classmethod
@@ -158,6 +162,7 @@ class Position:
             filters=[SnapshotFilter.from_json(f) for f in raw.get("filters", [])],
             gen=int(raw.get("gen", 0)),
             resnapshot=_resnap(raw.get("resnapshot")),
+            oids={str(k): int(v) for k, v in (raw.get("oids") or {}).items()},
         )
 
     def retire_filters(self, commit_lsn: int) -> None:

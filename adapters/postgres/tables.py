@@ -51,6 +51,23 @@ class Seen:
     published: bool
 
 
+def drift_while_away(known: Mapping[str, int], before: Mapping[str, Seen],
+                     now: Mapping[str, int]) -> list[tuple[str, Drift]]:
+    """At a start with a checkpoint: what changed while no table check was watching.
+
+    ``known``: the checkpoint's OIDs; ``before``: the catalogue before the start put the
+    tables (back) in the publication; ``now``: the OIDs capture starts from. A table
+    re-created or taken out of the publication meanwhile lost changes the stream will
+    never carry, and the start itself would hide it (it re-adds the table)."""
+    out: list[tuple[str, Drift]] = []
+    for table, oid in sorted(now.items()):
+        if table in known and known[table] != oid:
+            out.append((table, "recreated"))
+        elif table in before and not before[table].published:
+            out.append((table, "unpublished"))
+    return out
+
+
 def drift(known: Mapping[str, int], seen: Mapping[str, Seen]) -> list[tuple[str, Drift]]:
     """What changed since capture started, per table (``known``: table -> its OID then)."""
     out: list[tuple[str, Drift]] = []
@@ -88,18 +105,26 @@ async def restore(conn: psycopg.AsyncConnection[Any], info: TableInfo, publicati
                   add: bool) -> None:
     """Put ``info`` back in the publication (``add``) and mark the spot in the WAL.
 
-    Before an ``ADD TABLE`` the table is locked (``SHARE``: writers wait, briefly; the
-    owner, which the ``ADD`` needs anyway, may), so no transaction that wrote to it is
-    still open when both commit. Logical decoding decodes a change with the catalogue
+    First the table is locked (``SHARE``: writers wait, briefly; the owner, which the
+    ``ADD`` needs anyway, may; a role without the right skips it), so no transaction
+    that wrote to it is still open when both commit. Logical decoding decodes a change with the catalogue
     as of the change, so a transaction that wrote before the ``ADD TABLE`` and
     committed after the mark would have its change neither published nor (when the
     re-snapshot read it before that commit) in an ``r`` row. ``lock_timeout`` bounds
     the wait behind a long transaction: next check, then.
     """
     async with conn.transaction():
+        await conn.execute("SET LOCAL lock_timeout = '5s'")
+        try:
+            async with conn.transaction():  # (a savepoint: a refusal keeps the rest)
+                await conn.execute(sql.SQL("LOCK TABLE {} IN SHARE MODE").format(
+                    info.ident()))
+        except psycopg.errors.InsufficientPrivilege:
+            if add:  # the ADD needs the owner, who may lock: something else is wrong
+                raise
+            log.info("no right to lock %s (SHARE): a transaction still open across the "
+                     "reset mark may be missing from its re-snapshot", info.qualified)
         if add:
-            await conn.execute("SET LOCAL lock_timeout = '5s'")
-            await conn.execute(sql.SQL("LOCK TABLE {} IN SHARE MODE").format(info.ident()))
             await conn.execute(sql.SQL("ALTER PUBLICATION {} ADD TABLE {}").format(
                 sql.Identifier(publication), info.ident()))
         await conn.execute("SELECT pg_logical_emit_message(true, %s, %s)",
@@ -111,12 +136,15 @@ class TableWatch:
     of its own. A change it cannot repair is handed to ``fail`` (the stream raises it)."""
 
     def __init__(self, name: str, config: PostgresConfig, tables: dict[str, TableInfo],
-                 user: str, fail: Callable[[BaseException], None]) -> None:
+                 user: str, fail: Callable[[BaseException], None],
+                 oids: dict[str, int] | None = None) -> None:
         self.name = name
         self.config = config
         self.tables = tables
         self.user = user
         self.fail = fail
+        #: The checkpoint's OIDs (``Position.oids``), kept current after a repair.
+        self.oids = oids if oids is not None else {}
         self._dropped: set[str] = set()
 
     async def run(self) -> None:
@@ -157,26 +185,36 @@ class TableWatch:
 
     async def _repair(self, conn: psycopg.AsyncConnection[Any], table: str, kind: Drift,
                       now: Seen) -> None:
-        cfg, pub = self.config, self.config.publication_name()
-        what = ("was dropped and created again" if kind == "recreated" else
-                f"was taken out of publication {pub}")
-        fix = (f"run ALTER PUBLICATION {pub} ADD TABLE {table}; then "
-               f"cdc-bridge snapshot -c CONFIG {self.name} {table}" if not now.published
-               else f"run cdc-bridge snapshot -c CONFIG {self.name} {table}")
-        if cfg.on_table_change == "stop":
-            raise SourceSetupError(f"table {table} {what}, so its changes since then are not "
-                                   f"captured (on_table_change: stop): {fix}")
-        if not now.published and cfg.publication_mode == "existing":
-            raise SourceSetupError(f"table {table} {what} and publication {pub} is not ours "
-                                   f"to change (publication_mode: existing): {fix}")
         old = self.tables[table]
+        what = check_repairable(self.name, self.config, table, kind, now.published, None)
         info = await reread_table(conn, table, old.rules, self.user)
         if info is None:
             return  # gone again meanwhile: next time
-        if not info.primary_key:
-            raise SourceSetupError(f"table {table} {what}, and it has no primary key, so it "
-                                   f"cannot be re-snapshotted while capture goes on: {fix}")
+        check_repairable(self.name, self.config, table, kind, now.published, info)
         self.tables[table] = info
-        await restore(conn, info, pub, add=not now.published)
+        self.oids[table] = info.oid
+        await restore(conn, info, self.config.publication_name(), add=not now.published)
         log.warning("%s: table %s %s: it is captured again; a t event and a re-snapshot of "
                     "its rows follow", self.name, table, what, extra={"table": table})
+
+
+def check_repairable(name: str, cfg: PostgresConfig, table: str, kind: Drift,
+                     published: bool, info: TableInfo | None) -> str:
+    """How to say what happened to ``table``; :class:`SourceSetupError` (with the fix)
+    when it may not or cannot be repaired by a ``t`` and a re-snapshot."""
+    pub = cfg.publication_name()
+    what = ("was dropped and created again" if kind == "recreated" else
+            f"was taken out of publication {pub}")
+    fix = (f"run ALTER PUBLICATION {pub} ADD TABLE {table}; then "
+           f"cdc-bridge snapshot -c CONFIG {name} {table}" if not published
+           else f"run cdc-bridge snapshot -c CONFIG {name} {table}")
+    if cfg.on_table_change == "stop":
+        raise SourceSetupError(f"table {table} {what}, so its changes since then are not "
+                               f"captured (on_table_change: stop): {fix}")
+    if not published and cfg.publication_mode == "existing":
+        raise SourceSetupError(f"table {table} {what} and publication {pub} is not ours "
+                               f"to change (publication_mode: existing): {fix}")
+    if info is not None and not info.primary_key:
+        raise SourceSetupError(f"table {table} {what}, and it has no primary key, so it "
+                               f"cannot be re-snapshotted while capture goes on: {fix}")
+    return what

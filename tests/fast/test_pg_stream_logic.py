@@ -320,3 +320,15 @@ async def test_outbox_inserts_become_messages_counted_as_changes_of_their_transa
     assert sorted(d.id for b in again for d in b.dead_letters) == sorted(d.id for d in dead)
     last = again[-1].checkpoint
     assert last is not None and last["lsn"] == "0/8030" and last["tx"] is None
+
+
+def test_drift_while_away_from_the_checkpoint_and_the_catalogue_before_the_start() -> None:
+    from cdc_bridge.adapters.postgres.tables import Seen, drift_while_away
+
+    before = {"public.a": Seen(10, True), "public.b": Seen(20, False),
+              "public.c": Seen(31, False), "public.d": Seen(40, True)}
+    known = {"public.a": 10, "public.b": 20, "public.c": 30}  # d: a checkpoint without it
+    now = {"public.a": 10, "public.b": 20, "public.c": 31, "public.d": 40}
+    assert drift_while_away(known, before, now) == [("public.b", "unpublished"),
+                                                    ("public.c", "recreated")]
+    assert drift_while_away({}, {}, now) == []  # an old checkpoint, nothing looked at
