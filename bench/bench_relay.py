@@ -16,7 +16,15 @@ same run and on the same server, measures:
 Rounds alternate bare and relay so that a noisy neighbour hits both alike; the ratio
 printed uses the median of each.
 
+``--tracing`` adds, to every round and against the same ceiling (docs/tracing.md):
+``before`` (bodies without ``traceparent`` and a publisher that adds no such header:
+the relay as it was before trace context), then tracing on with OTLP export to a sink
+process (:mod:`bench.otlp_sink`) at sample ratio 1 and at ``--sample-ratio``; plus the
+capture side's cost per event (encoding with and without the traceparent, and the
+capture/commit spans).
+
     .venv/bin/python bench/bench_relay.py [--events 100000] [--rounds 3] [--store sqlite]
+                                          [--tracing [--sample-ratio 0.01]]
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench import bench_tracing
 from bench.common import Pacer, emit, latency, publish_ceiling, relay_to_end, services
 from cdc_bridge import metrics
 from cdc_bridge.config import NatsConfig, OutboxConfig
@@ -41,6 +50,7 @@ from cdc_bridge.outbox.factory import open_store
 from cdc_bridge.outbox.runner import AsyncStore
 from cdc_bridge.relay.publisher import Publisher
 from cdc_bridge.relay.relay import Relay
+from cdc_bridge.relay.tracing import Tracing
 
 
 def make_messages(n: int, run: str) -> list[OutboxMessage]:
@@ -72,11 +82,13 @@ def open_bench_store(kind: str, tmp: Path, pg_url: str | None) -> OutboxStore:
 
 
 async def relay_run(url: str, store: OutboxStore, msgs: list[OutboxMessage], stream: str,
-                    batch: int, prefill: bool) -> float:
+                    batch: int, prefill: bool, *, publisher_cls: type[Publisher] = Publisher,
+                    tracing: Tracing | None = None) -> float:
     astore = AsyncStore(store)
     cfg = NatsConfig(url=url, stream=stream, subject_prefix="cdc")
-    publisher = Publisher(cfg)
-    relay = Relay(astore, publisher, OutboxConfig(relay_batch=batch, max_in_flight=4000))
+    publisher = publisher_cls(cfg)
+    relay = Relay(astore, publisher, OutboxConfig(relay_batch=batch, max_in_flight=4000),
+                  tracing=tracing)
 
     async def produce() -> None:
         for i in range(0, len(msgs), batch):
@@ -144,13 +156,19 @@ async def latency_run(url: str, store: OutboxStore, rate: int, seconds: float,
 async def main(args: argparse.Namespace) -> None:
     logging.basicConfig(level=logging.WARNING)
     results: dict[str, list[float]] = {"bare": [], "relay": [], "drain": []}
-    with services("bench-relay-") as env:
+    with services("bench-relay-") as env, bench_tracing.sink(args.tracing) as sink_url:
         url, tmp = env.nats.url, env.workdir
         print(f"nats-server {url}; {args.events} events of "
               f"{len(make_messages(1, 'x')[0].payload)} bytes; store {args.store}")
         for r in range(args.rounds):
             msgs = make_messages(args.events, f"r{r}")
             results["bare"].append(await bare(url, msgs, f"BARE{r}"))
+            if args.tracing:
+                await bench_tracing.relay_variants(
+                    results, r, msgs, sink_url, args.sample_ratio,
+                    lambda name, m, r=r, **kw: relay_run(
+                        url, open_bench_store(args.store, tmp / f"{name}{r}", args.pg_url),
+                        m, f"{name.upper()}{r}", args.batch, prefill=False, **kw))
             store = open_bench_store(args.store, tmp / f"r{r}", args.pg_url)
             results["relay"].append(await relay_run(url, store, msgs, f"RELAY{r}",
                                                     args.batch, prefill=False))
@@ -170,6 +188,9 @@ async def main(args: argparse.Namespace) -> None:
         emit(f"relay drain of a filled outbox events/s ({rounds})", round(med["drain"]),
              "events/s", ceiling=round(med["bare"]), ratio=round(med["drain"] / med["bare"], 3))
         emit(f"bare publish_async msg/s (median of {args.rounds})", round(med["bare"]), "msg/s")
+        if args.tracing:
+            bench_tracing.report(med, rounds, args.sample_ratio)
+            bench_tracing.capture_costs(make_messages, sink_url, args.sample_ratio)
         if args.latency_seconds > 0:
             store = open_bench_store(args.store, tmp / "lat", args.pg_url)
             lat: dict[str, Any] = await latency_run(url, store, args.rate,
@@ -191,4 +212,8 @@ if __name__ == "__main__":
     p.add_argument("--pg-url", default=None, help="postgresql://... for --store postgres")
     p.add_argument("--rate", type=int, default=2000)
     p.add_argument("--latency-seconds", type=float, default=10.0)
+    p.add_argument("--tracing", action="store_true",
+                   help="compare the relay before trace context, and with tracing on")
+    p.add_argument("--sample-ratio", type=float, default=0.01,
+                   help="the sampled tracing run's tracing.sample_ratio")
     asyncio.run(main(p.parse_args()))

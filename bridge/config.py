@@ -29,13 +29,19 @@ from cdc_bridge.adapters.contract import AdapterConfig
 from cdc_bridge.adapters.registry import REGISTRY
 from cdc_bridge.kernel.errors import ConfigError
 from cdc_bridge.kernel.model import StrictModel
-from cdc_bridge.relay.settings import EmbeddedNats, NatsConfig, OutboxConfig, TlsConfig
+from cdc_bridge.relay.settings import (
+    EmbeddedNats,
+    NatsConfig,
+    OutboxConfig,
+    TlsConfig,
+    TracingConfig,
+)
 
 _VAR = re.compile(r"\$(\$?)\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 RESERVED_ADAPTER_NAMES = frozenset({"outbox"})
 
 __all__ = ["BridgeConfig", "EmbeddedNats", "NatsConfig", "OutboxConfig", "TlsConfig",
-           "load_config", "parse_config"]
+           "TracingConfig", "load_config", "parse_config"]
 
 
 class HttpConfig(StrictModel):
@@ -73,6 +79,8 @@ class BridgeConfig(StrictModel):
     outbox: OutboxConfig = OutboxConfig()
     log: LogConfig = LogConfig()
     http: HttpConfig = HttpConfig()
+    #: OpenTelemetry spans over OTLP (off by default; docs/tracing.md).
+    tracing: TracingConfig = TracingConfig()
     adapters: list[AdapterConfigUnion] = Field(default_factory=list)  # type: ignore[valid-type]
     _secrets: frozenset[str] = PrivateAttr(default=frozenset())
 

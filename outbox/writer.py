@@ -3,41 +3,87 @@
 Encoding (CloudEvents JSON, subject, headers) happens here, once, in the capture path;
 the relay then only moves bytes. The commit itself runs on the store's capture thread
 (:class:`cdc_bridge.outbox.runner.AsyncStore`), and wakes the relay.
+
+Trace context. Every change event's body carries its ``traceparent`` (derived from its
+id, :mod:`cdc_bridge.kernel.tracecontext`); the relay copies it into the NATS header
+at publish, from the body, so the two are always equal and no header is stored per
+row. A routed message (the outbox-table router) keeps a valid ``traceparent`` header
+the application gave it (continuing the application's trace) or gets the one derived
+from its id; either way the same value is put in its body and stored as its header. A
+dead letter's header gets the one derived from its id. An optional
+:class:`CommitObserver` (the daemon's tracing) hears of every committed batch.
 """
 
 from __future__ import annotations
 
 import time
+from typing import Protocol
 
 from cdc_bridge.kernel.batch import ChangeBatch
-from cdc_bridge.kernel.events import dead_letter_subject
+from cdc_bridge.kernel.events import RoutedMessage, dead_letter_subject
+from cdc_bridge.kernel.tracecontext import (
+    TRACEPARENT,
+    parse_traceparent,
+    traceparent,
+    with_traceparent,
+)
 from cdc_bridge.outbox.base import OutboxMessage
 from cdc_bridge.outbox.runner import AsyncStore
 
 
-def encode_batch(batch: ChangeBatch, prefix: str) -> list[OutboxMessage]:
+def _routed(m: RoutedMessage, prefix: str, now: int, ratio: float) -> OutboxMessage:
+    headers = dict(m.headers) if m.headers else {}
+    given = next((k for k in headers if k.lower() == TRACEPARENT), None)
+    value = headers.pop(given) if given is not None else ""
+    if parse_traceparent(value) is None:
+        value = traceparent(m.id, ratio)
+    headers[TRACEPARENT] = value
+    return OutboxMessage(m.id, f"{prefix}.{m.subject}", with_traceparent(m.body, value),
+                         headers, now)
+
+
+def encode_batch(batch: ChangeBatch, prefix: str,
+                 sample_ratio: float = 1.0) -> list[OutboxMessage]:
+    """The outbox messages of ``batch``; ``sample_ratio`` decides the traceparents' flags."""
     now = int(time.time() * 1000)
-    out = [OutboxMessage(*ev.outbox_parts(prefix), None, now) for ev in batch.events]
+    out = [OutboxMessage(*ev.outbox_parts(prefix, sample_ratio), None, now)
+           for ev in batch.events]
+    out.extend(_routed(m, prefix, now, sample_ratio) for m in batch.messages)
     out.extend(
-        OutboxMessage(m.id, f"{prefix}.{m.subject}", m.body,
-                      dict(m.headers) if m.headers else None, now)
-        for m in batch.messages
-    )
-    out.extend(
-        OutboxMessage(dl.id, dead_letter_subject(prefix, dl.adapter), dl.payload, dl.headers(), now)
+        OutboxMessage(dl.id, dead_letter_subject(prefix, dl.adapter), dl.payload,
+                      {**dl.headers(), TRACEPARENT: traceparent(dl.id, sample_ratio)}, now)
         for dl in batch.dead_letters
     )
     return out
 
 
+class CommitObserver(Protocol):
+    """Told of every batch committed (tracing: capture and commit spans)."""
+
+    def committed(self, adapter: str, batch: ChangeBatch, messages: list[OutboxMessage],
+                  received_ns: int, encoded_ns: int, committed_ns: int) -> None: ...
+
+
 class OutboxWriter:
     """Commits batches for one adapter: events, dead letters and checkpoint together."""
 
-    def __init__(self, store: AsyncStore, adapter: str, prefix: str) -> None:
+    def __init__(self, store: AsyncStore, adapter: str, prefix: str, *,
+                 sample_ratio: float = 1.0, observer: CommitObserver | None = None) -> None:
         self.store = store
         self.adapter = adapter
         self.prefix = prefix
+        self.sample_ratio = sample_ratio
+        self.observer = observer
 
     async def commit(self, batch: ChangeBatch) -> int:
-        messages = encode_batch(batch, self.prefix)
-        return await self.store.append(self.adapter, messages, batch.checkpoint)
+        observer = self.observer
+        if observer is None:
+            return await self.store.append(
+                self.adapter, encode_batch(batch, self.prefix, self.sample_ratio),
+                batch.checkpoint)
+        received = time.time_ns()
+        messages = encode_batch(batch, self.prefix, self.sample_ratio)
+        encoded = time.time_ns()
+        seq = await self.store.append(self.adapter, messages, batch.checkpoint)
+        observer.committed(self.adapter, batch, messages, received, encoded, time.time_ns())
+        return seq

@@ -78,6 +78,7 @@ from cdc_bridge.client.ordering import (
 )
 from cdc_bridge.client.seen import MemorySeenStore, SeenStore
 from cdc_bridge.client.stats import ConsumerStats
+from cdc_bridge.client.tracing import handler_span
 from cdc_bridge.kernel.backoff import Backoff, Policy
 from cdc_bridge.kernel.events import dead_letter_prefix, dead_letter_stream, dumps
 from cdc_bridge.kernel.wire import (
@@ -92,6 +93,7 @@ from cdc_bridge.kernel.wire import (
     ORIGINAL_SUBJECT,
     REASON,
     REPLAY_SEQ,
+    TRACEPARENT,
 )
 
 log = logging.getLogger("cdc_bridge.consumer")
@@ -130,6 +132,9 @@ class Event:
     #: What order is kept per: ``<adapter>/<schema>/<table>|<row key>`` (the table alone
     #: for keyless tables and for truncates).
     order_key: str = ""
+    #: The W3C trace context the bridge gave the event (header, else body attribute):
+    #: the handler runs in a span under it (:mod:`cdc_bridge.client.tracing`).
+    traceparent: str | None = None
 
     @property
     def adapter(self) -> str:
@@ -197,7 +202,12 @@ def decode_event(subject: str, body: bytes, headers: Mapping[str, str] | None = 
                  before=data.get("before"), after=data.get("after"), key=data.get("key"),
                  source=data.get("source") or {}, time=when, type=str(ce.get("type", "")),
                  sequence=sequence, deliveries=deliveries, headers=hdrs,
-                 order_key=_order_key(ce, data))
+                 order_key=_order_key(ce, data),
+                 traceparent=hdrs.get(TRACEPARENT) or _str_or_none(ce.get(TRACEPARENT)))
+
+
+def _str_or_none(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -496,7 +506,9 @@ class Consumer:
                 if not duplicate:
                     if self.settings.resolve_claims and is_claim(event.headers):
                         event = await self._resolve(held)
-                    await self.handler(event)
+                    with handler_span(event.traceparent, event.subject, event.id,
+                                      self.settings.durable, event.deliveries):
+                        await self.handler(event)
                 await tx.done(self.scope, okey, seq, event.id)
         except _Blocked:
             return _BLOCKED

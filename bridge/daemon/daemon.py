@@ -68,6 +68,7 @@ from cdc_bridge.kernel.errors import FatalError
 from cdc_bridge.outbox.factory import open_store
 from cdc_bridge.outbox.runner import AsyncStore
 from cdc_bridge.outbox.writer import OutboxWriter
+from cdc_bridge.relay.tracing import Tracing
 
 log = logging.getLogger("cdc_bridge.daemon")
 
@@ -91,6 +92,8 @@ class Daemon:
         self.embedded: EmbeddedNats | None = None
         self.store: AsyncStore | None = None
         self.relay: RelayProcess | None = None
+        #: Capture and commit spans (the relay child has its own): None unless tracing on.
+        self.tracing: Tracing | None = None
         self.relay_state = "starting"
         self.control = ControlDb(control_path(config.state_dir))
         self.http: HttpServer | None = None
@@ -132,8 +135,9 @@ class Daemon:
                                                       name="embedded"))
             self.store = AsyncStore(open_store(cfg.outbox_url()))
             self.probe = NatsProbe(nats_cfg)
+            self.tracing = Tracing.start(cfg.tracing, "capture")
             self.relay = RelayProcess(self.store, nats_cfg, cfg.outbox, cfg.outbox_url(),
-                                      secrets=cfg.secrets)
+                                      secrets=cfg.secrets, tracing=cfg.tracing)
             if cfg.http.enabled:
                 self.http = HttpServer(self, cfg.http.host, cfg.http.port, self.control,
                                        overview=self.overview.build, token=cfg.http.token)
@@ -193,6 +197,8 @@ class Daemon:
             with contextlib.suppress(Exception):
                 pending = (await self.store.stats()).pending
             self.store.close()
+        if self.tracing is not None:
+            await asyncio.to_thread(self.tracing.shutdown)
         if self.embedded is not None:
             await self.embedded.stop()
         rs = self.relay.stats if self.relay else None
@@ -323,7 +329,9 @@ class Daemon:
     async def _capture(self, cfg: AdapterConfig, context: AdapterContext,
                        stats: AdapterStats) -> None:
         assert self.store is not None
-        writer = OutboxWriter(self.store, cfg.name, self.config.nats.subject_prefix)
+        writer = OutboxWriter(self.store, cfg.name, self.config.nats.subject_prefix,
+                              sample_ratio=self.config.tracing.sample_ratio,
+                              observer=self.tracing)
         checkpoint = await self.store.checkpoint(cfg.name)
         adapter = create(cfg, context)
         stats.adapter = adapter

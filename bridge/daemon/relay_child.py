@@ -44,6 +44,7 @@ from cdc_bridge.outbox.factory import open_store
 from cdc_bridge.outbox.runner import AsyncStore
 from cdc_bridge.relay.publisher import Publisher
 from cdc_bridge.relay.relay import Relay
+from cdc_bridge.relay.tracing import Tracing
 
 log = logging.getLogger("cdc_bridge.relay")
 _PR_SET_PDEATHSIG = 1
@@ -124,7 +125,8 @@ async def _commands(store: AsyncStore, relay: Relay) -> None:
 async def run(settings: ChildSettings, report_fd: int) -> int:
     store = AsyncStore(open_store(settings.outbox_url))
     publisher = Publisher(settings.nats)
-    relay = Relay(store, publisher, settings.outbox)
+    tracing = Tracing.start(settings.tracing, "relay")  # its own exporter, same config
+    relay = Relay(store, publisher, settings.outbox, tracing=tracing)
     reporter = Reporter(relay, publisher, report_fd)
     commands = asyncio.create_task(_commands(store, relay), name="commands")
     reports = asyncio.create_task(reporter.loop(), name="reports")
@@ -154,6 +156,8 @@ async def run(settings: ChildSettings, report_fd: int) -> int:
         with contextlib.suppress(OSError):
             reporter.maybe_report(force=True)
         store.close()
+        if tracing is not None:
+            await asyncio.to_thread(tracing.shutdown)
     return code
 
 

@@ -56,7 +56,7 @@ from cdc_bridge.daemon.logs import JsonFormatter
 from cdc_bridge.kernel.errors import ConfigError, FatalError, RetryableError
 from cdc_bridge.outbox.runner import AsyncStore
 from cdc_bridge.relay.relay import RelayStats
-from cdc_bridge.relay.settings import NatsConfig, OutboxConfig
+from cdc_bridge.relay.settings import NatsConfig, OutboxConfig, TracingConfig
 
 log = logging.getLogger("cdc_bridge.relay")
 
@@ -95,6 +95,8 @@ class ChildSettings:
     log_format: str
     secrets: tuple[str, ...]
     parent_pid: int
+    #: The ``tracing`` block: the child exports its own (publish) spans.
+    tracing: TracingConfig | None = None
 
 
 def encode_settings(settings: ChildSettings) -> bytes:
@@ -217,8 +219,10 @@ class RelayProcess:
     """Runs :mod:`cdc_bridge.daemon.relay_child` and keeps its latest state for the daemon."""
 
     def __init__(self, store: AsyncStore, nats: NatsConfig, outbox: OutboxConfig,
-                 outbox_url: str, *, secrets: frozenset[str]) -> None:
+                 outbox_url: str, *, secrets: frozenset[str],
+                 tracing: TracingConfig | None = None) -> None:
         self.store = store
+        self.tracing = tracing
         self.nats = nats
         self.outbox = outbox
         self.outbox_url = outbox_url
@@ -251,7 +255,8 @@ class RelayProcess:
         settings = ChildSettings(
             nats=self.nats, outbox=self.outbox, outbox_url=self.outbox_url,
             log_level=logging.getLogger().level, log_format=_log_format(),
-            secrets=tuple(sorted(self.secrets)), parent_pid=os.getpid())
+            secrets=tuple(sorted(self.secrets)), parent_pid=os.getpid(),
+            tracing=self.tracing)
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "cdc_bridge.daemon.relay_child", stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE)

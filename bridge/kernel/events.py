@@ -18,9 +18,10 @@ Everything here is pure: no I/O, no clock except the ``ts_ms`` the adapter passe
 Speed. Encoding runs once per change on the capture path, so it is written for it:
 :meth:`ChangeEvent.outbox_parts` computes the id once (``encode`` alone would compute it
 again for the body), subjects and the per-adapter/per-table strings are cached, and the
-id is a uuid5 formatted straight from the SHA-1 hex digest. The bytes produced are the
-same as the plain, readable definitions (``to_cloudevent`` + ``dumps``); the tests check
-both against each other and against ``uuid.uuid5``.
+id is a uuid5 formatted straight from the SHA-1 hex digest. Every event carries a W3C
+``traceparent`` derived from its id (:mod:`cdc_bridge.kernel.tracecontext`). The bytes
+produced are the same as the plain, readable definitions (``to_cloudevent`` +
+``dumps``); the tests check both against each other and against ``uuid.uuid5``.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import orjson
+
+from cdc_bridge.kernel.tracecontext import event_traceparent
 
 Op = Literal["c", "u", "d", "r", "t"]
 OPS: tuple[Op, ...] = ("c", "u", "d", "r", "t")
@@ -201,11 +204,19 @@ class ChangeEvent:
             "source": source,
         }
 
-    def to_cloudevent(self, event_id_: str | None = None) -> dict[str, Any]:
-        """The CloudEvent as a dict (``event_id_``: the id when the caller has it already)."""
+    def traceparent(self, sample_ratio: float = 1.0) -> str:
+        """This event's W3C ``traceparent`` (:mod:`cdc_bridge.kernel.tracecontext`)."""
+        return event_traceparent(self.id, sample_ratio)
+
+    def to_cloudevent(self, event_id_: str | None = None,
+                      sample_ratio: float = 1.0) -> dict[str, Any]:
+        """The CloudEvent as a dict (``event_id_``: the id when the caller has it already;
+        ``sample_ratio``: the tracing sample ratio, which decides the traceparent's flags)."""
+        eid = event_id_ or self.id
         ce: dict[str, Any] = {
             "specversion": "1.0",
-            "id": event_id_ or self.id,
+            "id": eid,
+            "traceparent": event_traceparent(eid, sample_ratio),
             "source": _ce_source(self.adapter),
             "type": _CE_TYPES[self.op],
             "subject": _ce_subject(self.schema, self.table),
@@ -221,11 +232,11 @@ class ChangeEvent:
         """The message body: CloudEvents structured-mode JSON."""
         return dumps(self.to_cloudevent())
 
-    def outbox_parts(self, prefix: str) -> tuple[str, str, bytes]:
+    def outbox_parts(self, prefix: str, sample_ratio: float = 1.0) -> tuple[str, str, bytes]:
         """``(id, subject, body)`` of this event's message, the id computed once."""
         eid = event_id(self.adapter, self.position, self.index)
         subject = change_subject(prefix, self.adapter, self.schema, self.table, self.op)
-        return eid, subject, dumps(self.to_cloudevent(eid))
+        return eid, subject, dumps(self.to_cloudevent(eid, sample_ratio))
 
 
 _CE_TYPES: dict[str, str] = {op: EVENT_TYPE_PREFIX + name for op, name in OP_NAMES.items()}

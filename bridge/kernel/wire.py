@@ -13,6 +13,9 @@ import hashlib
 
 #: JetStream's de-duplication header: the event id, deterministic.
 MSG_ID = "Nats-Msg-Id"
+#: W3C trace context (also the body's CloudEvents attribute), derived from the event id:
+#: :mod:`cdc_bridge.kernel.tracecontext`. Set on every message the relay publishes.
+TRACEPARENT = "traceparent"
 #: Why a message was dead-lettered (always on ``<prefix>_dlq.<...>`` subjects).
 REASON = "Cdc-Reason"
 #: On dead letters: where the original was going, its id and size.

@@ -47,6 +47,7 @@ from nats.js import JetStreamContext, api
 
 from cdc_bridge import metrics
 from cdc_bridge.kernel.errors import ConfigError, FatalError, PublishUnavailable
+from cdc_bridge.kernel.tracecontext import TRACEPARENT, traceparent, traceparent_in_body
 from cdc_bridge.outbox.base import OutboxMessage
 from cdc_bridge.relay.rules import DUPLICATE, OK, RETRY, parse_ack
 from cdc_bridge.relay.settings import NatsConfig
@@ -61,7 +62,8 @@ _AUTH_WORDS = ("authorization violation", "authentication", "user authentication
 class Slot:
     """One outbox row on its way: filled in by the PubAck (or a failure)."""
 
-    __slots__ = ("ack_seq", "expected_last", "message", "outcome", "reason", "sent_at", "seq")
+    __slots__ = ("ack_seq", "expected_last", "message", "outcome", "reason", "sent_at", "seq",
+                 "traceparent")
 
     def __init__(self, seq: int, message: OutboxMessage) -> None:
         self.seq = seq
@@ -72,6 +74,8 @@ class Slot:
         self.ack_seq = 0
         #: The ``Nats-Expected-Last-Sequence`` it was sent with (-1: none).
         self.expected_last = -1
+        #: The ``traceparent`` header it was sent with ("" until sent).
+        self.traceparent = ""
 
 
 def _tls_context(cfg: NatsConfig) -> ssl.SSLContext | None:
@@ -368,6 +372,10 @@ class Publisher:
     async def send(self, slot: Slot, expected_last: int = -1) -> None:
         """Publish ``slot``'s message; its PubAck lands on the slot later.
 
+        Its ``traceparent`` header is the message's own (routed messages, dead letters),
+        else its body's attribute (copied byte for byte, so the two are equal), else the
+        one derived from its id (rows stored by a version before trace context).
+
         ``expected_last`` >= 0: the message carries ``Nats-Expected-Last-Sequence``, so
         JetStream stores it only if the stream's last sequence (counting the messages
         in flight ahead of it) is that one (the relay's chain, see its docstring)."""
@@ -379,6 +387,9 @@ class Publisher:
         if msg.headers:
             headers.update(msg.headers)
             headers["Nats-Msg-Id"] = msg.msg_id
+        tp = headers.get(TRACEPARENT) or traceparent_in_body(msg.payload) \
+            or traceparent(msg.msg_id)
+        headers[TRACEPARENT] = slot.traceparent = tp
         if expected_last >= 0:
             headers[EXPECTED_LAST_SEQ] = str(expected_last)
         slot.expected_last = expected_last

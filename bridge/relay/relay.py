@@ -82,6 +82,7 @@ from cdc_bridge import metrics
 from cdc_bridge.kernel.backoff import retrying
 from cdc_bridge.kernel.errors import FatalError, PublishUnavailable
 from cdc_bridge.kernel.events import DLQ_TOKEN, dead_letter_prefix, dead_letter_stream
+from cdc_bridge.kernel.tracecontext import TRACEPARENT, traceparent
 from cdc_bridge.kernel.wire import BODY_DROPPED, MSG_ID
 from cdc_bridge.outbox.base import OutboxMessage, PendingRow
 from cdc_bridge.outbox.runner import AsyncStore
@@ -99,6 +100,7 @@ from cdc_bridge.relay.rules import (
     precheck,
 )
 from cdc_bridge.relay.settings import OutboxConfig
+from cdc_bridge.relay.tracing import Tracing, message_traceparent
 
 log = logging.getLogger("cdc_bridge.relay")
 
@@ -109,6 +111,10 @@ RECONCILE_PAGE = 100_000
 #: After a foreign write into the stream broke the chain, publish one row at a time
 #: (order needs no chain then) for this long before chaining again.
 SERIAL_AFTER_FOREIGN_S = 60.0
+
+
+#: Outcomes as publish spans name them.
+_OUTCOME_NAMES = {OK: "published", DUPLICATE: "duplicate", POISON: "dead_lettered"}
 
 
 @dataclass(slots=True)
@@ -134,9 +140,13 @@ class _SubjectSeries:
     latency: Any
 
 
+#: The ``traceparent`` header every publish carries: name, value and framing.
+_TP_SIZE = 11 + 55 + 4
+
+
 def _wire_size(msg: OutboxMessage) -> int:
-    """What a message weighs against max_payload: body, headers and the id header."""
-    size = len(msg.payload) + 14 + len(msg.msg_id) + 17
+    """What a message weighs against max_payload: body, headers, the id and trace headers."""
+    size = len(msg.payload) + 14 + len(msg.msg_id) + 17 + _TP_SIZE
     if msg.headers:
         size += headers_size(msg.headers)
     return size
@@ -145,9 +155,10 @@ def _wire_size(msg: OutboxMessage) -> int:
 class Relay:
     def __init__(self, store: AsyncStore, publisher: Publisher,
                  settings: OutboxConfig | None = None, *,
-                 compact_interval_s: float = 30.0) -> None:
+                 compact_interval_s: float = 30.0, tracing: Tracing | None = None) -> None:
         """``settings``: the config file's ``outbox`` block, whole (batch, pipeline depth,
-        poll interval); the subject prefix and timeouts come with the publisher's ``nats``."""
+        poll interval); the subject prefix and timeouts come with the publisher's ``nats``.
+        ``tracing``: publish spans (:mod:`cdc_bridge.relay.tracing`), ``None``: none."""
         settings = settings or OutboxConfig()
         self.settings = settings
         self.store = store
@@ -161,6 +172,7 @@ class Relay:
         self.ack_timeout_s = publisher.cfg.ack_timeout
         self.retry_max_s = publisher.cfg.retry_max
         self.stats = RelayStats()
+        self.tracing = tracing
         #: Oversized events go by claim check (None: claim checks off, they are poison).
         self.claims = ClaimChecker(publisher.cfg) if publisher.cfg.claim_checks.enabled \
             else None
@@ -360,7 +372,7 @@ class Relay:
                 reason = self._subject_ok[msg.subject] = precheck(
                     msg.subject, 0, max_payload=1, stream_subjects=pub.stream_subjects,
                     max_msg_size=-1)
-            size = (len(msg.payload) + 14 + len(msg.msg_id) + 17  # (= _wire_size, inlined)
+            size = (len(msg.payload) + 14 + len(msg.msg_id) + 17 + _TP_SIZE  # (= _wire_size)
                     + (headers_size(msg.headers) if msg.headers else 0))
             if skip and row.seq in skip:
                 slot.outcome = DUPLICATE
@@ -410,6 +422,8 @@ class Relay:
             ref = await self.claims.check_in(self.publisher.js, slot.message)
         except ClaimRefused as e:
             return slot, limit + 1, str(e)
+        tp = message_traceparent(slot.message) or traceparent(slot.message.msg_id)
+        ref = ref._replace(headers={**(ref.headers or {}), TRACEPARENT: tp})
         size = _wire_size(ref)
         if size > limit:
             return slot, size, (f"even its claim-check reference ({size} bytes) exceeds the "
@@ -462,6 +476,8 @@ class Relay:
                 self._maybe_remove(force=not inflight)
                 continue
             if not inflight:
+                if self.tracing is not None:  # the pipeline emptied: close the batch span
+                    self.tracing.flush_publish()
                 if self._stopping.is_set():
                     return
                 self._sent.clear()
@@ -482,10 +498,13 @@ class Relay:
         duplicates: dict[str, int] = {}
         now = time.time()
         series = self._series
+        tracing = self.tracing
         try:
             while inflight and inflight[0].outcome != PENDING:
                 slot = inflight[0]
                 outcome = slot.outcome
+                if tracing is not None and outcome in _OUTCOME_NAMES:
+                    tracing.settled(slot, _OUTCOME_NAMES.get(outcome, "failed"))
                 if outcome == OK:
                     subject = slot.message.subject
                     per = series.get(subject) or self._series_of(subject)
@@ -572,6 +591,8 @@ class Relay:
         subject, body, headers = dead_letter(
             msg.msg_id, msg.subject, msg.payload, msg.headers, slot.reason,
             prefix=self.prefix, dlq=DLQ_TOKEN, limit=limit)
+        headers.setdefault(TRACEPARENT, slot.traceparent or message_traceparent(msg)
+                           or traceparent(msg.msg_id))
         log.error("dead-lettering event %s (%s) to %s: %s", msg.msg_id, msg.subject, subject,
                   slot.reason)
         try:

@@ -1,4 +1,4 @@
-"""The relay's settings: the ``nats`` and ``outbox`` blocks of the config file.
+"""The relay's settings: the ``nats``, ``outbox`` and ``tracing`` blocks of the config file.
 
 These frozen models travel whole from the config file to the relay, also into its
 child process (pickled): a new setting is one field here and its use where it matters,
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -140,3 +141,40 @@ class OutboxConfig(StrictModel):
     #: Off: a transient failure under a full pipeline may reorder (``max_in_flight: 1``
     #: prevents it).
     expect_last_sequence: bool = True
+
+
+class TracingConfig(StrictModel):
+    """OpenTelemetry spans of capture, outbox commit and publish (docs/tracing.md).
+
+    Every event carries its ``traceparent`` whether or not this is on; on, the bridge
+    (both of its processes) exports spans over OTLP. Needs the ``otel`` extra
+    (``pip install 'cdc-bridge[otel]'``); without it the bridge warns and runs untraced.
+    """
+
+    #: Export spans (both processes of the bridge). Off: events still carry their
+    #: ``traceparent``, nothing else is done.
+    enabled: bool = False
+    #: The OTLP/HTTP endpoint: a collector's base URL (``/v1/traces`` is appended) or
+    #: the full traces URL. E.g. ``${OTEL_EXPORTER_OTLP_ENDPOINT:-http://127.0.0.1:4318}``.
+    endpoint: str = "http://127.0.0.1:4318"
+    #: The OTLP transport: protobuf over HTTP.
+    protocol: Literal["http/protobuf"] = "http/protobuf"
+    #: ``service.name`` of the exported spans.
+    service_name: str = Field(default="cdc-bridge", min_length=1)
+    #: Share of traces sampled, decided from the trace id (= the event id) alone, so the
+    #: bridge and every SDK downstream agree. Sets the ``traceparent`` flags of new
+    #: events; per-event spans are exported for sampled events only (batch spans always).
+    sample_ratio: float = Field(default=1.0, ge=0.0, le=1.0)
+    #: Spans are exported in batches this often.
+    export_interval: Duration = 1.0
+    #: Spans waiting for export at most; more are dropped (the SDK logs it).
+    max_queue: int = Field(default=20_000, ge=100, le=1_000_000)
+    #: Links from a batch span to its sampled events' traces, at most.
+    max_links: int = Field(default=128, ge=0, le=10_000)
+    #: Timeout of one export request.
+    timeout: Duration = 10.0
+
+    def traces_url(self) -> str:
+        """The URL spans are posted to."""
+        url = self.endpoint.rstrip("/")
+        return url if url.endswith("/v1/traces") else url + "/v1/traces"
