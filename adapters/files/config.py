@@ -34,6 +34,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from cdc_bridge.adapters.contract import AdapterConfig
+from cdc_bridge.adapters.filters import FilterText, row_filter
 from cdc_bridge.adapters.transform import ColumnRules
 from cdc_bridge.kernel.model import Duration, PollInterval, StrictModel
 
@@ -131,6 +132,9 @@ class FilesConfig(AdapterConfig):
     key: list[str] = Field(default_factory=list)
     table: str | None = None
     columns: ColumnRules | None = None
+    #: Row filter (docs/filters.md), evaluated per record in the bridge: records that do
+    #: not match are skipped (``snapshot`` mode: left out of the extract it compares).
+    filter: FilterText | None = None
     after: AfterProcessing = AfterProcessing()
     poll_interval: PollInterval = 1.0
     #: A file is read only once its size and mtime have not changed for this long.
@@ -161,10 +165,24 @@ class FilesConfig(AdapterConfig):
             raise ValueError("mode snapshot needs 'key' columns to compare extracts")
         if self.after.action != "leave" and self.mode == "tail":
             raise ValueError("'after' applies to drop and snapshot modes, not tail")
+        known = self.known_columns()
+        if self.filter is not None and known is not None:
+            unknown = row_filter(self.filter).unknown_columns(known)
+            if unknown:
+                raise ValueError(f"filter reads {', '.join(map(repr, unknown))}, which the "
+                                 f"records do not have (columns: {', '.join(sorted(known))})")
         if "on_table_change" in self.model_fields_set and self.mode != "tail":
             raise ValueError("'on_table_change' applies to mode tail: drop reads every new "
                              "or changed file in full, snapshot compares whole extracts")
         return self
+
+    def known_columns(self) -> set[str] | None:
+        """The records' column names when the config fixes them (else ``None``)."""
+        if self.format == "fixed_width" and self.fixed_width is not None:
+            return {f.name for f in self.fixed_width.fields}
+        if self.format == "csv" and self.csv.columns:
+            return set(self.csv.columns)
+        return None
 
     def table_for(self, file_name: str) -> str:
         template = self.table or self.name

@@ -28,6 +28,7 @@ from cdc_bridge.adapters.files.config import FilesConfig
 from cdc_bridge.adapters.files.formats import RecordFormat, RowError, make_format
 from cdc_bridge.adapters.files.identity import header_safe_name
 from cdc_bridge.adapters.files.reader import RawRecord, RecordReader, skip_bom
+from cdc_bridge.adapters.filters import RowFilter, row_filter
 from cdc_bridge.adapters.transform import apply_rules, mask_value
 from cdc_bridge.kernel.events import ChangeEvent, DeadLetter, Op
 
@@ -135,6 +136,8 @@ class EventBuilder:
         self.key = list(config.key)
         masked = set(config.columns.mask) if config.columns else set()
         self._key_mask = [k for k in self.key if k in masked]
+        #: The row filter, evaluated on each parsed record before its column rules.
+        self.filter: RowFilter | None = row_filter(config.filter) if config.filter else None
         #: The one unmasked key column, if that is the key (the usual case): a fast path.
         self._single = self.key[0] if len(self.key) == 1 and not self._key_mask else None
 
@@ -171,10 +174,13 @@ class EventBuilder:
         table = self.config.table_for(name)
         now = int(time.time() * 1000)
         rules = self.rules
+        keep = self.filter.matches if self.filter is not None else None
         for p in parsed:
             rec = p.record
             if p.row is None:
                 dead.append(self.dead_letter(file_pos, name, rec, p.reason or "unparsable"))
+                continue
+            if keep is not None and not keep(p.row, op):
                 continue
             try:
                 key = self.key_of(p.row)

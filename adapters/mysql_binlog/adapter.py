@@ -80,7 +80,8 @@ class MysqlBinlogAdapter:
         self.context = context
         specs = config.table_specs()
         self.tables = TableFilter([t.name for t in specs], config.exclude_tables,
-                                  {t.name: t.columns for t in specs})
+                                  {t.name: t.columns for t in specs},
+                                  {t.name: t.filter for t in specs})
         self._sql: setup.Conn | None = None
         self._copy: setup.Conn | None = None
         self._reader: BinlogReader | None = None
@@ -115,6 +116,13 @@ class MysqlBinlogAdapter:
                                    "capture:\n" + "\n".join(f"  - {p}" for p in problems))
         metas: list[setup.TableMeta] = await self._run(setup.resolve_tables, conn, self.tables)
         self._meta = {m.qualified: m for m in metas}
+        for m in metas:
+            rf = self.tables.filter_for(m.schema, m.table)
+            unknown = rf.unknown_columns({c.name for c in m.columns}) if rf else []
+            if unknown:
+                raise SourceSetupError(
+                    f"{self.name}: the filter of {m.qualified} reads "
+                    f"{', '.join(map(repr, unknown))}, which the table does not have")
         if not metas:
             log.warning("%s: no configured table exists yet (%s)", self.name,
                         ", ".join(self.tables.patterns))
@@ -215,9 +223,11 @@ class MysqlBinlogAdapter:
                 base = int(progress.after[1]) if not meta.key and progress.after else 0
                 for n, raw in enumerate(rows):
                     row_key = [raw[i] for i in idx] if meta.key else [base + n]
-                    batch.events.append(builder.snapshot_event(
+                    event = builder.snapshot_event(
                         meta.schema, meta.table, meta.key, conv.from_select(raw),
-                        progress.id_prefix(), row_key, now_ms))
+                        progress.id_prefix(), row_key, now_ms)
+                    if event is not None:
+                        batch.events.append(event)
                 progress.after = ([rows[-1][i] for i in idx] if meta.key
                                   else ["#offset", base + len(rows)])
                 progress.rows += len(rows)

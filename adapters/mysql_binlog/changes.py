@@ -27,6 +27,7 @@ from typing import Any, Literal
 
 import orjson
 
+from cdc_bridge.adapters.filters import RowFilter, row_filter
 from cdc_bridge.adapters.mysql_binlog.position import BinlogPos, Position, already_copied
 from cdc_bridge.adapters.transform import ColumnRules, apply_rules, mask_value
 from cdc_bridge.kernel.events import ChangeEvent, Op
@@ -115,10 +116,12 @@ class TableFilter:
     """Which tables are captured: ``db.table`` and ``db.*`` patterns minus exclusions."""
 
     def __init__(self, names: Sequence[str], exclude: Sequence[str],
-                 rules: Mapping[str, ColumnRules | None] | None = None) -> None:
+                 rules: Mapping[str, ColumnRules | None] | None = None,
+                 filters: Mapping[str, str | None] | None = None) -> None:
         self.patterns = list(names)
         self.exclude = set(exclude)
         self.rules = dict(rules or {})
+        self.filters = {k: row_filter(v) for k, v in (filters or {}).items() if v}
         self._cache: dict[tuple[str, str], bool] = {}
 
     def captured(self, schema: str, table: str) -> bool:
@@ -138,6 +141,15 @@ class TableFilter:
         if name in self.rules:
             return self.rules[name]
         return self.rules.get(f"{schema}.*")
+
+    def filter_for(self, schema: str, table: str) -> RowFilter | None:
+        """The row filter of ``schema.table`` (its own entry, else its ``schema.*``)."""
+        if not self.filters:
+            return None
+        name = f"{schema}.{table}"
+        if name in self.rules:
+            return self.filters.get(name)
+        return self.filters.get(f"{schema}.*")
 
 
 class EventBuilder:
@@ -165,9 +177,13 @@ class EventBuilder:
 
     def snapshot_event(self, schema: str, table: str, key_cols: Sequence[str], row: Row,
                        prefix: str, row_key: Sequence[Any], ts_ms: int,
-                       extra: dict[str, Any] | None = None) -> ChangeEvent:
+                       extra: dict[str, Any] | None = None) -> ChangeEvent | None:
         """An ``r`` event; ``prefix`` names the snapshot (``snap:<gen>.<attempt>@<origin>``,
-        see :meth:`~.position.SnapshotProgress.id_prefix`)."""
+        see :meth:`~.position.SnapshotProgress.id_prefix`). ``None``: the table's row
+        filter leaves the row out."""
+        rf = self.tables.filter_for(schema, table)
+        if rf is not None and not rf.matches(row, "r"):
+            return None
         position = f"{prefix}:{schema}.{table}:{key_text(row_key)}"
         return self.event("r", schema, table, key_cols, None, row, position, 0, None, ts_ms,
                           extra or {"snapshot": True})
@@ -257,6 +273,7 @@ class TxAssembler:
         table = f"{rec.schema}.{rec.table}"
         filters = self.pos.filters
         observer = self.observer
+        rf = self.builder.tables.filter_for(rec.schema, rec.table)
         for before, after in rec.rows:
             if observer is not None:
                 observer(table, after if after is not None else before, tx.start)
@@ -268,7 +285,15 @@ class TxAssembler:
                 key = tuple(row.get(k) for k in rec.key) if row is not None and rec.key else None
                 if already_copied(filters, table, key, tx.start):
                     continue
-            out.append(self.builder.event(rec.op, rec.schema, rec.table, rec.key, before,
+            op: Op = rec.op
+            if rf is not None:  # the crossing rule: see cdc_bridge.adapters.filters.rowfilter
+                routed = rf.route(op, before, after)
+                if routed is None:
+                    continue
+                op = routed[0]  # type: ignore[assignment]
+                before = None if routed[1] is None else before
+                after = None if routed[2] is None else after
+            out.append(self.builder.event(op, rec.schema, rec.table, rec.key, before,
                                           after, position, index, txid, tx.ts_ms,
                                           self._extra(tx)))
         return out

@@ -27,6 +27,7 @@ from urllib.parse import unquote, urlsplit
 from pydantic import Field, field_validator
 
 from cdc_bridge.adapters.contract import AdapterConfig
+from cdc_bridge.adapters.filters import FilterText
 from cdc_bridge.adapters.transform import ColumnRules
 from cdc_bridge.kernel.model import Duration, StrictModel
 
@@ -38,6 +39,8 @@ class BinlogTable(StrictModel):
     name: str
     #: Column rules (include, exclude, mask) of this table.
     columns: ColumnRules | None = None
+    #: Row filter (docs/filters.md), evaluated per row in the bridge.
+    filter: FilterText | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -267,9 +267,10 @@ class Resnapshotter:
         now_ms = int(time.time() * 1000)
         prefix = progress.id_prefix()
         extra = {"snapshot": True, "resnapshot": progress.seq}
-        events = [self.builder.snapshot_event(meta.schema, meta.table, meta.key, row, prefix,
-                                              [row[k] for k in meta.key], now_ms, extra)
-                  for row in rows]
+        events = [ev for row in rows
+                  if (ev := self.builder.snapshot_event(
+                      meta.schema, meta.table, meta.key, row, prefix,
+                      [row[k] for k in meta.key], now_ms, extra)) is not None]
         if table_done:
             progress.table_done(chunk.table)
             log.info("%s: re-snapshot gen %d: %s done (%d rows so far)", self.name,

@@ -28,6 +28,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from cdc_bridge.adapters.filters import RowFilter
 from cdc_bridge.adapters.postgres.outbox import row_message
 from cdc_bridge.adapters.postgres.pgoutput import (
     UNCHANGED_TOAST,
@@ -75,6 +76,9 @@ class RelationState:
     captured: bool
     #: One of ``outbox_tables``: inserts become routed messages, nothing else is emitted.
     outbox: bool = False
+    #: A row filter the bridge evaluates (not applied by the publication), see
+    #: :mod:`cdc_bridge.adapters.filters.rowfilter` for the rule.
+    filter: RowFilter | None = None
 
     @property
     def key_oids(self) -> tuple[int, ...]:
@@ -111,7 +115,8 @@ class EventBuilder:
         state = RelationState(
             msg.namespace, msg.name, qualified, names,
             tuple(c.type_oid for c in msg.columns), tuple(c.type_modifier for c in msg.columns),
-            key_idx, info.rules if info else None, info is not None, outbox is not None)
+            key_idx, info.rules if info else None, info is not None, outbox is not None,
+            info.bridge_filter if info else None)
         self.relations[msg.oid] = state
         if info is None and outbox is None and qualified not in self._ignored:
             self._ignored.add(qualified)  # never silent: say once what is dropped, and why
@@ -128,7 +133,8 @@ class EventBuilder:
         return RelationState(
             info.schema, info.name, info.qualified, names,
             tuple(c.type_oid for c in info.columns), tuple(c.type_modifier for c in info.columns),
-            tuple(names.index(k) for k in info.primary_key), info.rules, not outbox, outbox)
+            tuple(names.index(k) for k in info.primary_key), info.rules, not outbox, outbox,
+            None if info.sql_filter() is not None else info.row_filter)
 
     def rel(self, oid: int) -> RelationState:
         try:
@@ -196,10 +202,24 @@ class EventBuilder:
             txid=tx.xid, ts_ms=tx.ts_ms, source_extra=extra)
 
     def change(self, msg: Insert | Update | Delete, rel: RelationState, tx: TxMeta,
-               index: int, extra: dict[str, Any]) -> ChangeEvent:
+               index: int, extra: dict[str, Any]) -> ChangeEvent | None:
+        """The change's event; ``None`` when the table's bridge-side filter drops it."""
+        op, before, after = self._rows(msg, rel)
+        rf = rel.filter
+        if rf is not None:
+            routed = rf.route(op, before, after)
+            if routed is None:
+                return None
+            op = routed[0]  # type: ignore[assignment]
+            before = None if routed[1] is None else before
+            after = None if routed[2] is None else after
+        return self.event(rel, op, tx, index, before, after, extra)
+
+    def _rows(self, msg: Insert | Update | Delete, rel: RelationState
+              ) -> tuple[Op, dict[str, Any] | None, dict[str, Any] | None]:
+        """The change's operation and decoded rows (before any column rule)."""
         if isinstance(msg, Insert):
-            return self.event(rel, "c", tx, index, None, self.decode_row(rel, msg.new.values),
-                              extra)
+            return "c", None, self.decode_row(rel, msg.new.values)
         if isinstance(msg, Update):
             after = self.decode_row(rel, msg.new.values)
             if msg.old is not None:
@@ -208,14 +228,14 @@ class EventBuilder:
                 before = self._key_only(rel, self.decode_row(rel, msg.key.values))
             else:
                 before = self._key_only(rel, after)
-            return self.event(rel, "u", tx, index, before, after, extra)
+            return "u", before, after
         old = msg.old if msg.old is not None else msg.key
         if old is None:
             raise DecodeError(f"{rel.qualified}: delete without old key")
         before = self.decode_row(rel, old.values)
         if msg.old is None:
             before = self._key_only(rel, before)
-        return self.event(rel, "d", tx, index, before, None, extra)
+        return "d", before, None
 
     def truncates(self, msg: Truncate, tx: TxMeta, first_index: int,
                   extra: dict[str, Any]) -> list[tuple[int, ChangeEvent | None]]:
@@ -238,8 +258,11 @@ class EventBuilder:
         return row_message(self.adapter, rel.names, rel.oids, values, self.values.decode)
 
     def snapshot_event(self, rel: RelationState, texts: Sequence[str | None], position: str,
-                       ts_ms: int, extra: dict[str, Any]) -> ChangeEvent:
+                       ts_ms: int, extra: dict[str, Any]) -> ChangeEvent | None:
+        """An ``r`` event (``None``: a filter reading ``op``, judged here, drops it)."""
         after = self.decode_row(rel, texts)
+        if rel.filter is not None and not rel.filter.matches(after, "r"):
+            return None
         return ChangeEvent(
             adapter=self.adapter, schema=rel.schema, table=rel.table, op="r",
             position=position, index=0, key=self._key(rel, after), before=None,

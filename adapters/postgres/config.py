@@ -7,6 +7,7 @@
   tables:                         # "schema.table", "table" (= public.table), "schema.*"
     - public.orders
     - {name: public.customers, columns: {exclude: [notes], mask: [email], mask_salt: "${SALT}"}}
+    - {name: public.invoices, filter: "status in ('open', 'paid') and amount >= 100"}
   exclude_tables: [public.orders_archive]
   outbox_tables: [public.cdc_outbox]  # relayed as domain events (write_event), not rows
   snapshot: initial               # initial | never | when_needed
@@ -28,6 +29,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from cdc_bridge.adapters.contract import AdapterConfig
+from cdc_bridge.adapters.filters import FilterText
 from cdc_bridge.adapters.transform import ColumnRules
 from cdc_bridge.kernel.model import Duration, StrictModel
 
@@ -43,6 +45,9 @@ class PgTable(StrictModel):
     #: ``schema.table``, ``table`` (schema ``public``) or ``schema.*``.
     name: str
     columns: ColumnRules | None = None
+    #: Row filter (docs/filters.md): the publication's row filter (managed publication,
+    #: PostgreSQL 15+) and the snapshot's WHERE; evaluated in the bridge otherwise.
+    filter: FilterText | None = None
 
 
 class PostgresConfig(AdapterConfig):

@@ -115,10 +115,17 @@ class Resnapshotter:
         now_ms = int(time.time() * 1000)
         prefix = f"snap:{progress.gen}.{progress.attempt}:{chunk.table}:"
         extra = {"snapshot": True, "resnapshot": progress.seq}
+        # The copy reads whole key ranges (its merge with the stream needs them): the
+        # table's row filter is applied here, on the decoded rows.
+        rf = self.tables[chunk.table].row_filter if rel.filter is None else None
         for key, row in out.rows:
             position = prefix + orjson.dumps(list(key)).decode()
             try:
-                events.append(self.builder.snapshot_event(rel, row, position, now_ms, extra))
+                if rf is not None and not rf.matches(self.builder.decode_row(rel, row), "r"):
+                    continue
+                event = self.builder.snapshot_event(rel, row, position, now_ms, extra)
+                if event is not None:
+                    events.append(event)
             except (DecodeError, ValueError) as e:
                 dead.append(DeadLetter(self.name, position, f"{chunk.table}: {e}",
                                        orjson.dumps({"table": chunk.table, "values": row}),

@@ -24,6 +24,8 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from cdc_bridge.adapters.filters import RowFilter, row_filter
+from cdc_bridge.adapters.filters.sql import to_postgres_sql
 from cdc_bridge.adapters.postgres.config import PgTable, PostgresConfig, split_name
 from cdc_bridge.adapters.postgres.outbox import OUTBOX_COLUMNS
 from cdc_bridge.adapters.transform import ColumnRules
@@ -51,10 +53,35 @@ class TableInfo:
     rules: ColumnRules | None = None
     #: A partitioned parent: its partitions' changes must be published under its name.
     partitioned: bool = False
+    #: The table's ``filter`` (docs/filters.md), and whether the publication applies it
+    #: (managed publication, PostgreSQL 15+, a filter that does not read ``op``).
+    filter_text: str | None = None
+    filter_pushed: bool = False
 
     @property
     def qualified(self) -> str:
         return f"{self.schema}.{self.name}"
+
+    @property
+    def row_filter(self) -> RowFilter | None:
+        return row_filter(self.filter_text) if self.filter_text else None
+
+    @property
+    def bridge_filter(self) -> RowFilter | None:
+        """The filter the bridge evaluates on streamed changes (not pushed down)."""
+        return None if self.filter_pushed else self.row_filter
+
+    def sql_filter(self) -> str | None:
+        """The filter as a PostgreSQL condition (``None``: none, or it reads ``op``)."""
+        rf = self.row_filter
+        return None if rf is None or rf.uses_op else to_postgres_sql(rf.expr)
+
+    def publication_entry(self) -> sql.Composable:
+        """The table as listed in CREATE/ALTER PUBLICATION, with its row filter."""
+        where = self.sql_filter() if self.filter_pushed else None
+        if where is None:
+            return self.ident()
+        return sql.SQL("{} WHERE ({})").format(self.ident(), sql.SQL(where))
 
     def ident(self) -> sql.Composable:
         return sql.Identifier(self.schema, self.name)
@@ -151,7 +178,8 @@ async def resolve_tables(conn: psycopg.AsyncConnection[tuple[Any, ...]],
             raise SourceSetupError(f"table {schema}.{name} (tables: {spec.name}) not found "
                                    "in the source database")
         for row in rows:
-            info = await _table_info(conn, row, spec, user)
+            info = await _table_info(conn, row, spec, user,
+                                     managed=config.publication_mode == "managed")
             if info.qualified not in excluded:
                 found.setdefault(info.qualified, info)
     if not found and not config.outbox_tables:
@@ -186,18 +214,65 @@ async def resolve_outbox_tables(conn: psycopg.AsyncConnection[tuple[Any, ...]],
 
 
 async def reread_table(conn: psycopg.AsyncConnection[Any], qualified: str,
-                       rules: ColumnRules | None, user: str) -> TableInfo | None:
+                       rules: ColumnRules | None, user: str, filter_text: str | None = None,
+                       managed: bool = True) -> TableInfo | None:
     """The catalogue's view of one captured table now (``None``: it does not exist)."""
     schema, name = split_name(qualified)
     cur = await conn.execute(_TABLES_SQL, (schema, False, name))
     row = await cur.fetchone()
     if row is None:
         return None
-    return await _table_info(conn, row, PgTable(name=qualified, columns=rules), user)
+    return await _table_info(conn, row,
+                             PgTable(name=qualified, columns=rules, filter=filter_text), user,
+                             managed=managed)
+
+
+#: Publication row filters (``FOR TABLE t WHERE (...)``) exist from PostgreSQL 15 on.
+ROW_FILTER_VERSION = 150000
+
+_IDENTITY_INDEX_SQL = """
+SELECT a.attname FROM pg_index i JOIN pg_attribute a
+  ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
+ WHERE i.indrelid = %s AND i.indisreplident
+"""
+
+
+async def _plan_filter(conn: psycopg.AsyncConnection[tuple[Any, ...]], info: TableInfo,
+                       managed: bool) -> None:
+    """Check the table's filter against its columns; push it into the publication when
+    the publication is ours, the server has row filters and the filter reads no ``op``."""
+    rf = info.row_filter
+    if rf is None:
+        return
+    unknown = rf.unknown_columns({c.name for c in info.columns})
+    if unknown:
+        raise SourceSetupError(f"the filter of {info.qualified} reads "
+                               f"{', '.join(map(repr, unknown))}, which the table does not "
+                               f"have (filter: {info.filter_text})")
+    if rf.uses_op or not managed or conn.info.server_version < ROW_FILTER_VERSION:
+        return
+    if info.replica_identity == "f":
+        covered: set[str] = {c.name for c in info.columns}
+    elif info.replica_identity == "i":
+        cur = await conn.execute(_IDENTITY_INDEX_SQL, (info.oid,))
+        covered = {str(r[0]) for r in await cur.fetchall()}
+    elif info.replica_identity == "d":
+        covered = set(info.primary_key)
+    else:
+        covered = set()
+    outside = sorted(rf.columns - covered)
+    if outside:
+        raise SourceSetupError(
+            f"the filter of {info.qualified} reads {', '.join(outside)}, which its replica "
+            "identity does not cover: PostgreSQL would then refuse UPDATE and DELETE on the "
+            f"table once the filter is in the publication. Run ALTER TABLE {info.qualified} "
+            "REPLICA IDENTITY FULL; (or filter on key columns only)")
+    info.filter_pushed = True
 
 
 async def _table_info(conn: psycopg.AsyncConnection[tuple[Any, ...]],
-                      row: tuple[Any, ...], spec: PgTable, user: str) -> TableInfo:
+                      row: tuple[Any, ...], spec: PgTable, user: str,
+                      managed: bool = True) -> TableInfo:
     oid, schema, name, ident, estimate, can_select, _owner, pk, partitioned = row
     qualified = f"{schema}.{name}"
     if not can_select:
@@ -217,8 +292,10 @@ async def _table_info(conn: psycopg.AsyncConnection[tuple[Any, ...]],
             "(it must include the partition key), or list the partitions in tables instead")
     cur = await conn.execute(_COLUMNS_SQL, (oid,))
     columns = [ColumnInfo(str(n), int(t), int(m)) for n, t, m in await cur.fetchall()]
-    return TableInfo(int(oid), str(schema), str(name), columns, list(pk or []), str(ident),
-                     max(int(estimate), 0), spec.columns, bool(partitioned))
+    info = TableInfo(int(oid), str(schema), str(name), columns, list(pk or []), str(ident),
+                     max(int(estimate), 0), spec.columns, bool(partitioned), spec.filter)
+    await _plan_filter(conn, info, managed)
+    return info
 
 
 async def ensure_publication(conn: psycopg.AsyncConnection[tuple[Any, ...]],
@@ -260,14 +337,17 @@ async def ensure_publication(conn: psycopg.AsyncConnection[tuple[Any, ...]],
         await _check_owner(conn, tables, user, pub)
         via_root = sql.SQL(" WITH (publish_via_partition_root = true)" if parted else "")
         await conn.execute(sql.SQL("CREATE PUBLICATION {} FOR TABLE {}{}").format(
-            sql.Identifier(pub), sql.SQL(", ").join(t.ident() for t in tables), via_root))
+            sql.Identifier(pub), sql.SQL(", ").join(t.publication_entry() for t in tables),
+            via_root))
         return [f"created publication {pub} for {len(tables)} table(s): {', '.join(wanted)}"]
     if row[0]:
         return [*actions, f"publication {pub} exists (FOR ALL TABLES), used as is"]
-    cur = await conn.execute("SELECT schemaname || '.' || tablename FROM pg_publication_tables "
-                             "WHERE pubname = %s", (pub,))
-    have = {str(r[0]) for r in await cur.fetchall()}
-    if have >= wanted and (have == wanted or config.publication_mode == "existing"):
+    have_filters = await _row_filters(conn, pub)
+    have = set(have_filters)
+    refilter = config.publication_mode == "managed" and (
+        any(t.filter_pushed for t in tables) or any(have_filters.values()))
+    if have >= wanted and (have == wanted or config.publication_mode == "existing") \
+            and not refilter:
         return [*actions, f"publication {pub} exists and covers the configured tables"]
     if config.publication_mode == "existing":
         missing = ", ".join(sorted(wanted - have))
@@ -275,10 +355,42 @@ async def ensure_publication(conn: psycopg.AsyncConnection[tuple[Any, ...]],
             f"publication {pub} does not include {missing} (publication_mode: existing): "
             f"run ALTER PUBLICATION {pub} ADD TABLE {missing};")
     await _check_owner(conn, tables, user, pub)
-    await conn.execute(sql.SQL("ALTER PUBLICATION {} SET TABLE {}").format(
-        sql.Identifier(pub), sql.SQL(", ").join(t.ident() for t in tables)))
-    return [*actions, f"publication {pub}: table list set to {', '.join(sorted(wanted))} "
-            f"(was {', '.join(sorted(have)) or 'empty'})"]
+    return [*actions, *await _set_tables(conn, pub, tables, have_filters, refilter)]
+
+
+async def _set_tables(conn: psycopg.AsyncConnection[tuple[Any, ...]], pub: str,
+                      tables: list[TableInfo], have_filters: dict[str, str | None],
+                      refilter: bool) -> list[str]:
+    """``ALTER PUBLICATION ... SET TABLE`` with the row filters; what it changed."""
+    wanted = {t.qualified for t in tables}
+    have = set(have_filters)
+    actions: list[str] = []
+    try:
+        await conn.execute(sql.SQL("ALTER PUBLICATION {} SET TABLE {}").format(
+            sql.Identifier(pub), sql.SQL(", ").join(t.publication_entry() for t in tables)))
+    except psycopg.errors.DatabaseError as e:
+        if not refilter:
+            raise
+        raise SourceSetupError(f"publication {pub}: PostgreSQL refused the row filters "
+                               f"({str(e).strip().splitlines()[0]}); check each table's "
+                               "filter against its column types") from None
+    if have != wanted:
+        actions.append(f"publication {pub}: table list set to {', '.join(sorted(wanted))} "
+                       f"(was {', '.join(sorted(have)) or 'empty'})")
+    now_filters = await _row_filters(conn, pub)
+    changed = sorted(t for t in wanted if now_filters.get(t) != have_filters.get(t))
+    if changed:
+        actions.append(f"publication {pub}: row filters set on {', '.join(changed)}")
+    return actions or [f"publication {pub} exists and covers the configured tables"]
+
+
+async def _row_filters(conn: psycopg.AsyncConnection[tuple[Any, ...]],
+                       pub: str) -> dict[str, str | None]:
+    """The publication's tables and their row filters (as the server prints them)."""
+    rowfilter = "rowfilter" if conn.info.server_version >= ROW_FILTER_VERSION else "NULL"
+    cur = await conn.execute(f"SELECT schemaname || '.' || tablename, {rowfilter} "
+                             "FROM pg_publication_tables WHERE pubname = %s", (pub,))
+    return {str(r[0]): None if r[1] is None else str(r[1]) for r in await cur.fetchall()}
 
 
 async def _check_owner(conn: psycopg.AsyncConnection[tuple[Any, ...]],

@@ -175,8 +175,10 @@ class SnapshotReader:
             if rel.outbox:
                 batch.messages.append(self.builder.outbox_message(rel, row))
             else:
-                batch.events.append(self.builder.snapshot_event(
-                    rel, row, position, now_ms, {"snapshot": True}))
+                event = self.builder.snapshot_event(rel, row, position, now_ms,
+                                                    {"snapshot": True})
+                if event is not None:
+                    batch.events.append(event)
         except (DecodeError, OutboxRowError, ValueError) as e:
             batch.dead_letters.append(DeadLetter(
                 self.builder.adapter, position, f"{rel.qualified}: {e}",
@@ -202,6 +204,9 @@ class SnapshotReader:
             params = list(after)
         if rel.outbox and "published_at" in rel.names:
             conds.append(sql.SQL("published_at IS NULL"))
+        where_filter = info.sql_filter()
+        if where_filter is not None:  # the table's row filter (one without op)
+            conds.append(sql.SQL("({})").format(sql.SQL(where_filter)))
         where: sql.Composable = (sql.SQL(" WHERE ") + sql.SQL(" AND ").join(conds)
                                  if conds else sql.SQL(""))
         query = sql.SQL("SELECT {} FROM {}{} ORDER BY {} LIMIT {}").format(

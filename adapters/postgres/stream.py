@@ -297,7 +297,9 @@ class StreamReader:
         self._note()
         extra = {"lsn": po.lsn_to_str(lsn), "snapshot": False}
         try:
-            self.events.append(self.builder.change(m, rel, tx.meta, index, extra))
+            event = self.builder.change(m, rel, tx.meta, index, extra)
+            if event is not None:
+                self.events.append(event)
         except (DecodeError, ValueError) as e:
             self._dead(m, rel, tx, index, lsn, e)
 

@@ -126,7 +126,7 @@ async def restore(conn: psycopg.AsyncConnection[Any], info: TableInfo, publicati
                      "reset mark may be missing from its re-snapshot", info.qualified)
         if add:
             await conn.execute(sql.SQL("ALTER PUBLICATION {} ADD TABLE {}").format(
-                sql.Identifier(publication), info.ident()))
+                sql.Identifier(publication), info.publication_entry()))
         await conn.execute("SELECT pg_logical_emit_message(true, %s, %s)",
                            (RESET_PREFIX, info.qualified))
 
@@ -187,7 +187,8 @@ class TableWatch:
                       now: Seen) -> None:
         old = self.tables[table]
         what = check_repairable(self.name, self.config, table, kind, now.published, None)
-        info = await reread_table(conn, table, old.rules, self.user)
+        info = await reread_table(conn, table, old.rules, self.user, old.filter_text,
+                                  self.config.publication_mode == "managed")
         if info is None:
             return  # gone again meanwhile: next time
         check_repairable(self.name, self.config, table, kind, now.published, info)

@@ -12,6 +12,7 @@ Shape (every key but ``name`` has a default; unknown keys are rejected)::
         - {name: invoices, mode: timestamp+incrementing,
            timestamp_column: updated_at, incrementing_column: id}
         - {name: customers, mode: diff, columns: {mask: [email], mask_salt: "${SALT}"}}
+        - {name: orders, mode: diff, filter: "status != 'draft' and amount >= 100"}
         - name: order_totals        # a custom SELECT polled with one of the modes
           mode: query
           query: "SELECT o.id, o.updated_at, SUM(l.amount) AS total FROM ..."
@@ -32,6 +33,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from cdc_bridge.adapters.contract import AdapterConfig
+from cdc_bridge.adapters.filters import FilterText
 from cdc_bridge.adapters.transform import ColumnRules
 from cdc_bridge.kernel.model import Duration, PollInterval, StrictModel
 
@@ -72,6 +74,9 @@ with warnings.catch_warnings():
         #: diff mode: keep the last emitted row so updates and deletes carry ``before``.
         before_images: bool = True
         columns: ColumnRules = ColumnRules()
+        #: Row filter (docs/filters.md): added to every query of the table as a WHERE
+        #: clause; a filter that reads ``op`` is evaluated in the bridge instead.
+        filter: FilterText | None = None
 
         @property
         def ident(self) -> str:

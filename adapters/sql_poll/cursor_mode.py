@@ -253,9 +253,16 @@ class CursorTable:
             return None
         op = self._op(row, in_snapshot)
         self.window.emitted(cursor, fp if self.max_rows else None, self.max_rows)
+        after: dict[str, Any] | None = image
+        if src.row_filter is not None:  # reads op: judged here (no old row: see filters.md)
+            routed = src.row_filter.route(op, None, row)
+            if routed is None:
+                return None
+            op = routed[0]  # type: ignore[assignment]
+            after = image if routed[2] is not None else None
         return ChangeEvent(
             adapter=self.adapter, schema=src.schema, table=src.table_name, op=op,
-            position=position, key=key, after=image, ts_ms=now_ms,
+            position=position, key=key, after=after, ts_ms=now_ms,
             source_extra={"mode": src.mode, "cursor": version},
         )
 

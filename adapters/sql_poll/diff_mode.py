@@ -152,7 +152,7 @@ class DiffTable:
                     "%d d", self.adapter, self.tbl, self.pass_no,
                     time.monotonic() - self._pass_t0, c.get("rows", 0), c.get("c", 0),
                     c.get("r", 0), c.get("u", 0), c.get("d", 0))
-        return [self._event(ch, now_ms) for ch in changes], self._dead
+        return [ev for ch in changes if (ev := self._event(ch, now_ms)) is not None], self._dead
 
     def _begin_pass(self, conn: sa.Connection) -> None:
         self.state.purge_tombstones(self.tbl, self.step)
@@ -246,18 +246,25 @@ class DiffTable:
             log.info("%s/%s: snapshot %d/%d rows (%.1f%%), %.0f rows/s", self.adapter,
                      self.tbl, done, total, 100.0 * done / total, done / elapsed_s)
 
-    def _event(self, ch: Change, now_ms: int) -> ChangeEvent:
+    def _event(self, ch: Change, now_ms: int) -> ChangeEvent | None:
         key: dict[str, Any] = orjson.loads(ch.key)
         rules = self.spec.columns
         if rules.mask:
             key = {k: mask_value(v, rules.mask_salt) if k in rules.mask else v
                    for k, v in key.items()}
+        op = ch.op
+        before = None if ch.before is None else orjson.loads(ch.before)
+        after = None if ch.after is None else orjson.loads(ch.after)
+        if self.source.row_filter is not None:  # reads op: judged on the row images
+            routed = self.source.row_filter.route(op, before, after)
+            if routed is None:
+                return None
+            op, before, after = routed[0], routed[1], routed[2]
         return ChangeEvent(
             adapter=self.adapter, schema=self.source.schema, table=self.source.table_name,
-            op=ch.op,  # type: ignore[arg-type]
+            op=op,  # type: ignore[arg-type]
             position=f"{self.tbl}:{self.pass_no}:{ch.key}", key=key,
-            before=None if ch.before is None else orjson.loads(ch.before),
-            after=None if ch.after is None else orjson.loads(ch.after),
+            before=before, after=after,
             ts_ms=now_ms, source_extra={"mode": "diff", "pass": self.pass_no,
                                         **({} if self.full is None or ch.op != "r"
                                            else {"resnapshot": self.full})},

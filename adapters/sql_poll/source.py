@@ -43,6 +43,8 @@ from sqlalchemy.exc import (
 )
 from sqlalchemy.sql.elements import KeyedColumnElement
 
+from cdc_bridge.adapters.filters import RowFilter, row_filter
+from cdc_bridge.adapters.filters.sql import to_sqlalchemy
 from cdc_bridge.adapters.sql_poll.badrows import BadRow, undecodable
 from cdc_bridge.adapters.sql_poll.config import PollTable
 from cdc_bridge.adapters.sql_poll.values import Cursor
@@ -191,6 +193,20 @@ class TableSource:
         self.key_elems = [cols[c] for c in self.key_cols]
         self.read_cols = self._read_columns()
         self.float_cols = _float_columns(self.read_cols)
+        #: The table's row filter: pushed into every read (``filter_clause``) unless it
+        #: reads ``op``; then ``row_filter`` is evaluated per row by the modes.
+        self.row_filter: RowFilter | None = None
+        self.filter_clause: sa.ColumnElement[bool] | None = None
+        if spec.filter is not None:
+            self.row_filter = row_filter(spec.filter)
+            unknown = self.row_filter.unknown_columns({c.name for c in cols})
+            if unknown:
+                raise SourceSetupError(
+                    f"table {spec.ident!r}: its filter reads {', '.join(map(repr, unknown))}, "
+                    f"which the table does not have (filter: {spec.filter})")
+            if not self.row_filter.uses_op:
+                self.filter_clause = to_sqlalchemy(self.row_filter.expr, lambda n: cols[n])
+                self.row_filter = None
         #: InnoDB's table list under its MariaDB and MySQL 8 names (see ``identity``).
         self._innodb_tables = ["INNODB_SYS_TABLES", "INNODB_TABLES"]
 
@@ -300,6 +316,8 @@ class TableSource:
                 order: Sequence[sa.ColumnElement[Any]], not_null: bool,
                 bound: sa.ColumnElement[bool] | None = None) -> sa.Select[Any]:
         query = sa.select(*what).order_by(*order)
+        if self.filter_clause is not None:
+            query = query.where(self.filter_clause)
         if not_null and self.ts_name is not None:
             query = query.where(self.selectable.c[self.ts_name].is_not(None))
         if bound is not None:
@@ -419,8 +437,10 @@ class TableSource:
         return None if value is None else str(value)
 
     def count(self, conn: sa.Connection) -> int:
-        return int(conn.execute(
-            sa.select(sa.func.count()).select_from(self.selectable)).scalar_one())
+        query = sa.select(sa.func.count()).select_from(self.selectable)
+        if self.filter_clause is not None:
+            query = query.where(self.filter_clause)
+        return int(conn.execute(query).scalar_one())
 
     def cursor_of(self, row: dict[str, Any]) -> Cursor:
         return tuple(row[c] for c in self.cursor_names)

@@ -79,6 +79,10 @@ class SnapshotMode(FolderRounds):
         assert store is not None
         store.begin_load(cand.ident)
         session = FileSession(self.config, cand.path, None, 1)
+        rf = self.builder.filter
+        # A filter without op is applied here: a row leaving it is then missing from the
+        # extract compared (a d with its before image), a row entering it new (a c).
+        keep = rf.matches if rf is not None and not rf.uses_op else None
         good = bad = 0
         try:
             while True:
@@ -90,6 +94,8 @@ class SnapshotMode(FolderRounds):
                     try:
                         if p.row is None:
                             raise RowError(p.reason or "unparsable")
+                        if keep is not None and not keep(p.row, "r"):
+                            continue
                         key = self.builder.key_of(p.row)
                         row = apply_rules(p.row, self.config.columns)
                         rows.append((dumps(key).decode(), dumps(row), rec.offset, rec.line,
@@ -155,13 +161,22 @@ class SnapshotMode(FolderRounds):
         now = int(time.time() * 1000)
         table = self.config.table_for(cand.name)
         out = []
+        rf = self.builder.filter
+        routes = rf is not None and rf.uses_op
         for ch in changes:
             op = "r" if first and ch.op == "c" else ch.op
+            before = None if ch.before is None else orjson.loads(ch.before)
+            after = None if ch.after is None else orjson.loads(ch.after)
+            if routes:  # a filter reading op: judged on the compared rows (crossing rule)
+                assert rf is not None
+                routed = rf.route(op, before, after)
+                if routed is None:
+                    continue
+                op, before, after = routed[0], routed[1], routed[2]
             out.append(ChangeEvent(
                 adapter=self.config.name, table=table, op=op,  # type: ignore[arg-type]
                 position=f"{cand.ident}#{ch.key}", key=orjson.loads(ch.key),
-                before=None if ch.before is None else orjson.loads(ch.before),
-                after=None if ch.after is None else orjson.loads(ch.after),
+                before=before, after=after,
                 ts_ms=now, source_extra={"file": cand.name, "mode": "snapshot"}))
         return out
 
