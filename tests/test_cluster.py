@@ -317,9 +317,13 @@ async def test_daemon_sql_poll_sqlite_through_cluster_faults(
     counter: dict[int, int] = {}
     rows = [0]
     stop = threading.Event()
+    writing = threading.Lock()
 
     def insert(n: int) -> None:
-        with sqlite3.connect(db, timeout=30) as conn:
+        # one writer at a time: versions are numbered in the order the rows commit (the
+        # trickle and a burst run in two threads; numbering outside the lock let a later
+        # version commit first, which read as an order break of the bridge)
+        with writing, sqlite3.connect(db, timeout=30) as conn:
             batch = []
             for i in range(n):
                 key = (rows[0] + i) % KEYS

@@ -164,11 +164,12 @@ def test_wildcards_in_prefix_and_names_are_refused_with_their_path(
 HUGE = 2 * 1024 * 1024  # twice nats-server's default max_payload
 
 
-def _bridge(tmp: Path, nats_url: str, adapter: dict[str, Any]) -> BridgeProcess:
+def _bridge(tmp: Path, nats_url: str, adapter: dict[str, Any],
+            **nats: Any) -> BridgeProcess:
     cfg = write_config(tmp / "bridge.yaml", {
         "state_dir": str(tmp / "state"),
         "nats": {"url": nats_url, "stream": "CDC", "subject_prefix": "cdc",
-                 "ack_timeout": "5s"},
+                 "ack_timeout": "5s", **nats},
         "adapters": [adapter],
     })
     return BridgeProcess(cfg, tmp / "bridge.log")
@@ -190,7 +191,7 @@ def _events_and_dead(url: str) -> list[StoredMessage]:
 ODD_SQLITE_TABLE = 'we "ird" tâble *>'
 
 
-def test_sql_poll_huge_row_is_dead_lettered_nul_bytes_and_odd_names_flow(
+def test_sql_poll_huge_row_flows_by_claim_check_nul_bytes_and_odd_names_flow(
         tmp_path: Path, nats_server: NatsServer) -> None:
     db = tmp_path / "legacy.db"
     with sqlite3.connect(db) as conn:
@@ -209,13 +210,17 @@ def test_sql_poll_huge_row_is_dead_lettered_nul_bytes_and_odd_names_flow(
     bridge.start()
     try:
         msgs = wait_for(lambda: (m := _events_and_dead(nats_server.url)) and len(m) >= 10 and m,
-                        what="9 events and 1 dead letter", timeout_s=60)
+                        what="10 events, the huge one by claim check", timeout_s=60)
         assert bridge.alive(), bridge.log()
     finally:
         bridge.terminate()
     changes, dead = _changes(msgs), _dead(msgs)
-    ids = [m.body["data"]["after"]["id"] for m in changes]
-    assert ids == [1, 2, 3, 4, 5, 7, 8, 9, 10], "rows around the huge one must flow, in order"
+    # the huge row's place holds its claim-check reference (key, no row image)
+    ids = [m.body["data"]["key"]["id"] for m in changes]
+    assert ids == list(range(1, 11)), "every row, the huge one included, in order"
+    claim = changes[5]
+    assert int(claim.headers["Cdc-Claim-Size"]) > HUGE and "after" not in claim.body["data"]
+    assert claim.headers["Cdc-Claim-Bucket"] == "CDC_CLAIMS"
     op = changes[0].body["data"]["op"]  # "c", or "r" if rows present at start are a snapshot
     assert op in ("c", "r")
     expected_subject = f"cdc.hostile._.{subject_token(ODD_SQLITE_TABLE)}.{op}"
@@ -223,10 +228,7 @@ def test_sql_poll_huge_row_is_dead_lettered_nul_bytes_and_odd_names_flow(
     assert {m.subject for m in changes} == {expected_subject}
     assert changes[0].body["data"]["source"]["table"] == ODD_SQLITE_TABLE
     assert changes[3].body["data"]["after"]["note"] == "nul\x00inside\x00"
-    assert len(dead) == 1
-    reason = dead[0].headers.get("Cdc-Reason", "")
-    assert "max_payload" in reason or "exceed" in reason.lower(), dead[0].headers
-    assert dead[0].headers.get("Cdc-Original-Subject") == expected_subject
+    assert dead == []
 
 
 def test_sql_poll_invalid_utf8_is_reported_and_later_rows_flow(
@@ -306,7 +308,8 @@ def test_postgres_odd_identifiers_get_sanitised_subjects_and_huge_rows_dead_lett
         insert(conn, 100)  # read by the initial snapshot
     bridge = _bridge(tmp_path, nats_server.url, {
         "name": "pghostile", "type": "postgres", "dsn": dsn, "snapshot": "initial",
-        "tables": [f"{schema}.{n}" for n in ODD_PG_TABLES]})
+        "tables": [f"{schema}.{n}" for n in ODD_PG_TABLES]},
+        claim_checks={"enabled": False})  # (claim checks: test_claim_checks.py)
     per_round = len(ODD_PG_TABLES) + 2
     bridge.start()
     try:
@@ -335,6 +338,8 @@ def test_postgres_odd_identifiers_get_sanitised_subjects_and_huge_rows_dead_lett
     for d in dead:
         reason = d.headers.get("Cdc-Reason", "")
         assert "max_payload" in reason or "exceed" in reason.lower(), d.headers
+        assert d.headers["Cdc-Table"] == ODD_PG_TABLES[0] and d.headers["Cdc-Adapter"] == \
+            "pghostile", d.headers
 
 
 def test_files_invalid_utf8_and_nul_bytes_are_reported_not_dropped(

@@ -126,7 +126,7 @@ class PostgresAdapter:
         outbox = await resolve_outbox_tables(sql, self.config, user)
         info = SourceInfo(tables, user, database, outbox=outbox)
         # as found, before ensure_publication puts every table (back) in the publication
-        self._before = await tables_mod.look(sql, [t.qualified for t in tables],
+        self._before = await tables_mod.look(sql, {t.qualified: t for t in tables},
                                              self.config.publication_name())
         info.actions += await ensure_publication(sql, self.config, tables + outbox, user)
         for line in info.actions:

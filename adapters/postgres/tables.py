@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -83,22 +83,25 @@ def drift(known: Mapping[str, int], seen: Mapping[str, Seen]) -> list[tuple[str,
 
 
 _LOOK = """
-SELECT t.name, to_regclass(t.name)::oid,
+SELECT t.key, to_regclass(format('%%I.%%I', t.nsp, t.rel))::oid,
        (p.puballtables OR EXISTS (
             SELECT 1 FROM pg_publication_tables pt
              WHERE pt.pubname = p.pubname
-               AND pt.schemaname || '.' || pt.tablename = t.name))
-  FROM unnest(%s::text[]) AS t(name)
+               AND pt.schemaname = t.nsp AND pt.tablename = t.rel))
+  FROM unnest(%s::text[], %s::text[], %s::text[]) AS t(key, nsp, rel)
   LEFT JOIN pg_publication p ON p.pubname = %s
 """
 
 
-async def look(conn: psycopg.AsyncConnection[Any], tables: Iterable[str],
+async def look(conn: psycopg.AsyncConnection[Any], tables: Mapping[str, TableInfo],
                publication: str) -> dict[str, Seen]:
-    names = sorted(tables)
-    cur = await conn.execute(_LOOK, (names, publication))
-    return {str(name): Seen(int(oid) if oid is not None else None, bool(published))
-            for name, oid, published in await cur.fetchall()}
+    """Each table's OID and publication membership now (by schema and name, which may
+    hold any character: quoted, never parsed from the qualified name)."""
+    keys = sorted(tables)
+    cur = await conn.execute(_LOOK, (keys, [tables[k].schema for k in keys],
+                                     [tables[k].name for k in keys], publication))
+    return {str(key): Seen(int(oid) if oid is not None else None, bool(published))
+            for key, oid, published in await cur.fetchall()}
 
 
 async def restore(conn: psycopg.AsyncConnection[Any], info: TableInfo, publication: str,
@@ -107,11 +110,11 @@ async def restore(conn: psycopg.AsyncConnection[Any], info: TableInfo, publicati
 
     First the table is locked (``SHARE``: writers wait, briefly; the owner, which the
     ``ADD`` needs anyway, may; a role without the right skips it), so no transaction
-    that wrote to it is still open when both commit. Logical decoding decodes a change with the catalogue
-    as of the change, so a transaction that wrote before the ``ADD TABLE`` and
-    committed after the mark would have its change neither published nor (when the
-    re-snapshot read it before that commit) in an ``r`` row. ``lock_timeout`` bounds
-    the wait behind a long transaction: next check, then.
+    that wrote to it is still open when both commit. Logical decoding decodes a change
+    with the catalogue as of the change, so a transaction that wrote before the
+    ``ADD TABLE`` and committed after the mark would have its change neither published
+    nor (when the re-snapshot read it before that commit) in an ``r`` row.
+    ``lock_timeout`` bounds the wait behind a long transaction: next check, then.
     """
     async with conn.transaction():
         await conn.execute("SET LOCAL lock_timeout = '5s'")
@@ -171,7 +174,7 @@ class TableWatch:
     async def check(self, conn: psycopg.AsyncConnection[Any]) -> None:
         pub = self.config.publication_name()
         known = {name: info.oid for name, info in self.tables.items()}
-        seen = await look(conn, known, pub)
+        seen = await look(conn, self.tables, pub)
         for table, kind in drift(known, seen):
             if kind == "dropped":
                 if table not in self._dropped:

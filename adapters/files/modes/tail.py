@@ -220,8 +220,11 @@ class TailMode:
         fd = fol.f.fileno()
         size = os.fstat(fd).st_size
         self._watch_path(fol)
+        changed = not fol.head.matches(fd)
+        if changed:  # the size again: a truncate-and-write may have come between the two
+            size = os.fstat(fd).st_size
         truncated = size < fol.session.offset
-        if truncated or not fol.head.matches(fd):
+        if truncated or changed:
             self.log.warning("%s was %s at byte %d (%d good rows, %d bad rows before)",
                              self.name, "truncated" if truncated else "rewritten",
                              fol.session.offset, fol.good, fol.bad)
