@@ -46,6 +46,7 @@ from cdc_bridge.kernel.errors import (
     SourceUnavailable,
 )
 from cdc_bridge.kernel.model import StrictModel
+from cdc_bridge.kernel.subjects import ANY, SubjectScope
 
 __all__ = [
     "Adapter",
@@ -74,6 +75,11 @@ class AdapterConfig(StrictModel):
     #: Unique; becomes a subject token, so lower case, digits, ``_`` and ``-`` only.
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$", max_length=64)
     type: str
+
+    def subject_scopes(self) -> list[SubjectScope]:
+        """Which subject template covers which of this source's tables (docs/subjects.md).
+        A source without ``subject:`` keys: every table on the default subject."""
+        return [SubjectScope(ANY, ANY, None)]
 
 
 @dataclass(frozen=True, slots=True)

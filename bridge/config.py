@@ -29,6 +29,7 @@ from cdc_bridge.adapters.contract import AdapterConfig
 from cdc_bridge.adapters.registry import REGISTRY
 from cdc_bridge.kernel.errors import ConfigError
 from cdc_bridge.kernel.model import StrictModel
+from cdc_bridge.kernel.subject_check import check_subjects
 from cdc_bridge.relay.settings import (
     EmbeddedNats,
     NatsConfig,
@@ -227,8 +228,18 @@ def parse_config(
         raise ConfigError(errors) from None
     if errors:
         raise ConfigError(errors)
+    problems = subject_problems(config)
+    if problems:
+        raise ConfigError(problems)
     config._secrets = frozenset(used)
     return config
+
+
+def subject_problems(config: BridgeConfig) -> list[str]:
+    """The subject templates' problems across tables and adapters (docs/subjects.md)."""
+    return check_subjects(config.nats.subject_prefix, {
+        a.name: (f"adapters[{i}]", a.subject_scopes())
+        for i, a in enumerate(config.adapter_configs)})
 
 
 def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> BridgeConfig:

@@ -12,6 +12,11 @@ the application gave it (continuing the application's trace) or gets the one der
 from its id; either way the same value is put in its body and stored as its header. A
 dead letter's header gets the one derived from its id. An optional
 :class:`CommitObserver` (the daemon's tracing) hears of every committed batch.
+
+Subjects. Without templates every event goes to its cached default subject
+(``ChangeEvent.outbox_parts``); with a :class:`~cdc_bridge.kernel.subjects.SubjectRouter`
+(the adapter's ``subject:`` templates) an event of a templated table is rendered by
+its bound template instead (docs/subjects.md).
 """
 
 from __future__ import annotations
@@ -20,7 +25,14 @@ import time
 from typing import Protocol
 
 from cdc_bridge.kernel.batch import ChangeBatch
-from cdc_bridge.kernel.events import RoutedMessage, dead_letter_subject
+from cdc_bridge.kernel.events import (
+    ChangeEvent,
+    RoutedMessage,
+    dead_letter_subject,
+    dumps,
+    event_id,
+)
+from cdc_bridge.kernel.subjects import SubjectRouter
 from cdc_bridge.kernel.tracecontext import (
     TRACEPARENT,
     parse_traceparent,
@@ -42,12 +54,27 @@ def _routed(m: RoutedMessage, prefix: str, now: int, ratio: float) -> OutboxMess
                          headers, now)
 
 
-def encode_batch(batch: ChangeBatch, prefix: str,
-                 sample_ratio: float = 1.0) -> list[OutboxMessage]:
-    """The outbox messages of ``batch``; ``sample_ratio`` decides the traceparents' flags."""
+def _templated(ev: ChangeEvent, prefix: str, ratio: float,
+               router: SubjectRouter) -> tuple[str, str, bytes]:
+    """``(id, subject, body)`` like ``outbox_parts``, the subject from the router."""
+    bound = router.bound(prefix, ev.schema, ev.table)
+    if bound is None:
+        return ev.outbox_parts(prefix, ratio)
+    eid = event_id(ev.adapter, ev.position, ev.index)
+    return eid, bound.render(ev), dumps(ev.to_cloudevent(eid, ratio))
+
+
+def encode_batch(batch: ChangeBatch, prefix: str, sample_ratio: float = 1.0,
+                 subjects: SubjectRouter | None = None) -> list[OutboxMessage]:
+    """The outbox messages of ``batch``; ``sample_ratio`` decides the traceparents' flags,
+    ``subjects`` the subjects of templated tables (``None``: every default subject)."""
     now = int(time.time() * 1000)
-    out = [OutboxMessage(*ev.outbox_parts(prefix, sample_ratio), None, now)
-           for ev in batch.events]
+    if subjects is None:
+        out = [OutboxMessage(*ev.outbox_parts(prefix, sample_ratio), None, now)
+               for ev in batch.events]
+    else:
+        out = [OutboxMessage(*_templated(ev, prefix, sample_ratio, subjects), None, now)
+               for ev in batch.events]
     out.extend(_routed(m, prefix, now, sample_ratio) for m in batch.messages)
     out.extend(
         OutboxMessage(dl.id, dead_letter_subject(prefix, dl.adapter), dl.payload,
@@ -68,8 +95,10 @@ class OutboxWriter:
     """Commits batches for one adapter: events, dead letters and checkpoint together."""
 
     def __init__(self, store: AsyncStore, adapter: str, prefix: str, *,
-                 sample_ratio: float = 1.0, observer: CommitObserver | None = None) -> None:
+                 sample_ratio: float = 1.0, observer: CommitObserver | None = None,
+                 subjects: SubjectRouter | None = None) -> None:
         self.store = store
+        self.subjects = subjects
         self.adapter = adapter
         self.prefix = prefix
         self.sample_ratio = sample_ratio
@@ -79,10 +108,11 @@ class OutboxWriter:
         observer = self.observer
         if observer is None:
             return await self.store.append(
-                self.adapter, encode_batch(batch, self.prefix, self.sample_ratio),
+                self.adapter,
+                encode_batch(batch, self.prefix, self.sample_ratio, self.subjects),
                 batch.checkpoint)
         received = time.time_ns()
-        messages = encode_batch(batch, self.prefix, self.sample_ratio)
+        messages = encode_batch(batch, self.prefix, self.sample_ratio, self.subjects)
         encoded = time.time_ns()
         seq = await self.store.append(self.adapter, messages, batch.checkpoint)
         observer.committed(self.adapter, batch, messages, received, encoded, time.time_ns())

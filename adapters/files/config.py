@@ -35,8 +35,10 @@ from pydantic import Field, model_validator
 
 from cdc_bridge.adapters.contract import AdapterConfig
 from cdc_bridge.adapters.filters import FilterText, row_filter
+from cdc_bridge.adapters.subjects import SubjectTemplateText
 from cdc_bridge.adapters.transform import ColumnRules
 from cdc_bridge.kernel.model import Duration, PollInterval, StrictModel
+from cdc_bridge.kernel.subjects import ANY, SubjectScope, parse_template
 
 ValueType = Literal["str", "int", "decimal", "float", "bool", "date", "datetime"]
 
@@ -132,6 +134,11 @@ class FilesConfig(AdapterConfig):
     key: list[str] = Field(default_factory=list)
     table: str | None = None
     columns: ColumnRules | None = None
+    #: Subject template of every table (docs/subjects.md), relative to the subject prefix,
+    #: e.g. ``erp.{table}.{op}``; default: ``<adapter>.<schema>.<table>.<op>``.
+    subject: SubjectTemplateText | None = None
+    #: The template may give two tables the same subject on purpose (docs/subjects.md).
+    allow_shared_subject: bool = False
     #: Row filter (docs/filters.md), evaluated per record in the bridge: records that do
     #: not match are skipped (``snapshot`` mode: left out of the extract it compares).
     filter: FilterText | None = None
@@ -183,6 +190,13 @@ class FilesConfig(AdapterConfig):
         if self.format == "csv" and self.csv.columns:
             return set(self.csv.columns)
         return None
+
+    def subject_scopes(self) -> list[SubjectScope]:
+        """One scope: the events' table (any table when ``table`` uses ``{stem}``)."""
+        table = self.table or self.name
+        template = parse_template(self.subject) if self.subject is not None else None
+        return [SubjectScope(None, ANY if "{stem}" in table else table, template, "subject",
+                             self.allow_shared_subject)]
 
     def table_for(self, file_name: str) -> str:
         template = self.table or self.name

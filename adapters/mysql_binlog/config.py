@@ -28,8 +28,10 @@ from pydantic import Field, field_validator
 
 from cdc_bridge.adapters.contract import AdapterConfig
 from cdc_bridge.adapters.filters import FilterText
+from cdc_bridge.adapters.subjects import SubjectTemplateText, TableSubject, table_scopes
 from cdc_bridge.adapters.transform import ColumnRules
 from cdc_bridge.kernel.model import Duration, StrictModel
+from cdc_bridge.kernel.subjects import SubjectScope
 
 _NAME = re.compile(r"^[^.\s]+\.[^.\s]+$")
 
@@ -39,6 +41,11 @@ class BinlogTable(StrictModel):
     name: str
     #: Column rules (include, exclude, mask) of this table.
     columns: ColumnRules | None = None
+    #: Subject template of this table (docs/subjects.md), relative to the subject
+    #: prefix, e.g. ``erp.{col:tenant}.{table}.{op}``; default: the adapter's ``subject``.
+    subject: SubjectTemplateText | None = None
+    #: This table may share subjects with another table (both must say so).
+    allow_shared_subject: bool | None = None
     #: Row filter (docs/filters.md), evaluated per row in the bridge.
     filter: FilterText | None = None
 
@@ -92,6 +99,11 @@ class MysqlBinlogConfig(AdapterConfig):
     datetime_timezone: str | None = None
     #: Bound on connecting to the server (each connection of the adapter).
     connect_timeout: Duration = 10.0
+    #: Subject template of every table (docs/subjects.md), relative to the subject prefix,
+    #: e.g. ``erp.{table}.{op}``; default: ``<adapter>.<schema>.<table>.<op>``.
+    subject: SubjectTemplateText | None = None
+    #: The template may give two tables the same subject on purpose (docs/subjects.md).
+    allow_shared_subject: bool = False
 
     @field_validator("tables")
     @classmethod
@@ -132,6 +144,15 @@ class MysqlBinlogConfig(AdapterConfig):
         if self.server_id is not None:
             return self.server_id
         return 1000 + zlib.crc32(self.name.encode()) % (2**31 - 1000)
+
+    def subject_scopes(self) -> list[SubjectScope]:
+        """Each listed ``database.table`` (or ``database.*``) with its template."""
+        specs = []
+        for i, t in enumerate(self.table_specs()):
+            database, _, table = t.name.partition(".")
+            specs.append(TableSubject(database, table, t.subject, t.allow_shared_subject,
+                                      f"tables[{i}].subject"))
+        return table_scopes(self.subject, self.allow_shared_subject, specs)
 
     def table_specs(self) -> list[BinlogTable]:
         return [t if isinstance(t, BinlogTable) else BinlogTable(name=t) for t in self.tables]

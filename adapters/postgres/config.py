@@ -30,8 +30,10 @@ from pydantic import Field, field_validator, model_validator
 
 from cdc_bridge.adapters.contract import AdapterConfig
 from cdc_bridge.adapters.filters import FilterText
+from cdc_bridge.adapters.subjects import SubjectTemplateText, TableSubject, table_scopes
 from cdc_bridge.adapters.transform import ColumnRules
 from cdc_bridge.kernel.model import Duration, StrictModel
+from cdc_bridge.kernel.subjects import ANY, SubjectScope
 
 _IDENT = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
@@ -45,6 +47,11 @@ class PgTable(StrictModel):
     #: ``schema.table``, ``table`` (schema ``public``) or ``schema.*``.
     name: str
     columns: ColumnRules | None = None
+    #: Subject template of this table (docs/subjects.md), relative to the subject
+    #: prefix, e.g. ``erp.{col:tenant}.{table}.{op}``; default: the adapter's ``subject``.
+    subject: SubjectTemplateText | None = None
+    #: This table may share subjects with another table (both must say so).
+    allow_shared_subject: bool | None = None
     #: Row filter (docs/filters.md): the publication's row filter (managed publication,
     #: PostgreSQL 15+) and the snapshot's WHERE; evaluated in the bridge otherwise.
     filter: FilterText | None = None
@@ -92,6 +99,11 @@ class PostgresConfig(AdapterConfig):
     #: How often the captured tables are compared with the publication; 0 disables.
     table_check_interval: Duration = 30.0
     connect_timeout: Duration = 10.0
+    #: Subject template of every table (docs/subjects.md), relative to the subject prefix,
+    #: e.g. ``erp.{table}.{op}``; default: ``<adapter>.<schema>.<table>.<op>``.
+    subject: SubjectTemplateText | None = None
+    #: The template may give two tables the same subject on purpose (docs/subjects.md).
+    allow_shared_subject: bool = False
 
     @field_validator("slot", "publication")
     @classmethod
@@ -135,6 +147,16 @@ class PostgresConfig(AdapterConfig):
 
     def table_specs(self) -> list[PgTable]:
         return [t if isinstance(t, PgTable) else PgTable(name=t) for t in self.tables]
+
+    def subject_scopes(self) -> list[SubjectScope]:
+        """Each listed table (or ``schema.*``) with its template; logical messages
+        (``messages``) keep the default subject."""
+        scopes = table_scopes(self.subject, self.allow_shared_subject, (
+            TableSubject(*split_name(t.name), t.subject, t.allow_shared_subject,
+                         f"tables[{i}].subject") for i, t in enumerate(self.table_specs())))
+        if self.messages:
+            scopes.append(SubjectScope("_message", ANY, None, "messages"))
+        return scopes
 
     def outbox_names(self) -> list[str]:
         """``outbox_tables`` as ``schema.name`` (schema ``public`` when omitted)."""

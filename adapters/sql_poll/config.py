@@ -34,8 +34,10 @@ from pydantic import Field, model_validator
 
 from cdc_bridge.adapters.contract import AdapterConfig
 from cdc_bridge.adapters.filters import FilterText
+from cdc_bridge.adapters.subjects import SubjectTemplateText, TableSubject, table_scopes
 from cdc_bridge.adapters.transform import ColumnRules
 from cdc_bridge.kernel.model import Duration, PollInterval, StrictModel
+from cdc_bridge.kernel.subjects import SubjectScope
 
 CursorMode = Literal["incrementing", "timestamp", "timestamp+incrementing"]
 BaseMode = Literal["incrementing", "timestamp", "timestamp+incrementing", "diff"]
@@ -74,6 +76,11 @@ with warnings.catch_warnings():
         #: diff mode: keep the last emitted row so updates and deletes carry ``before``.
         before_images: bool = True
         columns: ColumnRules = ColumnRules()
+        #: Subject template of this table (docs/subjects.md), relative to the subject
+        #: prefix, e.g. ``erp.{col:tenant}.{table}.{op}``; default: the adapter's ``subject``.
+        subject: SubjectTemplateText | None = None
+        #: This table may share subjects with another table (both must say so).
+        allow_shared_subject: bool | None = None
         #: Row filter (docs/filters.md): added to every query of the table as a WHERE
         #: clause; a filter that reads ``op`` is evaluated in the bridge instead.
         filter: FilterText | None = None
@@ -82,6 +89,15 @@ with warnings.catch_warnings():
         def ident(self) -> str:
             """The table's identity in checkpoints, positions and logs: ``[schema.]name``."""
             return self.name if self.schema is None else f"{self.schema}.{self.name}"
+
+        def event_names(self) -> tuple[str | None, str]:
+            """``(schema, table)`` as this table's events carry them."""
+            if self.mode == "query":
+                return None, self.name
+            if self.schema is not None:
+                return self.schema, self.name
+            schema, _, name = self.name.rpartition(".")
+            return schema or None, name
 
         @property
         def effective_mode(self) -> BaseMode:
@@ -140,6 +156,11 @@ class SqlPollConfig(AdapterConfig):
     #: aside with the reason (the other tables go on).
     on_table_change: Literal["resnapshot", "stop"] = "resnapshot"
     tables: list[PollTable] = Field(min_length=1)
+    #: Subject template of every table (docs/subjects.md), relative to the subject prefix,
+    #: e.g. ``erp.{table}.{op}``; default: ``<adapter>.<schema>.<table>.<op>``.
+    subject: SubjectTemplateText | None = None
+    #: The template may give two tables the same subject on purpose (docs/subjects.md).
+    allow_shared_subject: bool = False
 
     @model_validator(mode="after")
     def _unique_tables(self) -> SqlPollConfig:
@@ -148,3 +169,9 @@ class SqlPollConfig(AdapterConfig):
         if dupes:
             raise ValueError(f"duplicate table name(s): {', '.join(dupes)}")
         return self
+
+    def subject_scopes(self) -> list[SubjectScope]:
+        """Each table (or query) under the schema and name its events carry."""
+        return table_scopes(self.subject, self.allow_shared_subject, (
+            TableSubject(*t.event_names(), t.subject, t.allow_shared_subject,
+                         f"tables[{i}].subject") for i, t in enumerate(self.tables)))

@@ -17,6 +17,7 @@ into a table for people.
 from __future__ import annotations
 
 import json
+import re
 import time
 import urllib.error
 import urllib.request
@@ -32,6 +33,20 @@ from cdc_bridge.outbox.factory import open_store
 STALE_AFTER_S = 10.0
 
 
+#: A change event's adapter, from its CloudEvents ``source`` near the start of the body
+#: (its subject may be templated: docs/subjects.md).
+_SOURCE = re.compile(rb'"source":"/cdc-bridge/([^"/]+)"')
+
+
+def _adapter_of(tokens: list[str], depth: int, payload: bytes) -> str:
+    if len(tokens) > depth + 1 and tokens[depth] == DLQ_TOKEN:
+        return tokens[depth + 1]
+    found = _SOURCE.search(payload, 0, 512)
+    if found is not None:
+        return found.group(1).decode("utf-8", "replace")
+    return tokens[depth] if len(tokens) > depth else "?"
+
+
 def _pending_by_adapter(store: Any, prefix: str, max_scan: int) -> tuple[dict[str, int], bool]:
     depth = len(prefix.split("."))
     counts: dict[str, int] = {}
@@ -41,9 +56,7 @@ def _pending_by_adapter(store: Any, prefix: str, max_scan: int) -> tuple[dict[st
         if not rows:
             return counts, False
         for row in rows:
-            tokens = row.message.subject.split(".")
-            name = tokens[depth + 1] if len(tokens) > depth + 1 and tokens[depth] == DLQ_TOKEN \
-                else (tokens[depth] if len(tokens) > depth else "?")
+            name = _adapter_of(row.message.subject.split("."), depth, row.message.payload)
             counts[name] = counts.get(name, 0) + 1
         scanned += len(rows)
         after = rows[-1].seq

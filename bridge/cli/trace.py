@@ -37,7 +37,7 @@ import datetime as dt
 import json
 import sys
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import click
@@ -46,6 +46,7 @@ import nats.js.errors
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 
+from cdc_bridge.adapters.subjects import subject_router
 from cdc_bridge.cli.common import load_or_exit
 from cdc_bridge.cli.trace_logic import (
     EXIT_UNKNOWN,
@@ -72,6 +73,7 @@ from cdc_bridge.config import BridgeConfig
 from cdc_bridge.daemon.logs import RedactingFilter
 from cdc_bridge.kernel.errors import BridgeError
 from cdc_bridge.kernel.events import dead_letter_prefix, dead_letter_stream
+from cdc_bridge.kernel.subjects import ANY
 from cdc_bridge.outbox.factory import open_store
 from cdc_bridge.relay.publisher import connect_once
 
@@ -284,7 +286,7 @@ async def find_stored(eph: Ephemerals, config: BridgeConfig, query: TraceQuery,
                 return [got] if got else [_stored(m, None)]
         _say_truncated(scan, notes)
         return []
-    if query.key is None and query.wanted == 1:
+    if query.key is None and query.wanted == 1 and query.subjects is None:
         with contextlib.suppress(nats.js.errors.APIError):  # (a server without wildcards)
             got = await _get(js, stream, subject=filt)
             return [got] if got else []
@@ -436,6 +438,26 @@ def build_query(event_id: str | None, adapter: str | None, table: str | None,
                       key=parse_key(keys), all=all_, limit=limit)
 
 
+def templated_query(query: TraceQuery, config: BridgeConfig) -> TraceQuery:
+    """The query for an adapter whose subjects are templated (docs/subjects.md): read the
+    table's template filter (``{op}`` and columns as ``*``), or the whole prefix when it
+    cannot tell; the events are then picked by their body's ``data.source``."""
+    cfg = next((a for a in config.adapter_configs if a.name == query.adapter), None)
+    router = subject_router(cfg) if cfg is not None else None
+    if router is None:
+        return query
+    prefix = config.nats.subject_prefix
+    if query.table is None:
+        return replace(query, subjects=f"{prefix}.>")
+    schemas = [query.schema] if query.schema is not None else sorted(
+        {s.schema for s in router.scopes if s.table in (query.table, ANY)}, key=str)
+    filters = {router.filter_for(prefix, schema, query.table)
+               or replace(query, schema=schema).subject_filter(prefix)
+               for schema in schemas if schema != ANY}
+    only = filters.pop() if len(filters) == 1 else f"{prefix}.>"
+    return replace(query, subjects=only)
+
+
 @click.command("trace")
 @click.option("-c", "--config", "config_path", required=True,
               type=click.Path(dir_okay=False, path_type=Path), help="YAML config file.")
@@ -475,7 +497,8 @@ def trace_command(config_path: Path, event_id: str | None, adapter: str | None,
     """
     config = load_or_exit(config_path)
     try:
-        query = build_query(event_id, adapter, table, schema, keys, all_, limit)
+        query = templated_query(
+            build_query(event_id, adapter, table, schema, keys, all_, limit), config)
         if scan_limit < 1:
             raise ValueError("--scan-limit must be at least 1")
     except ValueError as e:

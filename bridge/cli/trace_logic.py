@@ -85,6 +85,9 @@ class TraceQuery:
     #: Every matching event (up to ``limit``) rather than the latest one.
     all: bool = False
     limit: int = 20
+    #: The subjects to read when the adapter's subjects are templated (docs/subjects.md):
+    #: the template's filter, or the whole prefix; events are then told by their body.
+    subjects: str | None = None
 
     def __post_init__(self) -> None:
         if self.event_id is not None:
@@ -106,6 +109,8 @@ class TraceQuery:
 
     def subject_filter(self, prefix: str) -> str:
         """The subjects the query's events are on (``<prefix>.>`` without an adapter)."""
+        if self.subjects is not None:
+            return self.subjects
         if not self.adapter:
             return f"{prefix}.>"
         if not self.table:
@@ -119,7 +124,19 @@ class TraceQuery:
             return msg_id == self.event_id
         if not subject_matches(self.subject_filter(prefix), subject):
             return False
-        return self.key is None or key_matches(self.key, describe_body(body).key)
+        info = describe_body(body) if self.subjects is not None or self.key is not None \
+            else BodyInfo()
+        if self.subjects is not None and not self._same_table(info.source):
+            return False
+        return self.key is None or key_matches(self.key, info.key)
+
+    def _same_table(self, source: Mapping[str, Any] | None) -> bool:
+        """The body's ``data.source`` names the query's adapter (and table, schema)."""
+        if not source or source.get("adapter") != self.adapter:
+            return False
+        if self.table is not None and source.get("table") != self.table:
+            return False
+        return self.schema is None or (source.get("schema") or "_") == self.schema
 
     def as_dict(self) -> dict[str, Any]:
         if self.event_id is not None:

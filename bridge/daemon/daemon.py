@@ -52,6 +52,7 @@ from cdc_bridge.adapters.contract import (
     ReportsTableHealth,
 )
 from cdc_bridge.adapters.registry import AdapterContext, create
+from cdc_bridge.adapters.subjects import subject_router
 from cdc_bridge.config import BridgeConfig
 from cdc_bridge.daemon.control import ControlDb, control_path
 from cdc_bridge.daemon.embedded import EmbeddedNats
@@ -331,7 +332,7 @@ class Daemon:
         assert self.store is not None
         writer = OutboxWriter(self.store, cfg.name, self.config.nats.subject_prefix,
                               sample_ratio=self.config.tracing.sample_ratio,
-                              observer=self.tracing)
+                              observer=self.tracing, subjects=subject_router(cfg))
         checkpoint = await self.store.checkpoint(cfg.name)
         adapter = create(cfg, context)
         stats.adapter = adapter
