@@ -30,7 +30,7 @@ if [ $# -gt 0 ]; then
     run_pytest "$@" || failed+=(pytest)
 else
     run_pytest -m fast -p no:cacheprovider tests/fast || failed+=("fast lane")
-    run_pytest -m service -p no:cacheprovider || failed+=("service lane")
+    run_pytest -m service -p no:cacheprovider --durations=30 || failed+=("service lane")
 fi
 
 if [ ${#failed[@]} -gt 0 ]; then
