@@ -23,6 +23,7 @@ back-off from its last checkpoint); :class:`FatalError`, e.g.
 
 Optional capabilities, each a runtime-checkable protocol: :class:`SupportsInit`
 (``cdc-bridge init``), :class:`SupportsSnapshot` (on-demand re-snapshots) and, with it,
+:class:`SupportsPartialSnapshot` (``--where``: only the matching rows) and
 :class:`ReportsSnapshotProgress` (exact, committed progress: :class:`SnapshotReport`);
 a refused request raises :class:`SnapshotRequestError`. :class:`ReportsTableHealth`:
 tables set aside by their own fatal error while the others flow.
@@ -64,6 +65,7 @@ __all__ = [
     "SourceSetupError",
     "SourceUnavailable",
     "SupportsInit",
+    "SupportsPartialSnapshot",
     "SupportsReset",
     "SupportsSnapshot",
 ]
@@ -168,6 +170,28 @@ class SupportsSnapshot(Protocol):
         """Emit ``op: r`` events for ``tables`` (all when ``None``) through ``changes``.
 
         Raises :class:`SnapshotRequestError` for a request the source refuses."""
+        ...
+
+
+@runtime_checkable
+class SupportsPartialSnapshot(Protocol):
+    """Optional, with :class:`SupportsSnapshot`: partial backfills
+    (``cdc-bridge snapshot ADAPTER TABLE --where EXPR``, docs/filters.md).
+
+    The source sets :attr:`partial_snapshots` (the mark this protocol is told by, since
+    ``request_snapshot`` itself is :class:`SupportsSnapshot`'s) and accepts ``where``."""
+
+    #: Always ``True``: ``request_snapshot`` takes ``where``.
+    partial_snapshots: bool
+
+    async def request_snapshot(self, tables: list[str] | None, where: str | None = None
+                               ) -> None:
+        """As :meth:`SupportsSnapshot.request_snapshot`, reading only the rows matching
+        ``where`` (an expression of the row-filter language, without ``op``; ``None``:
+        every row), AND the table's own ``filter``. The ``where`` is kept with the run's
+        progress, so a resumed run reads the same rows. Raises
+        :class:`SnapshotRequestError` for a ``where`` the source refuses (a column the
+        table lacks, a comparison the database rejects)."""
         ...
 
 

@@ -8,7 +8,8 @@ LSN, a binlog ``file:pos``). All of ``gen``, ``attempt`` and ``origin`` are in t
 resume, or a later snapshot on a new slot or checkpoint, never repeats an earlier one's
 ids (the duplicate window would drop its rows). Checkpoints from before ``origin``
 existed have none and keep their ids. The re-snapshot runs of the sources share their
-table bookkeeping (:func:`merge_tables`, :func:`finish_table`). Pure.
+table bookkeeping (:func:`merge_tables`, :func:`finish_table`), partial ones their
+``where`` per table. Pure.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+from cdc_bridge.adapters.snapshot_where import covers, widen
 
 
 @dataclass(slots=True)
@@ -57,22 +60,44 @@ class TableRun(Protocol):
     tables: list[str]
     done: list[str]
     finished: bool
+    #: Partial backfills: table -> its ``where`` (absent: every row); see
+    #: :mod:`cdc_bridge.adapters.snapshot_where`.
+    wheres: dict[str, str]
 
 
-def merge_tables(run: TableRun, tables: Sequence[str]) -> None:
-    """Another request while ``run`` runs: add its tables (again if already done)."""
+def merge_tables(run: TableRun, tables: Sequence[str], where: str | None = None) -> list[str]:
+    """Another request while ``run`` runs: add its tables (again if already done), each
+    reading the rows matching ``where`` (``None``: all). Returns the tables still to
+    finish whose ``where`` this widened: the source reads them again from their start."""
+    restart: list[str] = []
     for t in tables:
+        if t in run.tables and t not in run.done:
+            old = run.wheres.get(t)
+            if not covers(old, where):
+                _set_where(run, t, widen(old, where))
+                restart.append(t)
+            continue
         if t in run.done:
             run.done.remove(t)
         if t not in run.tables:
             run.tables.append(t)
+        _set_where(run, t, where)
     run.finished = False
+    return restart
+
+
+def _set_where(run: TableRun, table: str, where: str | None) -> None:
+    if where is None:
+        run.wheres.pop(table, None)
+    else:
+        run.wheres[table] = where
 
 
 def finish_table(run: TableRun, table: str) -> None:
     """``table`` is copied; the run is finished when no table is left."""
     if table not in run.done:
         run.done.append(table)
+    run.wheres.pop(table, None)
     if all(t in run.done for t in run.tables):
         run.finished = True
-        run.tables, run.done = [], []
+        run.tables, run.done, run.wheres = [], [], {}

@@ -230,3 +230,14 @@ def _syntax_error(text: str, e: UnexpectedInput) -> FilterSyntaxError:
         line, column = len(lines), len(lines[-1]) + 1
         return FilterSyntaxError(text, line, column, f"the filter ends too early{hint}")
     return FilterSyntaxError(text, line, column, f"unexpected {str(token)!r}{hint}")
+
+
+def op_position(text: str) -> tuple[int, int] | None:
+    """Line and column of the first ``op`` (the operation) in ``text``, if any."""
+    try:
+        for tok in _PARSER.lex(text):
+            if tok.type == "NAME" and str(tok) == "op":
+                return tok.line or 1, tok.column or 1
+    except UnexpectedInput:
+        return None
+    return None

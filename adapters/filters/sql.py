@@ -3,7 +3,9 @@
 :func:`to_sqlalchemy` gives a SQLAlchemy Core condition (``sql_poll`` adds it to its
 poll and snapshot queries, with bound parameters for the constants);
 :func:`to_postgres_sql` gives the text of a PostgreSQL condition, for a publication's
-``WHERE (...)`` (which takes no parameters) and the snapshot of a filtered table.
+``WHERE (...)`` (which takes no parameters) and the snapshot of a filtered table;
+:func:`to_mysql_sql` a MySQL/MariaDB condition with ``%s`` parameters (the chunk
+queries of a ``mysql_binlog`` partial backfill).
 A filter that reads ``op`` has no SQL form (the operation is not a column): both raise
 :class:`ValueError`; callers evaluate such filters in the bridge instead.
 """
@@ -102,3 +104,38 @@ def to_postgres_sql(expr: Expr) -> str:
         return joiner.join(f"({build(item)})" for item in e.items)
 
     return build(expr)
+
+
+def quote_mysql_ident(name: str) -> str:
+    return "`" + name.replace("`", "``") + "`"
+
+
+def to_mysql_sql(expr: Expr) -> tuple[str, list[Value]]:
+    """``expr`` as MySQL/MariaDB text with ``%s`` placeholders, and their values."""
+    params: list[Value] = []
+
+    def operand(o: Operand) -> str:
+        if isinstance(o, Column):
+            return quote_mysql_ident(o.name)
+        if isinstance(o, Literal):
+            params.append(o.value)
+            return "%s"
+        raise ValueError(_NO_OP)
+
+    def build(e: Expr) -> str:
+        if isinstance(e, Compare):
+            left = operand(e.left)
+            return f"{left} {'<>' if e.cmp == '!=' else e.cmp} {operand(e.right)}"
+        if isinstance(e, InList):
+            target = operand(e.operand)
+            params.extend(e.values)
+            marks = ", ".join(["%s"] * len(e.values))
+            return f"{target} {'NOT IN' if e.negated else 'IN'} ({marks})"
+        if isinstance(e, IsNull):
+            return f"{operand(e.operand)} IS {'NOT NULL' if e.negated else 'NULL'}"
+        if isinstance(e, Not):
+            return f"NOT ({build(e.item)})"
+        joiner = " AND " if isinstance(e, And) else " OR "
+        return joiner.join(f"({build(item)})" for item in e.items)
+
+    return build(expr), params

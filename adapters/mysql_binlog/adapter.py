@@ -65,6 +65,7 @@ from cdc_bridge.adapters.mysql_binlog.snapshot import (
 from cdc_bridge.adapters.mysql_binlog.stream import BinlogReader
 from cdc_bridge.adapters.mysql_binlog.values import RowConverter
 from cdc_bridge.adapters.snapshot_progress import SnapshotProgress
+from cdc_bridge.adapters.snapshot_where import check_where, table_problem
 from cdc_bridge.kernel.errors import SourceSetupError, SourceUnavailable
 
 log = logging.getLogger("cdc_bridge.adapter.mysql_binlog")
@@ -339,9 +340,14 @@ class MysqlBinlogAdapter:
 
     # ---------------------------------------------------------------- re-snapshots
 
-    async def request_snapshot(self, tables: list[str] | None) -> None:
+    #: Partial backfills (:class:`~cdc_bridge.adapters.contract.SupportsPartialSnapshot`).
+    partial_snapshots = True
+
+    async def request_snapshot(self, tables: list[str] | None, where: str | None = None
+                               ) -> None:
         """Queue a re-snapshot of ``tables`` (``db.table`` or a unique ``table``; all
-        captured tables with a primary key when ``None``)."""
+        captured tables with a primary key when ``None``), of the rows matching
+        ``where`` only when given (a partial backfill)."""
         try:
             await asyncio.wait_for(self._ready.wait(), 60.0)
         except TimeoutError:
@@ -354,22 +360,38 @@ class MysqlBinlogAdapter:
         if not names:
             raise SnapshotRequestError(f"adapter {self.name}: no captured table has a primary "
                                        "key (a live re-snapshot needs one)")
+        if where is not None:
+            self._check_where(names, where)
+        rows = "" if where is None else f" (rows where {where})"
         current = pos.resnapshot
         if current is None or current.finished:
             pos.gen += 1
             current = pos.resnapshot = ResnapProgress(
-                (current.seq if current else 0) + 1, pos.gen, str(pos.at), tables=names)
-            log.info("%s: re-snapshot gen %d requested: %s", self.name, current.gen,
-                     ", ".join(names))
+                (current.seq if current else 0) + 1, pos.gen, str(pos.at), tables=names,
+                wheres={} if where is None else dict.fromkeys(names, where))
+            log.info("%s: re-snapshot gen %d requested: %s%s", self.name, current.gen,
+                     ", ".join(names), rows)
         else:
-            current.merge(names)
+            current.merge(names, where)
             current.seq += 1
-            log.info("%s: re-snapshot gen %d (running) now also covers: %s", self.name,
-                     current.gen, ", ".join(names))
+            log.info("%s: re-snapshot gen %d (running) now also covers: %s%s", self.name,
+                     current.gen, ", ".join(names), rows)
         reader = self._reader
         if reader is not None:  # wake an idle stream loop
             with contextlib.suppress(asyncio.QueueFull):
                 reader.queue.put_nowait([])
+
+    def _check_where(self, names: list[str], where: str) -> None:
+        """Refuse a ``where`` that does not parse, reads ``op`` or names a column one of
+        the tables lacks (as captured; a table altered since is checked at its read)."""
+        try:
+            rf = check_where(where)
+        except ValueError as e:
+            raise SnapshotRequestError(f"--where: {e}") from None
+        problems = [p for t in names
+                    if (p := table_problem(rf, t, [c.name for c in self._meta[t].columns]))]
+        if problems:
+            raise SnapshotRequestError(f"adapter {self.name}: " + "; ".join(problems))
 
     def snapshot_progress(self) -> SnapshotReport | None:
         if not self._ready.is_set() or self._pos is None:

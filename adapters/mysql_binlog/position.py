@@ -161,6 +161,8 @@ class ResnapProgress:
     rows: int = 0
     total: int = 0
     finished: bool = False
+    #: Partial backfills (``--where``): table -> its where (absent: every row).
+    wheres: dict[str, str] = field(default_factory=dict)
 
     def remaining(self) -> list[str]:
         return [t for t in self.tables if t not in self.done]
@@ -168,8 +170,12 @@ class ResnapProgress:
     def id_prefix(self) -> str:
         return f"snap:{self.gen}.{self.attempt}@{self.origin}"
 
-    def merge(self, tables: Sequence[str]) -> None:
-        merge_tables(self, tables)
+    def merge(self, tables: Sequence[str], where: str | None = None) -> None:
+        """Another request; a table whose ``where`` it widens is read again from its
+        start (under a new ``attempt``, so its rows get new event ids)."""
+        if self.current in merge_tables(self, tables, where):
+            self.current, self.after = None, None
+            self.attempt += 1
 
     def table_done(self, table: str) -> None:
         self.current, self.after = None, None
@@ -179,7 +185,8 @@ class ResnapProgress:
         return {"seq": self.seq, "gen": self.gen, "origin": self.origin,
                 "attempt": self.attempt, "tables": self.tables, "done": self.done,
                 "current": self.current, "after": self.after, "rows": self.rows,
-                "total": self.total, "finished": self.finished}
+                "total": self.total, "finished": self.finished,
+                **({"wheres": self.wheres} if self.wheres else {})}
 
     @classmethod
     def from_json(cls, raw: Mapping[str, Any]) -> ResnapProgress:
@@ -187,7 +194,7 @@ class ResnapProgress:
                    int(raw.get("attempt", 1)), list(raw.get("tables", [])),
                    list(raw.get("done", [])), raw.get("current"), raw.get("after"),
                    int(raw.get("rows", 0)), int(raw.get("total", 0)),
-                   bool(raw.get("finished", False)))
+                   bool(raw.get("finished", False)), dict(raw.get("wheres") or {}))
 
 
 @dataclass(slots=True)

@@ -27,6 +27,12 @@ own snapshot position as the single watermark).
    carries the full row). ``TRUNCATE`` or DDL of the held table there: the chunk is
    dropped and read again (with the table's columns read again).
 
+A partial backfill (``cdc-bridge snapshot ... --where``) adds its ``where`` (kept in the
+progress per table) to the chunk query: a chunk is the next matching rows in key order,
+and the table's own ``filter`` still judges each row (:meth:`.changes.EventBuilder.
+snapshot_event`). Its total counts the matching rows (up to :data:`COUNT_UP_TO` rows in
+the table; the table's estimate beyond).
+
 Per key, then: every change is emitted exactly as without the re-snapshot, and the
 key's ``r`` sits at a point of that sequence where it equals the key's state; folding
 the stream (``r``/``c``/``u`` set a key, ``d`` removes it) never regresses and ends
@@ -52,12 +58,20 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from cdc_bridge.adapters.filters.sql import to_mysql_sql
 from cdc_bridge.adapters.mysql_binlog import setup
 from cdc_bridge.adapters.mysql_binlog.changes import EventBuilder, Row, key_text
 from cdc_bridge.adapters.mysql_binlog.config import MysqlBinlogConfig
 from cdc_bridge.adapters.mysql_binlog.position import BinlogPos, Position, ResnapProgress
-from cdc_bridge.adapters.mysql_binlog.snapshot import commit, open_snapshot, read_chunk
+from cdc_bridge.adapters.mysql_binlog.snapshot import (
+    Condition,
+    commit,
+    count_matching,
+    open_snapshot,
+    read_chunk,
+)
 from cdc_bridge.adapters.mysql_binlog.values import RowConverter
+from cdc_bridge.adapters.snapshot_where import check_where
 from cdc_bridge.kernel.errors import SourceUnavailable
 from cdc_bridge.kernel.events import ChangeEvent
 
@@ -65,6 +79,14 @@ log = logging.getLogger("cdc_bridge.adapter.mysql_binlog")
 
 #: How long a chunk snapshot may stay behind the stream before we give up (retryable).
 BEHIND_TIMEOUT_S = 10.0
+#: A partial backfill counts its matching rows for its total when the table holds about
+#: this many rows or fewer; a larger table's estimate stands in (an upper bound).
+COUNT_UP_TO = 1_000_000
+
+
+def where_condition(where: str | None) -> Condition | None:
+    """A partial backfill's ``where`` as a MySQL condition (``None``: every row)."""
+    return None if where is None else to_mysql_sql(check_where(where).expr)
 
 
 @dataclass(slots=True)
@@ -189,9 +211,13 @@ class Resnapshotter:
             progress = self.progress
         if progress is None or meta is None or name is None:
             return
+        only = where_condition(progress.wheres.get(name))
         if progress.after is None:  # first chunk of the table: its (estimated) size
-            progress.total = max(progress.total, progress.rows + meta.estimated_rows)
-        at, raw = await self._run(self._read, meta, progress.after, stream_at)
+            size = meta.estimated_rows
+            if only is not None and size <= COUNT_UP_TO:
+                size = await self._run(self._count, meta, only)
+            progress.total = max(progress.total, progress.rows + size)
+        at, raw = await self._run(self._read, meta, progress.after, stream_at, only)
         conv = RowConverter(meta.columns, self._tz)
         idx = [next(i for i, c in enumerate(meta.columns) if c.name == k) for k in meta.key]
         rows: dict[str, Row] = {}
@@ -227,8 +253,16 @@ class Resnapshotter:
         meta.estimated_rows = int(found[0] or 0)
         return meta
 
-    def _read(self, meta: setup.TableMeta, after: list[Any] | None, stream_at: BinlogPos
-              ) -> tuple[BinlogPos, list[tuple[Any, ...]]]:
+    def _count(self, meta: setup.TableMeta, only: Condition) -> int:
+        """Blocking: the rows of ``meta`` a partial backfill reads."""
+        try:
+            return count_matching(self._connection(), meta, only)
+        except BaseException:
+            self._drop()
+            raise
+
+    def _read(self, meta: setup.TableMeta, after: list[Any] | None, stream_at: BinlogPos,
+              only: Condition | None = None) -> tuple[BinlogPos, list[tuple[Any, ...]]]:
         """Blocking: a snapshot no older than ``stream_at``, and the chunk read in it."""
         conn = self._connection()
         deadline = time.monotonic() + BEHIND_TIMEOUT_S
@@ -243,7 +277,7 @@ class Resnapshotter:
                         f"{self.name}: re-snapshot: the server's snapshot stays at {at}, "
                         f"behind the stream at {stream_at}, for {BEHIND_TIMEOUT_S:.0f}s")
                 time.sleep(0.01)
-            rows = read_chunk(conn, meta, after, self.config.snapshot_chunk_size)
+            rows = read_chunk(conn, meta, after, self.config.snapshot_chunk_size, only)
             commit(conn)
             return at, rows
         except BaseException:

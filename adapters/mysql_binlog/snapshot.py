@@ -68,25 +68,43 @@ def resume_filter(pos: Position, at: BinlogPos, tables: dict[str, TableMeta]) ->
     progress.attempt += 1
 
 
+#: A condition with ``%s`` placeholders and their values (a partial backfill's where).
+Condition = tuple[str, Sequence[Any]]
+
+
 def read_chunk(conn: Conn, meta: TableMeta, after: Sequence[Any] | None,
-               limit: int) -> list[tuple[Any, ...]]:
-    """The next rows of ``meta`` after key ``after`` (``["#offset", n]`` when keyless)."""
+               limit: int, only: Condition | None = None) -> list[tuple[Any, ...]]:
+    """The next rows of ``meta`` after key ``after`` (``["#offset", n]`` when keyless),
+    of those matching ``only`` when given (keyed tables)."""
     cols = ", ".join(quote(c.name) for c in meta.columns)
     table = f"{quote(meta.schema)}.{quote(meta.table)}"
     params: list[Any] = []
     if meta.key:
         order = ", ".join(quote(k) for k in meta.key)
-        where = ""
+        conds = []
         if after is not None:
-            where = f" WHERE ({order}) > ({', '.join(['%s'] * len(after))})"
+            conds.append(f"({order}) > ({', '.join(['%s'] * len(after))})")
             params = list(after)
+        if only is not None:
+            conds.append(f"({only[0]})")
+            params.extend(only[1])
+        where = f" WHERE {' AND '.join(conds)}" if conds else ""
         query = f"SELECT {cols} FROM {table}{where} ORDER BY {order} LIMIT {int(limit)}"
     else:
         offset = int(after[1]) if after is not None else 0
         query = f"SELECT {cols} FROM {table} LIMIT {int(limit)} OFFSET {offset}"
     with conn.cursor() as cur:
-        cur.execute(query, params or None)
+        cur.execute(query, params if (params or only is not None) else None)
         return list(cur.fetchall())
+
+
+def count_matching(conn: Conn, meta: TableMeta, only: Condition) -> int:
+    """Rows of ``meta`` matching ``only`` (a partial backfill's total)."""
+    with conn.cursor() as cur:
+        cur.execute(f"SELECT COUNT(*) FROM {quote(meta.schema)}.{quote(meta.table)} "
+                    f"WHERE {only[0]}", list(only[1]))
+        row = cur.fetchone()
+    return int(row[0]) if row else 0
 
 
 def commit(conn: Conn) -> None:

@@ -39,6 +39,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import psycopg
+from psycopg import sql as psql
 
 from cdc_bridge.adapters.contract import (
     AdapterContext,
@@ -56,7 +57,7 @@ from cdc_bridge.adapters.postgres.heartbeat import run_heartbeat
 from cdc_bridge.adapters.postgres.position import Position
 from cdc_bridge.adapters.postgres.replication import ReplicationConnection, connection_error
 from cdc_bridge.adapters.postgres.resnap_state import ResnapProgress
-from cdc_bridge.adapters.postgres.resnapshot import Resnapshotter
+from cdc_bridge.adapters.postgres.resnapshot import Resnapshotter, where_sql
 from cdc_bridge.adapters.postgres.setup import (
     SourceInfo,
     TableInfo,
@@ -72,6 +73,7 @@ from cdc_bridge.adapters.postgres.stream import StreamReader
 from cdc_bridge.adapters.postgres.tables import TableWatch
 from cdc_bridge.adapters.postgres.values import ValueDecoder
 from cdc_bridge.adapters.snapshot_progress import SnapshotProgress
+from cdc_bridge.adapters.snapshot_where import check_where, table_problem
 from cdc_bridge.kernel.errors import SourceSetupError, SourceUnavailable
 
 log = logging.getLogger("cdc_bridge.adapter.postgres")
@@ -354,8 +356,13 @@ class PostgresAdapter:
 
     # ---------------------------------------------------------------- re-snapshots
 
-    async def request_snapshot(self, tables: list[str] | None) -> None:
-        """Queue a re-snapshot of ``tables`` (all captured tables when ``None``)."""
+    #: Partial backfills (:class:`~cdc_bridge.adapters.contract.SupportsPartialSnapshot`).
+    partial_snapshots = True
+
+    async def request_snapshot(self, tables: list[str] | None, where: str | None = None
+                               ) -> None:
+        """Queue a re-snapshot of ``tables`` (all captured tables when ``None``), of the
+        rows matching ``where`` only when given (a partial backfill)."""
         try:
             await asyncio.wait_for(self._ready.wait(), 60.0)
         except TimeoutError:
@@ -363,20 +370,55 @@ class PostgresAdapter:
         pos = self._pos
         assert pos is not None
         names = self._snapshot_tables(tables)
+        if where is not None:
+            await self._check_where(names, where)
+        rows = "" if where is None else f" (rows where {where})"
         current = pos.resnapshot
         if current is None or current.finished:
             pos.gen += 1
             current = pos.resnapshot = ResnapProgress(
-                (current.seq if current else 0) + 1, pos.gen, tables=names)
-            log.info("%s: re-snapshot gen %d requested: %s", self.name, current.gen,
-                     ", ".join(names))
+                (current.seq if current else 0) + 1, pos.gen, tables=names,
+                wheres={} if where is None else dict.fromkeys(names, where))
+            log.info("%s: re-snapshot gen %d requested: %s%s", self.name, current.gen,
+                     ", ".join(names), rows)
         else:
-            current.merge(names)
+            current.merge(names, where)
             current.seq += 1
-            log.info("%s: re-snapshot gen %d (running) now also covers: %s", self.name,
-                     current.gen, ", ".join(names))
+            log.info("%s: re-snapshot gen %d (running) now also covers: %s%s", self.name,
+                     current.gen, ", ".join(names), rows)
         if self._stream is not None:
             self._stream.request()
+
+    async def _check_where(self, names: list[str], where: str) -> None:
+        """Refuse a ``where`` that cannot select rows of every table: syntax, columns,
+        and what PostgreSQL says of it (types), with a query that reads no row."""
+        try:
+            rf = check_where(where)
+        except ValueError as e:
+            raise SnapshotRequestError(f"--where: {e}") from None
+        problems = [p for t in names
+                    if (p := table_problem(rf, t, [c.name for c in self._tables[t].columns]))]
+        if problems:
+            raise SnapshotRequestError(f"adapter {self.name}: " + "; ".join(problems))
+        cond = where_sql(where)
+        assert cond is not None
+        try:
+            conn = await self._connect()
+        except Exception as e:
+            raise SnapshotRequestError(f"adapter {self.name}: cannot check --where: "
+                                       f"{e}") from None
+        try:
+            for t in names:
+                query = psql.SQL("SELECT 1 FROM {} WHERE {} LIMIT 0").format(
+                    self._tables[t].ident(), cond)
+                try:
+                    await conn.execute(query)
+                except psycopg.Error as e:
+                    raise SnapshotRequestError(f"--where {where}: table {t}: "
+                                               f"{_first_line(e)}") from None
+        finally:
+            with contextlib.suppress(psycopg.Error):
+                await conn.close()
 
     def _snapshot_tables(self, tables: list[str] | None) -> list[str]:
         known = self._tables

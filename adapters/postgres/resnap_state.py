@@ -40,6 +40,12 @@ Progress (:class:`ResnapProgress`) is part of the checkpoint, committed with the
 that carries each chunk's ``r`` events, so a crash (``kill -9``) resumes after the last
 chunk released; a held chunk is simply read again. Each request bumps ``seq``; the
 record stays (``finished``) so the daemon can tell a request done.
+
+A partial backfill (``--where``) keeps its ``where`` per table in the same record
+(``wheres``), so a resumed run reads the same rows: the chunk queries add it to their
+``WHERE`` (a chunk is then the next ``snapshot_chunk_size`` *matching* rows in key
+order; everything above holds for the rows read, and rows outside the ``where`` get no
+``r``).
 """
 
 from __future__ import annotations
@@ -98,12 +104,18 @@ class ResnapProgress:
     rows: int = 0
     total: int = 0
     finished: bool = False
+    #: Partial backfills (``--where``): table -> its where (absent: every row).
+    wheres: dict[str, str] = field(default_factory=dict)
 
     def remaining(self) -> list[str]:
         return [t for t in self.tables if t not in self.done]
 
-    def merge(self, tables: Sequence[str]) -> None:
-        merge_tables(self, tables)
+    def merge(self, tables: Sequence[str], where: str | None = None) -> None:
+        """Another request; a table whose ``where`` it widens is read again from its
+        start (under a new ``attempt``, so its rows get new event ids)."""
+        if self.current in merge_tables(self, tables, where):
+            self.current, self.after, self.retry = None, None, []
+            self.attempt += 1
 
     def table_done(self, table: str) -> None:
         self.current, self.after, self.retry = None, None, []
@@ -113,7 +125,8 @@ class ResnapProgress:
         return {"seq": self.seq, "gen": self.gen, "attempt": self.attempt,
                 "tables": self.tables, "done": self.done, "current": self.current,
                 "after": self.after, "retry": self.retry, "rows": self.rows,
-                "total": self.total, "finished": self.finished}
+                "total": self.total, "finished": self.finished,
+                **({"wheres": self.wheres} if self.wheres else {})}
 
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> ResnapProgress:
@@ -121,7 +134,8 @@ class ResnapProgress:
                    list(raw.get("tables", [])), list(raw.get("done", [])),
                    raw.get("current"), raw.get("after"),
                    [list(k) for k in raw.get("retry", [])], int(raw.get("rows", 0)),
-                   int(raw.get("total", 0)), bool(raw.get("finished", False)))
+                   int(raw.get("total", 0)), bool(raw.get("finished", False)),
+                   dict(raw.get("wheres") or {}))
 
 
 @dataclass(slots=True)

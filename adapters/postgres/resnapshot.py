@@ -16,6 +16,10 @@
 The rules and the exact guarantee are in :mod:`cdc_bridge.adapters.postgres.resnap_state`. The
 stream is paused only while one chunk is read (one indexed keyset query of
 ``snapshot_chunk_size`` rows), so capture of every table goes on during a re-snapshot.
+
+A partial backfill (``cdc-bridge snapshot ... --where``) adds its ``where`` (kept in
+the progress, :func:`where_sql`) to the chunk queries, AND the table's own filter where
+it applies here; its total is the planner's estimate of the matching rows.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import orjson
 import psycopg
 from psycopg import sql
 
+from cdc_bridge.adapters.filters.sql import to_postgres_sql
 from cdc_bridge.adapters.postgres.changes import EventBuilder, RelationState
 from cdc_bridge.adapters.postgres.config import HEARTBEAT_PREFIX
 from cdc_bridge.adapters.postgres.pgoutput import UNCHANGED_TOAST, str_to_lsn
@@ -44,6 +49,7 @@ from cdc_bridge.adapters.postgres.resnap_state import (
     release,
 )
 from cdc_bridge.adapters.postgres.setup import TableInfo
+from cdc_bridge.adapters.snapshot_where import check_where
 from cdc_bridge.kernel.errors import DecodeError, SourceUnavailable
 from cdc_bridge.kernel.events import ChangeEvent, DeadLetter
 
@@ -168,6 +174,15 @@ class Resnapshotter:
             await self._drop()
             raise SourceUnavailable(f"{self.name}: re-snapshot of {info.qualified} failed: "
                                     f"{_first_line(e)}") from None
+        except (psycopg.ProgrammingError, psycopg.DataError) as e:
+            where = progress.wheres.get(info.qualified)
+            if where is None:
+                raise
+            await self._drop()  # the table changed since the request: its where fails now
+            log.warning("%s: re-snapshot gen %d: skipping the rest of %s: --where %s fails: "
+                        "%s", self.name, progress.gen, info.qualified, where, _first_line(e))
+            progress.table_done(info.qualified)
+            return
         await self._nudge_stream()
 
     async def _read(self, info: TableInfo, progress: ResnapProgress) -> PendingChunk:
@@ -192,25 +207,23 @@ class Resnapshotter:
         rows: dict[KeyTexts, list[str | None]] = {}
         order = [next(i for i, c in enumerate(info.columns) if c.name == k)
                  for k in info.primary_key]
+        partial = where_sql(progress.wheres.get(info.qualified))
+        only = [] if partial is None else [partial]
         if progress.retry:
-            for r in await _select(conn, info, _in_keys(info, len(progress.retry)),
+            for r in await _select(conn, info, [_in_keys(info, len(progress.retry)), *only],
                                    [v for k in progress.retry for v in k], None):
                 rows[_key(r, order)] = r
         after = progress.after
-        where: sql.Composable = sql.SQL("")
+        conds = list(only)
         if after is not None:
-            where = sql.SQL(" WHERE ({}) > ({})").format(
-                _pk(info), sql.SQL(", ").join(sql.Placeholder() * len(after)))
-        keyset = await _select(conn, info, where, list(after or []), self.chunk_size)
+            conds.insert(0, sql.SQL("({}) > ({})").format(
+                _pk(info), sql.SQL(", ").join(sql.Placeholder() * len(after))))
+        keyset = await _select(conn, info, conds, list(after or []), self.chunk_size)
         for r in keyset:
             rows[_key(r, order)] = r
         if after is None and not progress.retry:  # first chunk of the table: its size
-            if info.estimated_rows <= 0:
-                cur = await conn.execute(sql.SQL("SELECT count(*) FROM {}").format(
-                    info.ident()))
-                counted = await cur.fetchone()
-                info.estimated_rows = int(counted[0]) if counted else 0
-            progress.total = max(progress.total, progress.rows + info.estimated_rows)
+            size = await _table_size(conn, info, partial)
+            progress.total = max(progress.total, progress.rows + size)
         await conn.execute("COMMIT")
         last = _key(keyset[-1], order) if keyset else (
             tuple(after) if after is not None else None)
@@ -283,13 +296,48 @@ def _pk(info: TableInfo) -> sql.Composable:
 
 def _in_keys(info: TableInfo, n: int) -> sql.Composable:
     one = sql.SQL("({})").format(sql.SQL(", ").join(sql.Placeholder() * len(info.primary_key)))
-    return sql.SQL(" WHERE ({}) IN ({})").format(_pk(info), sql.SQL(", ").join([one] * n))
+    return sql.SQL("({}) IN ({})").format(_pk(info), sql.SQL(", ").join([one] * n))
 
 
-async def _select(conn: SqlConn, info: TableInfo, where: sql.Composable, params: list[Any],
-                  limit: int | None) -> list[list[str | None]]:
+def where_sql(where: str | None) -> sql.Composable | None:
+    """A partial backfill's ``where`` as a PostgreSQL condition (``None``: every row)."""
+    if where is None:
+        return None
+    return sql.SQL("({})").format(sql.SQL(to_postgres_sql(check_where(where).expr)))
+
+
+async def _table_size(conn: SqlConn, info: TableInfo, partial: sql.Composable | None) -> int:
+    """Rows to read: the table's estimate (counted when it has none); with a ``where``,
+    the planner's estimate of the matching rows (counted on a table never analysed)."""
+    if partial is None:
+        if info.estimated_rows <= 0:
+            cur = await conn.execute(sql.SQL("SELECT count(*) FROM {}").format(info.ident()))
+            counted = await cur.fetchone()
+            info.estimated_rows = int(counted[0]) if counted else 0
+        return info.estimated_rows
+    if info.estimated_rows <= 0:
+        cur = await conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE {}").format(
+            info.ident(), partial))
+        counted = await cur.fetchone()
+        return int(counted[0]) if counted else 0
+    cur = await conn.execute(sql.SQL("EXPLAIN (FORMAT JSON) SELECT 1 FROM {} WHERE {}").format(
+        info.ident(), partial))
+    plan = await cur.fetchone()
+    try:
+        raw = plan[0] if plan else None
+        doc = orjson.loads(raw) if isinstance(raw, str | bytes) else raw
+        return int(doc[0]["Plan"]["Plan Rows"])  # type: ignore[index]
+    except (TypeError, KeyError, IndexError, ValueError):
+        return info.estimated_rows
+
+
+async def _select(conn: SqlConn, info: TableInfo, conds: list[sql.Composable],
+                  params: list[Any], limit: int | None) -> list[list[str | None]]:
     """Rows as column texts (the same form the stream decodes), in key order."""
     cols = sql.SQL(", ").join(sql.Identifier(c.name) for c in info.columns)
+    where: sql.Composable = sql.SQL("")
+    if conds:
+        where = sql.SQL(" WHERE {}").format(sql.SQL(" AND ").join(conds))
     query = sql.SQL("SELECT {} FROM {}{} ORDER BY {}").format(cols, info.ident(), where,
                                                               _pk(info))
     if limit is not None:

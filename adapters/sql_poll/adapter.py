@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import sqlalchemy as sa
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 
 from cdc_bridge.adapters.contract import (
     ChangeBatch,
@@ -46,6 +46,7 @@ from cdc_bridge.adapters.contract import (
     SnapshotReport,
     SnapshotRequestError,
 )
+from cdc_bridge.adapters.snapshot_where import covers, widen
 from cdc_bridge.adapters.sql_poll.config import PollTable, SqlPollConfig
 from cdc_bridge.adapters.sql_poll.cursor_mode import CursorTable
 from cdc_bridge.adapters.sql_poll.diff_mode import DiffTable
@@ -348,8 +349,13 @@ class SqlPollAdapter:
 
     # --- re-snapshots -----------------------------------------------------------------
 
-    async def request_snapshot(self, tables: list[str] | None) -> None:
-        """Re-read ``tables`` (all when ``None``) and emit every current row as ``r``."""
+    #: Partial backfills (:class:`~cdc_bridge.adapters.contract.SupportsPartialSnapshot`).
+    partial_snapshots = True
+
+    async def request_snapshot(self, tables: list[str] | None, where: str | None = None
+                               ) -> None:
+        """Re-read ``tables`` (all when ``None``) and emit every current row as ``r`` (only
+        the rows matching ``where`` when given: a partial backfill)."""
         try:
             await asyncio.wait_for(self._ready.wait(), 60.0)
         except TimeoutError:
@@ -366,7 +372,9 @@ class SqlPollAdapter:
                     f"{', '.join(by_name)})")
             if slot not in chosen:
                 chosen.append(slot)
-        total = await asyncio.to_thread(self._count, chosen)
+        total = await asyncio.to_thread(self._count, chosen, where)
+        if self._inflight is not None and not self._inflight.done():
+            await asyncio.wait([self._inflight])  # a unit in a thread may move a runner
         run = self.resnap
         if not run["pending"]:
             run.update(rows=0, total=0)
@@ -375,19 +383,44 @@ class SqlPollAdapter:
         for slot in chosen:
             if slot.spec.ident not in run["pending"]:
                 run["pending"].append(slot.spec.ident)
-            if isinstance(slot.runner, DiffTable):
-                slot.runner.full_pending = run["seq"]
-            elif slot.runner.resnap is None:
-                slot.runner.resnap = Resnap(run["seq"])
+            runner = slot.runner
+            if isinstance(runner, DiffTable):
+                queued = runner.full_pending is not None
+                runner.where_pending = widen(runner.where_pending, where) if queued else where
+                runner.full_pending = run["seq"]
+            elif runner.resnap is None:
+                runner.resnap = Resnap(run["seq"], where=where)
+            elif not covers(runner.resnap.where, where):  # read again, the wider rows
+                runner.resnap = Resnap(run["seq"], where=widen(runner.resnap.where, where))
             slot.next_ms = 0
-        log.info("%s: re-snapshot %d requested: %s (about %d rows)", self.name, run["seq"],
-                 ", ".join(s.spec.ident for s in chosen), total)
+        log.info("%s: re-snapshot %d requested: %s%s (about %d rows)", self.name, run["seq"],
+                 ", ".join(s.spec.ident for s in chosen),
+                 "" if where is None else f" where {where}", total)
 
-    def _count(self, slots: list[_Slot]) -> int:
+    def _count(self, slots: list[_Slot], where: str | None = None) -> int:
+        """Rows to read (blocking); a ``where`` is checked first, by each table's
+        columns and by the database (:class:`SnapshotRequestError`)."""
         assert self.engine is not None
         try:
             with self.engine.connect() as conn:
-                return sum(s.runner.source.count(conn) for s in slots)
+                total = 0
+                for s in slots:
+                    source = s.runner.source
+                    try:
+                        only = source.where_clause(where)
+                        if only is not None:
+                            source.check_where(conn, only)
+                    except ValueError as e:
+                        raise SnapshotRequestError(f"adapter {self.name}: --where: {e}"
+                                                   ) from None
+                    except DBAPIError as e:
+                        if isinstance(e, OperationalError):
+                            raise
+                        raise SnapshotRequestError(
+                            f"--where {where}: table {s.spec.ident}: "
+                            f"{str(e.orig or e).strip().splitlines()[0]}") from None
+                    total += source.count(conn, only)
+                return total
         except (SQLAlchemyError, OSError) as e:
             raise classify(e, f"{self.name}: counting rows to re-snapshot") from None
 

@@ -24,6 +24,12 @@ rows that changed (so the next normal pass diffs against what the ``r`` events s
 and the sweep emits ``d`` for keys gone since the last pass, as in any pass. A request
 while a pass runs applies to the next pass, so the state is never half refreshed.
 
+A partial backfill (``--where``) makes that full pass read only the matching rows (AND
+the table's own ``filter``), emit them as ``r`` and refresh their state, and skip the
+sweep: rows it did not read are not deleted; changes of other rows, and deletes, are
+found by the next normal pass. On a table that has not had its first pass yet it waits
+for that pass (the diff needs the table's state).
+
 A row that cannot be decoded (:mod:`cdc_bridge.adapters.sql_poll.badrows`) is marked seen (so no
 ``d`` follows) and becomes a dead letter at its position; the state keeps a hash of what
 could be read and why it failed, with no image, so the same broken row is not reported
@@ -78,6 +84,9 @@ class DiffTable:
         #: Re-snapshot requested (its number) / running in the current pass.
         self.full_pending: int | None = None
         self.full: int | None = None
+        #: A partial backfill's ``where`` of the requested / running full pass.
+        self.where_pending: str | None = None
+        self.where: str | None = None
         self._counts: dict[str, int] = {}
         self._dead: list[DeadLetter] = []
         self._pass_t0 = time.monotonic()
@@ -114,6 +123,8 @@ class DiffTable:
         self.snap = data.get("snapshot")
         self.full_pending = data.get("full_pending")
         self.full = data.get("full")
+        self.where_pending = data.get("where_pending")
+        self.where = data.get("where")
 
     def dump(self) -> dict[str, Any]:
         return {"mode": "diff", "state_id": self.state.state_id, "pass": self.pass_no,
@@ -121,7 +132,9 @@ class DiffTable:
                 "after": encode_cursor(self.after), "sweep_after": self.sweep_after,
                 "idle_since_ms": self.idle_since_ms, "insert_op": self.insert_op,
                 "silent": self.silent, "snapshot": self.snap,
-                "full_pending": self.full_pending, "full": self.full}
+                "full_pending": self.full_pending, "full": self.full,
+                **({} if self.where_pending is None else {"where_pending": self.where_pending}),
+                **({} if self.where is None else {"where": self.where})}
 
     # --- passes -----------------------------------------------------------------------
 
@@ -138,7 +151,7 @@ class DiffTable:
             self._begin_pass(conn)
         self.step += 1
         self._dead = []
-        changes = self._scan(conn) if self.phase == "scan" else self._sweep(now_ms)
+        changes = self._scan(conn, now_ms) if self.phase == "scan" else self._sweep(now_ms)
         if self.silent:
             changes = []
         for ch in changes:
@@ -152,7 +165,10 @@ class DiffTable:
                     "%d d", self.adapter, self.tbl, self.pass_no,
                     time.monotonic() - self._pass_t0, c.get("rows", 0), c.get("c", 0),
                     c.get("r", 0), c.get("u", 0), c.get("d", 0))
-        return [ev for ch in changes if (ev := self._event(ch, now_ms)) is not None], self._dead
+        events = [ev for ch in changes if (ev := self._event(ch, now_ms)) is not None]
+        if self.phase == "idle" and self.where is not None:  # a partial pass ended
+            self.full = self.where = None
+        return events, self._dead
 
     def _begin_pass(self, conn: sa.Connection) -> None:
         self.state.purge_tombstones(self.tbl, self.step)
@@ -166,19 +182,29 @@ class DiffTable:
         self.insert_op = "r" if first and snapshot == "initial" else "c"
         self.silent = first and snapshot == "none"
         self.resnapshot = False
-        self.full, self.full_pending = self.full_pending, None
+        self.where = None
+        if first and self.where_pending is not None:
+            pass  # a partial pass needs the table's state: it runs after this first pass
+        else:
+            self.full, self.full_pending = self.full_pending, None
+            self.where, self.where_pending = self.where_pending, None
         if self.full is not None:
             self.silent = False
-            log.info("%s/%s: re-snapshot %d: a full pass emits every row as r", self.adapter,
-                     self.tbl, self.full)
+            log.info("%s/%s: re-snapshot %d: a full pass emits every row%s as r",
+                     self.adapter, self.tbl, self.full,
+                     "" if self.where is None else f" where {self.where}")
         if self.insert_op == "r" or self.full is not None:
-            self.snap = {"total": self.source.count(conn), "done": 0,
+            self.snap = {"total": self.source.count(conn, self._only()), "done": 0,
                          "started_ms": int(time.time() * 1000)}
             log.info("%s/%s: initial snapshot (diff) of %d rows", self.adapter, self.tbl,
                      self.snap["total"])
 
-    def _scan(self, conn: sa.Connection) -> list[Change]:
-        read = self.source.read_after(conn, self.after, self.batch_size)
+    def _only(self) -> sa.ColumnElement[bool] | None:
+        """The running partial pass's condition (``None``: every row)."""
+        return self.source.where_clause(self.where)
+
+    def _scan(self, conn: sa.Connection, now_ms: int) -> list[Change]:
+        read = self.source.read_after(conn, self.after, self.batch_size, self._only())
         rows = read.rows
         src: list[SourceRow] = []
         for row in rows:
@@ -201,6 +227,8 @@ class DiffTable:
             self.after = read.last
         if len(read) < self.batch_size:
             self.phase, self.sweep_after = "sweep", None
+            if self.where is not None:  # rows outside it were not read: no sweep
+                self.phase, self.idle_since_ms = "idle", now_ms
         self._progress(len(read))
         return changes
 

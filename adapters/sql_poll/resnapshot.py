@@ -17,6 +17,10 @@ with each page's events, so a crash resumes after the last committed page. Event
 positions are ``<table>:resnap<seq>:<key>``: one per row per request, the same if a page
 is read again after a crash (JetStream drops the copy). A row that cannot be decoded
 is a dead letter at the same position.
+
+A partial backfill (``--where``, kept in the progress as ``where``) adds its condition
+to the walk's queries (AND the table's own ``filter``): only matching rows are read,
+and the walk ends at the largest matching key.
 """
 
 from __future__ import annotations
@@ -40,15 +44,19 @@ class Resnap:
     #: The largest key when the walk started (encoded); the walk ends there.
     upto: Any = None
     bounded: bool = False
+    #: A partial backfill's ``where`` (``None``: every row).
+    where: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {"seq": self.seq, "after": self.after, "done": self.done, "upto": self.upto,
-                "bounded": self.bounded}
+                "bounded": self.bounded, **({} if self.where is None else
+                                            {"where": self.where})}
 
     @classmethod
     def from_json(cls, raw: dict[str, Any] | None) -> Resnap | None:
         return None if not raw else cls(int(raw["seq"]), raw.get("after"), int(raw["done"]),
-                                        raw.get("upto"), bool(raw.get("bounded", False)))
+                                        raw.get("upto"), bool(raw.get("bounded", False)),
+                                        raw.get("where"))
 
 
 def resnap_page(adapter: str, source: TableSource, state: Resnap, batch_size: int,
@@ -56,12 +64,13 @@ def resnap_page(adapter: str, source: TableSource, state: Resnap, batch_size: in
                 ) -> tuple[list[ChangeEvent], list[DeadLetter], bool]:
     """One page of the walk: its ``r`` events, dead letters, and whether it is complete."""
     spec = source.spec
+    only = source.where_clause(state.where)
     if not state.bounded:  # rows inserted later are the change polls' to capture
-        state.upto, state.bounded = encode_cursor(source.max_key(conn)), True
+        state.upto, state.bounded = encode_cursor(source.max_key(conn, only)), True
         if state.upto is None:
             return [], [], True  # the table is empty
     read = source.read_by_key(conn, decode_cursor(state.after), batch_size,
-                              decode_cursor(state.upto))
+                              decode_cursor(state.upto), only)
     rows = read.rows
     events: list[ChangeEvent] = []
     for row in rows:

@@ -45,6 +45,7 @@ from sqlalchemy.sql.elements import KeyedColumnElement
 
 from cdc_bridge.adapters.filters import RowFilter, row_filter
 from cdc_bridge.adapters.filters.sql import to_sqlalchemy
+from cdc_bridge.adapters.snapshot_where import check_where, table_problem
 from cdc_bridge.adapters.sql_poll.badrows import BadRow, undecodable
 from cdc_bridge.adapters.sql_poll.config import PollTable
 from cdc_bridge.adapters.sql_poll.values import Cursor
@@ -278,23 +279,45 @@ class TableSource:
 
     # --- reads ------------------------------------------------------------------------
 
-    def read_after(self, conn: sa.Connection, after: Cursor | None, limit: int) -> Rows:
-        """Up to ``limit`` rows with cursor > ``after`` in cursor order."""
+    def where_clause(self, where: str | None) -> sa.ColumnElement[bool] | None:
+        """A partial backfill's ``where`` as a condition on this table (``None``: every
+        row); :class:`ValueError` when it does not parse, reads ``op`` or names a column
+        the table lacks."""
+        if where is None:
+            return None
+        rf = check_where(where)
+        problem = table_problem(rf, self.spec.ident, self.selectable.c.keys())
+        if problem is not None:
+            raise ValueError(problem)
+        return to_sqlalchemy(rf.expr, lambda n: self.selectable.c[n])
+
+    def read_after(self, conn: sa.Connection, after: Cursor | None, limit: int,
+                   only: sa.ColumnElement[bool] | None = None) -> Rows:
+        """Up to ``limit`` rows with cursor > ``after`` in cursor order (of those matching
+        ``only``, when given)."""
         not_null = self.ts_name is not None and self.mode != "diff"
-        return self._read(conn, self.cursor_names, after, limit, not_null)
+        return self._read(conn, self.cursor_names, after, limit, not_null, only)
 
     def read_by_key(self, conn: sa.Connection, after: Cursor | None, limit: int,
-                    upto: Cursor | None = None) -> Rows:
-        """Up to ``limit`` rows with ``after`` < key <= ``upto`` in key order (re-snapshots)."""
+                    upto: Cursor | None = None, only: sa.ColumnElement[bool] | None = None
+                    ) -> Rows:
+        """Up to ``limit`` rows with ``after`` < key <= ``upto`` in key order (re-snapshots;
+        of those matching ``only``, when given)."""
         cols = [self.selectable.c[n] for n in self.key_cols]
         bound = None if upto is None else sa.not_(after_clause(cols, upto))
+        if only is not None:
+            bound = only if bound is None else sa.and_(bound, only)
         return self._read(conn, self.key_cols, after, limit, False, bound)
 
-    def max_key(self, conn: sa.Connection) -> Cursor | None:
-        """The largest key in the table, in the database's own order (``None``: empty)."""
+    def max_key(self, conn: sa.Connection, only: sa.ColumnElement[bool] | None = None
+                ) -> Cursor | None:
+        """The largest key in the table (of the rows matching ``only``, when given), in the
+        database's own order (``None``: empty)."""
         cols = [self.selectable.c[n] for n in self.key_cols]
-        row = conn.execute(sa.select(*cols).order_by(*[c.desc() for c in cols])
-                           .limit(1)).first()
+        query = sa.select(*cols).order_by(*[c.desc() for c in cols]).limit(1)
+        if only is not None:
+            query = query.where(only)
+        row = conn.execute(query).first()
         return None if row is None else tuple(row)
 
     def _read(self, conn: sa.Connection, order: list[str], after: Cursor | None, limit: int,
@@ -436,11 +459,18 @@ class TableSource:
             "TABLE_NAME = :t AND TABLE_SCHEMA = COALESCE(:s, DATABASE())"), params).scalar()
         return None if value is None else str(value)
 
-    def count(self, conn: sa.Connection) -> int:
+    def count(self, conn: sa.Connection, only: sa.ColumnElement[bool] | None = None) -> int:
         query = sa.select(sa.func.count()).select_from(self.selectable)
         if self.filter_clause is not None:
             query = query.where(self.filter_clause)
+        if only is not None:
+            query = query.where(only)
         return int(conn.execute(query).scalar_one())
+
+    def check_where(self, conn: sa.Connection, only: sa.ColumnElement[bool]) -> None:
+        """Let the database judge a partial backfill's condition (types) on no row."""
+        conn.execute(sa.select(sa.literal(1)).select_from(self.selectable).where(only)
+                     .limit(0)).fetchall()
 
     def cursor_of(self, row: dict[str, Any]) -> Cursor:
         return tuple(row[c] for c in self.cursor_names)

@@ -162,14 +162,17 @@ def init(config_path: Path) -> None:
 @click.argument("tables", nargs=-1)
 @click.option("--no-wait", is_flag=True, help="Queue the request and return at once.")
 @click.option("--timeout", type=float, default=0.0, help="Give up waiting after N seconds.")
+@click.option("--where", "where", default=None, metavar="EXPR",
+              help="Only the rows matching EXPR (the row-filter language; a partial "
+                   "backfill).")
 def snapshot(config_path: Path, adapter: str, tables: tuple[str, ...], no_wait: bool,
-             timeout: float) -> None:
+             timeout: float, where: str | None) -> None:
     """Re-snapshot ADAPTER (all its tables, or TABLE...) in the running daemon."""
     from cdc_bridge.cli.snapshot import request_snapshot
 
     config = _load_or_exit(config_path)
     code = request_snapshot(config, adapter, list(tables) or None, wait=not no_wait,
-                            timeout_s=timeout, echo=click.echo)
+                            timeout_s=timeout, echo=click.echo, where=where)
     sys.exit(code)
 
 

@@ -4,8 +4,11 @@ The request goes into the control file (:mod:`cdc_bridge.daemon.control`) that t
 polls; the daemon side is :mod:`cdc_bridge.daemon.snapshots`. Before queueing, the command checks
 what it can locally so mistakes fail fast with exit code 2: the adapter exists, and
 its type implements :class:`cdc_bridge.adapters.contract.SupportsSnapshot` ("not supported by this
-adapter type" otherwise). The bar is indeterminate (a moving block and the count of rows
-read so far), followed by ``rows/total`` when the adapter reports an estimated total.
+adapter type" otherwise), and with ``--where`` (a partial backfill) that the expression
+parses (else the error with its position and a caret) and the type implements
+:class:`~cdc_bridge.adapters.contract.SupportsPartialSnapshot`. The bar is indeterminate
+(a moving block and the count of rows read so far), followed by ``rows/total`` when the
+adapter reports an estimated total.
 
 Exit codes: 0 done (or queued with ``--no-wait``), 1 failed or timed out, 2 bad request.
 """
@@ -20,8 +23,9 @@ from collections.abc import Callable
 
 import click
 
-from cdc_bridge.adapters.contract import SupportsSnapshot
+from cdc_bridge.adapters.contract import SupportsPartialSnapshot, SupportsSnapshot
 from cdc_bridge.adapters.registry import AdapterContext, create
+from cdc_bridge.adapters.snapshot_where import check_where
 from cdc_bridge.cli.status import read_live
 from cdc_bridge.config import BridgeConfig
 from cdc_bridge.daemon.control import DONE, FINISHED, ControlDb, control_path
@@ -38,8 +42,10 @@ def progress_line(rows: int, elapsed_s: float, width: int = 24) -> str:
     return f"[{bar}] {rows} rows read, {elapsed_s:.0f}s"
 
 
-def supports_snapshot(config: BridgeConfig, adapter: str) -> bool | None:
-    """``None`` if there is no such adapter; else whether its type can re-snapshot."""
+def supports_snapshot(config: BridgeConfig, adapter: str, *, partial: bool = False
+                      ) -> bool | None:
+    """``None`` if there is no such adapter; else whether its type can re-snapshot
+    (``partial``: re-snapshot the rows matching a ``where``)."""
     cfg = next((a for a in config.adapter_configs if a.name == adapter), None)
     if cfg is None:
         return None
@@ -47,6 +53,9 @@ def supports_snapshot(config: BridgeConfig, adapter: str) -> bool | None:
                              subject_prefix=config.nats.subject_prefix)
     instance = create(cfg, context)
     try:
+        if partial:
+            return isinstance(instance, SupportsSnapshot) and \
+                isinstance(instance, SupportsPartialSnapshot)
         return isinstance(instance, SupportsSnapshot)
     finally:
         with contextlib.suppress(Exception):
@@ -55,20 +64,29 @@ def supports_snapshot(config: BridgeConfig, adapter: str) -> bool | None:
 
 def request_snapshot(config: BridgeConfig, adapter: str, tables: list[str] | None, *,
                      wait: bool = True, timeout_s: float = 0.0, echo: Echo = click.echo,
-                     interval_s: float = 0.2) -> int:
-    supported = supports_snapshot(config, adapter)
+                     interval_s: float = 0.2, where: str | None = None) -> int:
+    if where is not None:
+        try:
+            check_where(where)
+        except ValueError as e:  # its message ends with the text and a caret under the spot
+            echo(f"cdc-bridge snapshot: --where: {e}", err=True)
+            return 2
+    supported = supports_snapshot(config, adapter, partial=where is not None)
     if supported is None:
         names = ", ".join(a.name for a in config.adapter_configs) or "none"
         echo(f"cdc-bridge snapshot: no adapter named {adapter!r} (adapters: {names})", err=True)
         return 2
     if not supported:
         kind = next(a.type for a in config.adapter_configs if a.name == adapter)
-        echo(f"cdc-bridge snapshot: snapshot is not supported by this adapter type ({kind})",
+        what = "snapshot" if where is None else "a partial snapshot (--where)"
+        echo(f"cdc-bridge snapshot: {what} is not supported by this adapter type ({kind})",
              err=True)
         return 2
     control = ControlDb(control_path(config.state_dir))
-    rid = control.submit("snapshot", adapter, tables)
+    rid = control.submit("snapshot", adapter, tables, where)
     what = f"{adapter} {', '.join(tables) if tables else '(all tables)'}"
+    if where is not None:
+        what += f" where {where}"
     live, _ = read_live(config)
     if live is None:
         echo(f"snapshot request {rid} for {what} queued; the daemon is not running, it will "

@@ -2,7 +2,8 @@
 
 ``state_dir/control.db`` holds two tables:
 
-- ``requests``: operator requests for the daemon (today: ``snapshot``). The CLI inserts
+- ``requests``: operator requests for the daemon (today: ``snapshot``, with the
+  ``where`` of a partial backfill, ``where_expr``, added to older files on open). The CLI inserts
   a row (``pending``); the daemon claims it (``running``), works on it, updates its
   progress (``events``) and finishes it (``done`` or ``failed`` with a message). The CLI
   polls the row to draw its progress bar. A file in the state directory works whether
@@ -36,7 +37,8 @@ CREATE TABLE IF NOT EXISTS requests (
     events INTEGER NOT NULL DEFAULT 0,
     message TEXT,
     created_ms INTEGER NOT NULL,
-    updated_ms INTEGER NOT NULL
+    updated_ms INTEGER NOT NULL,
+    where_expr TEXT
 );
 CREATE TABLE IF NOT EXISTS daemon (
     id INTEGER PRIMARY KEY CHECK (id = 1),
@@ -66,6 +68,8 @@ class Request:
     message: str | None
     created_ms: int
     updated_ms: int
+    #: A partial backfill's ``where`` (``None``: every row).
+    where: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,8 +93,19 @@ class ControlDb:
     def __init__(self, path: Path) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
-        with self._connect() as conn:
-            conn.executescript(_SCHEMA)
+        conn = self._connect()
+        try:
+            with conn:
+                conn.executescript(_SCHEMA)
+                cols = {r[1] for r in conn.execute("PRAGMA table_info(requests)")}
+                if "where_expr" not in cols:  # a control file from before --where
+                    try:
+                        conn.execute("ALTER TABLE requests ADD COLUMN where_expr TEXT")
+                    except sqlite3.OperationalError as e:  # another process was first
+                        if "duplicate column" not in str(e):
+                            raise
+        finally:
+            conn.close()
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, timeout=30.0)
@@ -107,28 +122,30 @@ class ControlDb:
 
     # -- requests ---------------------------------------------------------------------
 
-    def submit(self, kind: str, adapter: str, tables: list[str] | None) -> int:
+    def submit(self, kind: str, adapter: str, tables: list[str] | None,
+               where: str | None = None) -> int:
         now = _now_ms()
         conn = self._connect()
         try:
             with conn:
                 cur = conn.execute(
-                    "INSERT INTO requests(kind, adapter, tables, created_ms, updated_ms)"
-                    " VALUES (?, ?, ?, ?, ?)",
-                    (kind, adapter, json.dumps(tables) if tables else None, now, now))
+                    "INSERT INTO requests(kind, adapter, tables, created_ms, updated_ms,"
+                    " where_expr) VALUES (?, ?, ?, ?, ?, ?)",
+                    (kind, adapter, json.dumps(tables) if tables else None, now, now, where))
                 return int(cur.lastrowid or 0)
         finally:
             conn.close()
 
     def get(self, request_id: int) -> Request | None:
         rows = self._run("SELECT id, kind, adapter, tables, status, events, message, created_ms,"
-                         " updated_ms FROM requests WHERE id=?", (request_id,))
+                         " updated_ms, where_expr FROM requests WHERE id=?", (request_id,))
         return _request(rows[0]) if rows else None
 
     def recent(self, kind: str, limit: int = 10) -> list[Request]:
         """The latest ``limit`` requests of ``kind``, newest first (the status page)."""
         rows = self._run("SELECT id, kind, adapter, tables, status, events, message, created_ms,"
-                         " updated_ms FROM requests WHERE kind=? ORDER BY id DESC LIMIT ?",
+                         " updated_ms, where_expr FROM requests WHERE kind=?"
+                         " ORDER BY id DESC LIMIT ?",
                          (kind, limit))
         return [_request(r) for r in rows]
 
@@ -140,7 +157,8 @@ class ControlDb:
                 conn.execute("BEGIN IMMEDIATE")
                 rows = conn.execute(
                     "SELECT id, kind, adapter, tables, status, events, message, created_ms,"
-                    " updated_ms FROM requests WHERE status=? ORDER BY id", (PENDING,)).fetchall()
+                    " updated_ms, where_expr FROM requests WHERE status=? ORDER BY id",
+                    (PENDING,)).fetchall()
                 conn.execute("UPDATE requests SET status=?, updated_ms=? WHERE status=?",
                              (RUNNING, _now_ms(), PENDING))
         finally:
@@ -182,6 +200,6 @@ class ControlDb:
 
 
 def _request(row: tuple[Any, ...]) -> Request:
-    rid, kind, adapter, tables, status, events, message, created, updated = row
+    rid, kind, adapter, tables, status, events, message, created, updated, where = row
     return Request(int(rid), kind, adapter, json.loads(tables) if tables else None, status,
-                   int(events), message, int(created), int(updated))
+                   int(events), message, int(created), int(updated), where)

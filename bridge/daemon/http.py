@@ -10,9 +10,10 @@ Routes:
 - ``GET /metrics``: :data:`cdc_bridge.metrics.REGISTRY` in the Prometheus text format
   (prometheus-client's own exposition).
 - ``GET /status``: the daemon's live state as JSON (what ``cdc-bridge status`` shows).
-- ``POST /snapshot`` ``{"adapter": "...", "tables": [...]}``: queue a re-snapshot in
-  the control channel (:mod:`cdc_bridge.daemon.control`) and return its request id;
-  ``GET /requests/{id}`` reports its progress.
+- ``POST /snapshot`` ``{"adapter": "...", "tables": [...], "where": "..."}``: queue a
+  re-snapshot in the control channel (:mod:`cdc_bridge.daemon.control`) and return its
+  request id; ``GET /requests/{id}`` reports its progress. ``where`` (optional) makes it
+  a partial backfill; one that does not parse is a ``400`` with its position and a caret.
 
 Requests that change state (``POST /snapshot``) follow the token rule of
 :mod:`cdc_bridge.daemon.http_auth`: with ``http.token`` set they need it as a bearer
@@ -32,6 +33,7 @@ from typing import Any, Protocol
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from cdc_bridge.adapters.snapshot_where import check_where
 from cdc_bridge.daemon.control import ControlDb
 from cdc_bridge.daemon.http_auth import token_guard, writes_refused_reason
 from cdc_bridge.daemon.statuspage import add_routes
@@ -70,8 +72,8 @@ def make_app(source: StateSource, control: ControlDb | None = None, *,
     async def snapshot(request: web.Request) -> web.Response:
         if control is None:
             raise web.HTTPNotFound(text="no control channel")
-        adapter, tables = _snapshot_body(await request.read())
-        rid = await asyncio.to_thread(control.submit, "snapshot", adapter, tables)
+        adapter, tables, where = _snapshot_body(await request.read())
+        rid = await asyncio.to_thread(control.submit, "snapshot", adapter, tables, where)
         return web.json_response({"id": rid}, status=202)
 
     async def request_status(request: web.Request) -> web.Response:
@@ -85,7 +87,8 @@ def make_app(source: StateSource, control: ControlDb | None = None, *,
         if req is None:
             raise web.HTTPNotFound(text=f"no request {rid}")
         return web.json_response({"id": req.id, "kind": req.kind, "adapter": req.adapter,
-                                  "tables": req.tables, "status": req.status,
+                                  "tables": req.tables, "where": req.where,
+                                  "status": req.status,
                                   "events": req.events, "message": req.message})
 
     app = web.Application(middlewares=[token_guard(host, token)])
@@ -100,16 +103,24 @@ def make_app(source: StateSource, control: ControlDb | None = None, *,
     return app
 
 
-def _snapshot_body(raw: bytes) -> tuple[str, list[str] | None]:
+def _snapshot_body(raw: bytes) -> tuple[str, list[str] | None, str | None]:
     try:
         body = json.loads(raw)
         adapter = str(body["adapter"])
         tables = body.get("tables") or None
         if tables is not None and not all(isinstance(t, str) for t in tables):
             raise ValueError("tables must be a list of strings")
+        where = body.get("where")
+        if where is not None and not isinstance(where, str):
+            raise ValueError("where must be a string")
     except (ValueError, KeyError, TypeError, AttributeError) as e:
-        raise web.HTTPBadRequest(text=f"expected {{adapter, tables?}}: {e}") from None
-    return adapter, tables
+        raise web.HTTPBadRequest(text=f"expected {{adapter, tables?, where?}}: {e}") from None
+    if where is not None:
+        try:
+            check_where(where)
+        except ValueError as e:  # the message ends with the text and a caret under the spot
+            raise web.HTTPBadRequest(text=f"where: {e}\n") from None
+    return adapter, tables, where
 
 
 class HttpServer:

@@ -6,7 +6,9 @@ A ``snapshot`` request (from ``cdc-bridge snapshot`` or ``POST /snapshot``, thro
 1. wait (bounded) until the adapter is running, so the request reaches a live instance;
 2. refuse with a clear message if the adapter type does not implement
    :class:`cdc_bridge.adapters.contract.SupportsSnapshot`;
-3. call ``request_snapshot(tables)``; the adapter then emits ``op: r`` events through
+3. call ``request_snapshot(tables)`` (with ``where=`` for a partial backfill, refused
+   clearly by an adapter without :class:`~cdc_bridge.adapters.contract.
+   SupportsPartialSnapshot`); the adapter then emits ``op: r`` events through
    its normal ``changes`` stream, so they pass through the outbox like everything else;
 4. report progress: the number of ``op: r`` events for those tables committed since
    the request was accepted, written to the request row for the CLI's progress bar;
@@ -37,11 +39,25 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from cdc_bridge.adapters.contract import Adapter, ReportsSnapshotProgress, SupportsSnapshot
+from cdc_bridge.adapters.contract import (
+    Adapter,
+    ReportsSnapshotProgress,
+    SupportsPartialSnapshot,
+    SupportsSnapshot,
+)
 from cdc_bridge.daemon.control import DONE, FAILED, PENDING, ControlDb, Request
 from cdc_bridge.kernel.errors import SnapshotRequestError
 
 log = logging.getLogger("cdc_bridge.snapshot")
+
+
+async def _ask(adapter: SupportsSnapshot, req: Request) -> None:
+    """Hand ``req`` to the adapter: with its ``where`` (a partial backfill) when it has one."""
+    if req.where is not None:
+        assert isinstance(adapter, SupportsPartialSnapshot)
+        await adapter.request_snapshot(req.tables, where=req.where)
+    else:
+        await adapter.request_snapshot(req.tables)
 
 
 @dataclass(slots=True)
@@ -151,10 +167,15 @@ class SnapshotRunner:
             await self._finish(req, FAILED, f"snapshot is not supported by this adapter type "
                                f"({stats.type})")
             return
-        log.info("snapshot request %d: asking adapter %s to re-snapshot %s", req.id,
-                 req.adapter, ",".join(req.tables or ["all tables"]))
+        if req.where is not None and not isinstance(adapter, SupportsPartialSnapshot):
+            await self._finish(req, FAILED, f"a partial snapshot (--where) is not supported "
+                               f"by this adapter type ({stats.type})")
+            return
+        log.info("snapshot request %d: asking adapter %s to re-snapshot %s%s", req.id,
+                 req.adapter, ",".join(req.tables or ["all tables"]),
+                 "" if req.where is None else f" where {req.where}")
         base = stats.reads(req.tables)
-        await adapter.request_snapshot(req.tables)
+        await _ask(adapter, req)
         if isinstance(adapter, ReportsSnapshotProgress):
             self._durable.add(req.id)
             report = adapter.snapshot_progress()
@@ -173,7 +194,7 @@ class SnapshotRunner:
                 # a restarted adapter never committed the request: hand it over again
                 log.info("snapshot request %d: adapter %s restarted before committing it; "
                          "asking again", req.id, req.adapter)
-                await adapter.request_snapshot(req.tables)
+                await _ask(adapter, req)
                 again = adapter.snapshot_progress()
                 target = again.requested if again else target
             elif report is not None and report.committed >= target and report.done:
