@@ -32,12 +32,13 @@ import pytest
 from pydantic import ValidationError
 
 import cdc_bridge.adapters.registry  # noqa: F401  (registry first: it imports the adapters)
-from cdc_bridge.adapters.contract import AdapterContext
+from cdc_bridge.adapters.contract import AdapterContext, ChangeBatch
 from cdc_bridge.adapters.outbox_table import to_message
 from cdc_bridge.adapters.postgres.adapter import PostgresAdapter
 from cdc_bridge.adapters.postgres.config import PostgresConfig
 from cdc_bridge.client.outbox import create_outbox_table, write_event
 from cdc_bridge.kernel.errors import SourceSetupError
+from cdc_bridge.outbox.writer import encode_batch
 from tests.helpers import (
     BridgeProcess,
     appended_events,
@@ -128,10 +129,11 @@ def test_write_event_by_replication_beside_row_changes(
         for eid in kept:
             row = conn.execute(POLL_ROW, (eid,)).fetchone()
             assert row is not None
-            polled = to_message(row, "shop")
+            # (as the writer encodes it: with the trace context in body and headers)
+            polled = encode_batch(ChangeBatch(messages=[to_message(row, "shop")]), "cdc")[0]
             got = by_id[eid]
-            assert got.data == polled.body, eid
-            assert "cdc." + polled.subject == got.subject
+            assert got.data == polled.payload, eid
+            assert polled.subject == got.subject
             assert {k: v for k, v in got.headers.items() if k != "Nats-Msg-Id"
                     and not k.startswith("Nats-Expected-")} == dict(polled.headers or {})
     first = orjson.loads(by_id[expected[1]].data)
@@ -144,7 +146,9 @@ def test_write_event_by_replication_beside_row_changes(
     assert orjson.loads(deleted.data)["aggregateid"] == "2"
     line = next(m for m in msgs if m.subject == "cdc.outbox.Order_Line.added_v2")
     assert b'"data":{"n": 123456789012345678901234567890, "amount": 12.50}' in line.data
-    assert {h for h in line.headers if not h.startswith("Nats-Expected-")} == {"Nats-Msg-Id"}
+    # invalid header names dropped, the forged id ignored; the trace context added
+    assert {h for h in line.headers if not h.startswith("Nats-Expected-")} == {
+        "Nats-Msg-Id", "traceparent"}
     assert orjson.loads(by_id[waiting].data)["type"] == "imported"  # from the snapshot
     # updates, deletes and truncates of the outbox table are not events
     sql(pg_dsn, "UPDATE cdc_outbox SET published_at = now()",

@@ -231,7 +231,8 @@ async def test_nats_killed_and_restarted_mid_stream(tmp_path: Path, nats_server:
     assert_once_in_order(stored, range(total + 1000))
     text = caplog.text
     assert "JetStream unavailable" in text
-    assert "retrying in" in text
+    # a retry, unless (a loaded machine) the failed session outlasted the outage
+    assert "retrying in" in text or "JetStream recovered after 0.0s" in text
     assert "JetStream recovered after" in text and "draining" in text
     assert r.relay.stats.reconnects >= 1
 
