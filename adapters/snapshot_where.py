@@ -17,12 +17,14 @@ the part already read skipped rows the wider ``where`` wants.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
+from cdc_bridge.adapters.contract import SnapshotRequestError
 from cdc_bridge.adapters.filters import FilterSyntaxError, RowFilter, row_filter
 from cdc_bridge.adapters.filters.parse import op_position
 
-__all__ = ["FilterSyntaxError", "check_where", "covers", "table_problem", "widen"]
+__all__ = ["FilterSyntaxError", "check_where", "covers", "refuse_unusable", "table_problem",
+           "widen"]
 
 
 def check_where(text: str) -> RowFilter:
@@ -43,6 +45,21 @@ def table_problem(where: RowFilter, table: str, columns: Iterable[str]) -> str |
         return (f"table {table} has no column {', '.join(map(repr, unknown))} "
                 f"(--where {where.text})")
     return None
+
+
+def refuse_unusable(adapter: str, where: str,
+                    columns: Mapping[str, Iterable[str]]) -> RowFilter:
+    """``where`` parsed, for a source's request check: :class:`SnapshotRequestError` if it
+    does not parse, reads ``op`` or names a column one of the tables (``columns``: table
+    -> its column names) lacks."""
+    try:
+        rf = check_where(where)
+    except ValueError as e:
+        raise SnapshotRequestError(f"--where: {e}") from None
+    problems = [p for table, cols in columns.items() if (p := table_problem(rf, table, cols))]
+    if problems:
+        raise SnapshotRequestError(f"adapter {adapter}: " + "; ".join(problems))
+    return rf
 
 
 def covers(running: str | None, new: str | None) -> bool:

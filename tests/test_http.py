@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 import subprocess
 import sys
 import urllib.error
@@ -13,7 +12,7 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.helpers import BridgeProcess, wait_for, write_config
+from tests.helpers import BridgeProcess, add_rows, wait_for, write_config
 from tests.services.nats_server import NatsServer
 from tests.services.ports import free_port
 
@@ -36,14 +35,6 @@ def samples(body: bytes) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]
     return out
 
 
-def make_source(db: Path, rows: int) -> None:
-    with sqlite3.connect(db) as conn:
-        conn.execute("CREATE TABLE IF NOT EXISTS invoices (id INTEGER PRIMARY KEY, amount TEXT)")
-        start = conn.execute("SELECT COALESCE(MAX(id), 0) FROM invoices").fetchone()[0]
-        conn.executemany("INSERT INTO invoices VALUES (?, ?)",
-                         [(i, f"{i}.00") for i in range(start + 1, start + rows + 1)])
-
-
 def http_config(tmp: Path, nats_url: str, db: Path, port: int) -> Path:
     return write_config(tmp / "bridge.yaml", {
         "state_dir": str(tmp / "state"),
@@ -57,7 +48,7 @@ def http_config(tmp: Path, nats_url: str, db: Path, port: int) -> Path:
 
 def test_healthz_readyz_metrics_status(tmp_path: Path, nats_server: NatsServer) -> None:
     db = tmp_path / "legacy.db"
-    make_source(db, 50)
+    add_rows(db, 50)
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     bridge = BridgeProcess(http_config(tmp_path, nats_server.url, db, port),
@@ -120,7 +111,7 @@ def test_status_heartbeat_and_files_keep_secrets(tmp_path: Path, nats_server: Na
     """A password in the NATS URL appears in neither /status nor the heartbeat in
     control.db; state_dir is 0700 and the daemon's files in it 0600."""
     db = tmp_path / "legacy.db"
-    make_source(db, 5)
+    add_rows(db, 5)
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     secret_url = nats_server.url.replace("nats://", "nats://cdc:s3cret-pw@")

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
-import sqlite3
 import time
 import urllib.error
 import urllib.request
@@ -27,7 +26,7 @@ import pytest
 from nats.js import api
 
 from cdc_bridge.kernel.wire import ORIGINAL_SUBJECT, REASON
-from tests.helpers import BridgeProcess, wait_for, write_config
+from tests.helpers import BridgeProcess, add_rows, wait_for, write_config
 from tests.services.nats_server import NatsServer
 from tests.services.ports import free_port
 
@@ -64,14 +63,6 @@ def overview(base: str) -> dict[str, Any]:
     assert status == 200, (status, body[:300])
     data: dict[str, Any] = json.loads(body)
     return data
-
-
-def insert_rows(db: Path, rows: int) -> None:
-    with sqlite3.connect(db) as conn:
-        conn.execute("CREATE TABLE IF NOT EXISTS invoices (id INTEGER PRIMARY KEY, amount TEXT)")
-        start = conn.execute("SELECT COALESCE(MAX(id), 0) FROM invoices").fetchone()[0]
-        conn.executemany("INSERT INTO invoices VALUES (?, ?)",
-                         [(i, f"{i}.00") for i in range(start + 1, start + rows + 1)])
 
 
 def bridge_config(tmp: Path, nats_url: str, db: Path, port: int, host: str,
@@ -179,7 +170,7 @@ def browser() -> Iterator[Any]:
 def test_status_page_live_in_chromium(tmp_path: Path, nats_server: NatsServer,
                                       browser: Any) -> None:
     db = tmp_path / "legacy.db"
-    insert_rows(db, 30)
+    add_rows(db, 30)
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     secret_url = nats_server.url.replace("nats://", f"nats://cdc:{NATS_PASSWORD}@")
@@ -216,7 +207,7 @@ def test_status_page_live_in_chromium(tmp_path: Path, nats_server: NatsServer,
 
         # live: new rows, a durable consumer, a dead letter, a re-snapshot
         updates = int(page.evaluate("document.body.dataset.updates"))
-        insert_rows(db, 20)
+        add_rows(db, 20)
         run_async(lambda: add_durable(nats_server.url, "billing"))
         run_async(lambda: add_dead_letter(nats_server.url))
         status, body = request(base + "/snapshot", "POST", {"adapter": "erp"}, HTTP_TOKEN)
@@ -275,7 +266,7 @@ def test_state_changes_need_the_token(tmp_path: Path, nats_server: NatsServer) -
     """Loopback with a token: POST needs it (401 without, or wrong). Beyond loopback
     without a token: POST is refused (403, naming http.token); reading stays open."""
     db = tmp_path / "legacy.db"
-    insert_rows(db, 3)
+    add_rows(db, 3)
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     bridge = BridgeProcess(bridge_config(tmp_path, nats_server.url, db, port, "127.0.0.1",

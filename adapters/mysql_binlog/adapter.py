@@ -65,7 +65,7 @@ from cdc_bridge.adapters.mysql_binlog.snapshot import (
 from cdc_bridge.adapters.mysql_binlog.stream import BinlogReader
 from cdc_bridge.adapters.mysql_binlog.values import RowConverter
 from cdc_bridge.adapters.snapshot_progress import SnapshotProgress
-from cdc_bridge.adapters.snapshot_where import check_where, table_problem
+from cdc_bridge.adapters.snapshot_where import refuse_unusable
 from cdc_bridge.kernel.errors import SourceSetupError, SourceUnavailable
 
 log = logging.getLogger("cdc_bridge.adapter.mysql_binlog")
@@ -384,14 +384,8 @@ class MysqlBinlogAdapter:
     def _check_where(self, names: list[str], where: str) -> None:
         """Refuse a ``where`` that does not parse, reads ``op`` or names a column one of
         the tables lacks (as captured; a table altered since is checked at its read)."""
-        try:
-            rf = check_where(where)
-        except ValueError as e:
-            raise SnapshotRequestError(f"--where: {e}") from None
-        problems = [p for t in names
-                    if (p := table_problem(rf, t, [c.name for c in self._meta[t].columns]))]
-        if problems:
-            raise SnapshotRequestError(f"adapter {self.name}: " + "; ".join(problems))
+        refuse_unusable(self.name, where,
+                        {t: [c.name for c in self._meta[t].columns] for t in names})
 
     def snapshot_progress(self) -> SnapshotReport | None:
         if not self._ready.is_set() or self._pos is None:

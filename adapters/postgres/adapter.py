@@ -73,7 +73,7 @@ from cdc_bridge.adapters.postgres.stream import StreamReader
 from cdc_bridge.adapters.postgres.tables import TableWatch
 from cdc_bridge.adapters.postgres.values import ValueDecoder
 from cdc_bridge.adapters.snapshot_progress import SnapshotProgress
-from cdc_bridge.adapters.snapshot_where import check_where, table_problem
+from cdc_bridge.adapters.snapshot_where import refuse_unusable
 from cdc_bridge.kernel.errors import SourceSetupError, SourceUnavailable
 
 log = logging.getLogger("cdc_bridge.adapter.postgres")
@@ -392,14 +392,8 @@ class PostgresAdapter:
     async def _check_where(self, names: list[str], where: str) -> None:
         """Refuse a ``where`` that cannot select rows of every table: syntax, columns,
         and what PostgreSQL says of it (types), with a query that reads no row."""
-        try:
-            rf = check_where(where)
-        except ValueError as e:
-            raise SnapshotRequestError(f"--where: {e}") from None
-        problems = [p for t in names
-                    if (p := table_problem(rf, t, [c.name for c in self._tables[t].columns]))]
-        if problems:
-            raise SnapshotRequestError(f"adapter {self.name}: " + "; ".join(problems))
+        refuse_unusable(self.name, where,
+                        {t: [c.name for c in self._tables[t].columns] for t in names})
         cond = where_sql(where)
         assert cond is not None
         try:
