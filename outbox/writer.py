@@ -29,8 +29,6 @@ from cdc_bridge.kernel.events import (
     ChangeEvent,
     RoutedMessage,
     dead_letter_subject,
-    dumps,
-    event_id,
 )
 from cdc_bridge.kernel.subjects import SubjectRouter
 from cdc_bridge.kernel.tracecontext import (
@@ -57,11 +55,9 @@ def _routed(m: RoutedMessage, prefix: str, now: int, ratio: float) -> OutboxMess
 def _templated(ev: ChangeEvent, prefix: str, ratio: float,
                router: SubjectRouter) -> tuple[str, str, bytes]:
     """``(id, subject, body)`` like ``outbox_parts``, the subject from the router."""
+    eid, subject, body = ev.outbox_parts(prefix, ratio)
     bound = router.bound(prefix, ev.schema, ev.table)
-    if bound is None:
-        return ev.outbox_parts(prefix, ratio)
-    eid = event_id(ev.adapter, ev.position, ev.index)
-    return eid, bound.render(ev), dumps(ev.to_cloudevent(eid, ratio))
+    return eid, subject if bound is None else bound.render(ev), body
 
 
 def encode_batch(batch: ChangeBatch, prefix: str, sample_ratio: float = 1.0,

@@ -23,6 +23,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from cdc_bridge.adapters.filters.nodes import (
+    OPERATORS,
     And,
     Column,
     Compare,
@@ -39,10 +40,6 @@ from cdc_bridge.adapters.filters.nodes import (
 Test = Callable[[Mapping[str, Any], str], "bool | None"]
 _Get = Callable[[Mapping[str, Any], str], Any]
 
-_OPS: dict[str, Callable[[Any, Any], bool]] = {
-    "=": operator.eq, "!=": operator.ne, "<": operator.lt, "<=": operator.le,
-    ">": operator.gt, ">=": operator.ge,
-}
 _NUM, _STR, _BOOL, _TIME = "num", "str", "bool", "time"
 _NUMBERS = frozenset({int, float, Decimal})
 _KIND_OF: dict[type, str] = {int: _NUM, float: _NUM, Decimal: _NUM, str: _STR, bool: _BOOL,
@@ -136,7 +133,7 @@ def _compile_compare(node: Compare) -> Test:
     left, right, cmp = node.left, node.right, node.cmp
     if isinstance(left, Literal) and not isinstance(right, Literal):
         left, right, cmp = right, left, _FLIP[cmp]  # type: ignore[assignment]
-    fn = _OPS[cmp]
+    fn = OPERATORS[cmp]
     if isinstance(left, Column) and isinstance(right, Literal):
         return _column_vs_constant(left.name, fn, right.value)
     get_l, get_r = _getter(left), _getter(right)

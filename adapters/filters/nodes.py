@@ -9,14 +9,22 @@ read it.
 
 from __future__ import annotations
 
+import operator
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import Any
 from typing import Literal as Lit
 
 #: A constant's value: text, an exact number, or a boolean (``null`` only appears in
 #: ``is null`` / ``is not null``).
 Value = str | int | Decimal | bool
 Comparison = Lit["=", "!=", "<", "<=", ">", ">="]
+#: Each comparison as a two-argument function (Python values, or SQLAlchemy expressions).
+OPERATORS: dict[str, Callable[[Any, Any], Any]] = {
+    "=": operator.eq, "!=": operator.ne, "<": operator.lt, "<=": operator.le,
+    ">": operator.gt, ">=": operator.ge,
+}
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,7 +12,6 @@ A filter that reads ``op`` has no SQL form (the operation is not a column): both
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
@@ -20,6 +19,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from cdc_bridge.adapters.filters.nodes import (
+    OPERATORS,
     And,
     Column,
     Compare,
@@ -32,10 +32,6 @@ from cdc_bridge.adapters.filters.nodes import (
     Value,
 )
 
-_SA_OPS: dict[str, Callable[[Any, Any], Any]] = {
-    "=": operator.eq, "!=": operator.ne, "<": operator.lt, "<=": operator.le,
-    ">": operator.gt, ">=": operator.ge,
-}
 _NO_OP = "a filter that reads op has no SQL form (op is not a column)"
 
 
@@ -51,7 +47,7 @@ def to_sqlalchemy(expr: Expr, column: Callable[[str], sa.ColumnElement[Any]]
 
     def build(e: Expr) -> sa.ColumnElement[bool]:
         if isinstance(e, Compare):
-            return _SA_OPS[e.cmp](operand(e.left), operand(e.right))  # type: ignore[no-any-return]
+            return OPERATORS[e.cmp](operand(e.left), operand(e.right))  # type: ignore[no-any-return]
         if isinstance(e, InList):
             target = operand(e.operand)
             return target.not_in(e.values) if e.negated else target.in_(e.values)
@@ -81,6 +77,27 @@ def _pg_value(value: Value) -> str:
     return f"E'{body}'"
 
 
+def _render(expr: Expr, operand: Callable[[Operand], str],
+            values: Callable[[tuple[Value, ...]], str]) -> str:
+    """``expr`` as SQL text; ``operand`` and ``values`` (an ``IN`` list) say how a dialect
+    writes columns and constants."""
+    def build(e: Expr) -> str:
+        if isinstance(e, Compare):
+            left = operand(e.left)
+            return f"{left} {'<>' if e.cmp == '!=' else e.cmp} {operand(e.right)}"
+        if isinstance(e, InList):
+            target = operand(e.operand)
+            return f"{target} {'NOT IN' if e.negated else 'IN'} ({values(e.values)})"
+        if isinstance(e, IsNull):
+            return f"{operand(e.operand)} IS {'NOT NULL' if e.negated else 'NULL'}"
+        if isinstance(e, Not):
+            return f"NOT ({build(e.item)})"
+        joiner = " AND " if isinstance(e, And) else " OR "
+        return joiner.join(f"({build(item)})" for item in e.items)
+
+    return build(expr)
+
+
 def to_postgres_sql(expr: Expr) -> str:
     """``expr`` as PostgreSQL text, identifiers quoted, constants inlined and escaped."""
     def operand(o: Operand) -> str:
@@ -90,20 +107,7 @@ def to_postgres_sql(expr: Expr) -> str:
             return _pg_value(o.value)
         raise ValueError(_NO_OP)
 
-    def build(e: Expr) -> str:
-        if isinstance(e, Compare):
-            return f"{operand(e.left)} {'<>' if e.cmp == '!=' else e.cmp} {operand(e.right)}"
-        if isinstance(e, InList):
-            values = ", ".join(_pg_value(v) for v in e.values)
-            return f"{operand(e.operand)} {'NOT IN' if e.negated else 'IN'} ({values})"
-        if isinstance(e, IsNull):
-            return f"{operand(e.operand)} IS {'NOT NULL' if e.negated else 'NULL'}"
-        if isinstance(e, Not):
-            return f"NOT ({build(e.item)})"
-        joiner = " AND " if isinstance(e, And) else " OR "
-        return joiner.join(f"({build(item)})" for item in e.items)
-
-    return build(expr)
+    return _render(expr, operand, lambda vs: ", ".join(_pg_value(v) for v in vs))
 
 
 def quote_mysql_ident(name: str) -> str:
@@ -122,20 +126,8 @@ def to_mysql_sql(expr: Expr) -> tuple[str, list[Value]]:
             return "%s"
         raise ValueError(_NO_OP)
 
-    def build(e: Expr) -> str:
-        if isinstance(e, Compare):
-            left = operand(e.left)
-            return f"{left} {'<>' if e.cmp == '!=' else e.cmp} {operand(e.right)}"
-        if isinstance(e, InList):
-            target = operand(e.operand)
-            params.extend(e.values)
-            marks = ", ".join(["%s"] * len(e.values))
-            return f"{target} {'NOT IN' if e.negated else 'IN'} ({marks})"
-        if isinstance(e, IsNull):
-            return f"{operand(e.operand)} IS {'NOT NULL' if e.negated else 'NULL'}"
-        if isinstance(e, Not):
-            return f"NOT ({build(e.item)})"
-        joiner = " AND " if isinstance(e, And) else " OR "
-        return joiner.join(f"({build(item)})" for item in e.items)
+    def values(vs: tuple[Value, ...]) -> str:
+        params.extend(vs)
+        return ", ".join(["%s"] * len(vs))
 
-    return build(expr), params
+    return _render(expr, operand, values), params

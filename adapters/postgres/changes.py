@@ -134,7 +134,7 @@ class EventBuilder:
             info.schema, info.name, info.qualified, names,
             tuple(c.type_oid for c in info.columns), tuple(c.type_modifier for c in info.columns),
             tuple(names.index(k) for k in info.primary_key), info.rules, not outbox, outbox,
-            None if info.sql_filter() is not None else info.row_filter)
+            rf if (rf := info.row_filter) is not None and rf.uses_op else None)
 
     def rel(self, oid: int) -> RelationState:
         try:

@@ -121,14 +121,9 @@ class Resnapshotter:
         now_ms = int(time.time() * 1000)
         prefix = f"snap:{progress.gen}.{progress.attempt}:{chunk.table}:"
         extra = {"snapshot": True, "resnapshot": progress.seq}
-        # The copy reads whole key ranges (its merge with the stream needs them): the
-        # table's row filter is applied here, on the decoded rows.
-        rf = self.tables[chunk.table].row_filter if rel.filter is None else None
         for key, row in out.rows:
             position = prefix + orjson.dumps(list(key)).decode()
             try:
-                if rf is not None and not rf.matches(self.builder.decode_row(rel, row), "r"):
-                    continue
                 event = self.builder.snapshot_event(rel, row, position, now_ms, extra)
                 if event is not None:
                     events.append(event)
@@ -266,7 +261,12 @@ class Resnapshotter:
     def _rel(self, table: str) -> RelationState:
         rel = self._rels.get(table)
         if rel is None:
-            rel = self._rels[table] = self.builder.table_state(self.tables[table])
+            # The copy reads whole key ranges (its merge with the stream needs them), so
+            # the table's row filter is judged on each decoded row, never in its query.
+            info = self.tables[table]
+            rel = self.builder.table_state(info)
+            rel.filter = info.row_filter
+            self._rels[table] = rel
         return rel
 
 

@@ -41,6 +41,7 @@ from cdc_bridge.kernel.wire import (
     SCHEMA,
     TABLE,
 )
+from cdc_bridge.relay.rules import subject_matches
 
 #: Found, and every durable consumer it is for has acknowledged it.
 EXIT_DONE = 0
@@ -144,17 +145,6 @@ class TraceQuery:
         return {"adapter": self.adapter, "schema": self.schema, "table": self.table,
                 "key": dict(self.key) if self.key is not None else None, "all": self.all,
                 "limit": self.limit}
-
-
-def subject_matches(pattern: str, subject: str) -> bool:
-    """NATS subject matching: ``*`` is one token, a final ``>`` one or more."""
-    want, got = pattern.split("."), subject.split(".")
-    for i, token in enumerate(want):
-        if token == ">":
-            return len(got) > i
-        if i >= len(got) or (token != "*" and token != got[i]):
-            return False
-    return len(got) == len(want)
 
 
 def _text(value: Any) -> str:

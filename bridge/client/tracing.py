@@ -6,7 +6,8 @@ event's capture span, so one trace runs from the source commit through the bridg
 the service's own writes (their instrumentation sees this span as current). Only if
 ``opentelemetry-api`` is importable and the service has set a tracer provider
 (``trace.set_tracer_provider``); otherwise nothing happens and nothing is imported.
-OpenTelemetry is imported lazily, at the first event that has a trace context.
+OpenTelemetry is imported lazily, at the first event that has a trace context; the tracer
+is looked up once per provider, and without one no trace context is parsed.
 """
 
 from __future__ import annotations
@@ -33,23 +34,30 @@ def _api() -> Any:
     return _trace
 
 
+#: The provider the tracer below was taken from, and that tracer (``None``: no tracing).
+_cached: tuple[Any, Any] = (object(), None)
+
+
 def _tracer() -> Any:
-    """The service's tracer, or ``None`` when OpenTelemetry is absent or not set up."""
+    """The service's tracer, or ``None`` when OpenTelemetry is absent or not set up
+    (looked up again only when the service sets another provider)."""
+    global _cached
     trace = _api()
     if not trace:
         return None
     provider = trace.get_tracer_provider()
-    if isinstance(provider, trace.ProxyTracerProvider | trace.NoOpTracerProvider):
-        return None
-    return provider.get_tracer("cdc_bridge.client")
+    if _cached[0] is not provider:
+        noop = isinstance(provider, trace.ProxyTracerProvider | trace.NoOpTracerProvider)
+        _cached = (provider, None if noop else provider.get_tracer("cdc_bridge.client"))
+    return _cached[1]
 
 
 @contextlib.contextmanager
 def handler_span(traceparent: str | None, subject: str, event_id: str, durable: str,
                  deliveries: int) -> Iterator[None]:
     """Run the body inside the handler's span (a no-op without trace context or tracer)."""
-    parsed = parse_traceparent(traceparent)
-    tracer = _tracer() if parsed is not None else None
+    tracer = _tracer() if traceparent else None
+    parsed = parse_traceparent(traceparent) if tracer is not None else None
     if tracer is None or parsed is None:
         yield
         return

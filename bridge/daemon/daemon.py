@@ -153,7 +153,8 @@ class Daemon:
                                     name=a.name)
                 for a in cfg.adapter_configs
             ]
-            snapshots = SnapshotRunner(self.adapters, self.control)
+            snapshots = SnapshotRunner(self.adapters, self.control,
+                                       redact=self._redactor.redact)
             background += [asyncio.create_task(self._refresh_loop(snapshots), name="ops")]
             log.info("cdc-bridge running: %d adapter(s), outbox %s, NATS %s",
                      len(adapter_tasks), _store_kind(cfg.outbox_url()),

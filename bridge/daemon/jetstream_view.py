@@ -102,7 +102,7 @@ class JetStreamView:
                            "dead_letters": dead}
         except _ERRORS as e:
             self._cache = {**self._cache, "error": self.redact(
-                f"JetStream not reachable: {type(e).__name__}: {e}"[:200])}
+                f"JetStream not reachable: {type(e).__name__}: {e}")[:200]}
             await self._drop()
         finally:
             self._fetched = time.monotonic()

@@ -36,6 +36,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -98,8 +99,12 @@ class AdapterStats:
 class SnapshotRunner:
     def __init__(self, adapters: dict[str, AdapterStats], control: ControlDb, *,
                  quiet_s: float = 2.0, wait_running_s: float = 60.0,
-                 interval_s: float = 0.25) -> None:
+                 interval_s: float = 0.25,
+                 redact: Callable[[str], str] = lambda text: text) -> None:
         self.adapters = adapters
+        #: Applied to every message stored for a request (an adapter's error may hold a
+        #: password): ``snapshot``, ``GET /requests/{id}`` and the status page show them.
+        self.redact = redact
         self.control = control
         self.quiet_s = quiet_s
         self.wait_running_s = wait_running_s
@@ -124,6 +129,7 @@ class SnapshotRunner:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def _finish(self, req: Request, status: str, message: str, events: int = 0) -> None:
+        message = self.redact(message)
         log.info("snapshot request %d (%s %s): %s: %s", req.id, req.adapter,
                  ",".join(req.tables or ["all tables"]), status, message)
         await asyncio.to_thread(self.control.update, req.id, status=status, events=events,

@@ -47,9 +47,9 @@ from nats.js import JetStreamContext, api
 
 from cdc_bridge import metrics
 from cdc_bridge.kernel.errors import ConfigError, FatalError, PublishUnavailable
-from cdc_bridge.kernel.tracecontext import TRACEPARENT, traceparent, traceparent_in_body
+from cdc_bridge.kernel.tracecontext import TRACEPARENT
 from cdc_bridge.outbox.base import OutboxMessage
-from cdc_bridge.relay.rules import DUPLICATE, OK, RETRY, parse_ack
+from cdc_bridge.relay.rules import DUPLICATE, OK, RETRY, message_traceparent, parse_ack
 from cdc_bridge.relay.settings import NatsConfig
 
 log = logging.getLogger("cdc_bridge.publisher")
@@ -387,9 +387,7 @@ class Publisher:
         if msg.headers:
             headers.update(msg.headers)
             headers["Nats-Msg-Id"] = msg.msg_id
-        tp = headers.get(TRACEPARENT) or traceparent_in_body(msg.payload) \
-            or traceparent(msg.msg_id)
-        headers[TRACEPARENT] = slot.traceparent = tp
+        headers[TRACEPARENT] = slot.traceparent = message_traceparent(msg)
         if expected_last >= 0:
             headers[EXPECTED_LAST_SEQ] = str(expected_last)
         slot.expected_last = expected_last

@@ -82,7 +82,7 @@ from cdc_bridge import metrics
 from cdc_bridge.kernel.backoff import retrying
 from cdc_bridge.kernel.errors import FatalError, PublishUnavailable
 from cdc_bridge.kernel.events import DLQ_TOKEN, dead_letter_prefix, dead_letter_stream
-from cdc_bridge.kernel.tracecontext import TRACEPARENT, traceparent
+from cdc_bridge.kernel.tracecontext import TRACEPARENT
 from cdc_bridge.kernel.wire import BODY_DROPPED, MSG_ID
 from cdc_bridge.outbox.base import OutboxMessage, PendingRow
 from cdc_bridge.outbox.runner import AsyncStore
@@ -97,10 +97,11 @@ from cdc_bridge.relay.rules import (
     dlq_token,
     headers_size,
     is_wrong_last_sequence,
+    message_traceparent,
     precheck,
 )
 from cdc_bridge.relay.settings import OutboxConfig
-from cdc_bridge.relay.tracing import Tracing, message_traceparent
+from cdc_bridge.relay.tracing import Tracing
 
 log = logging.getLogger("cdc_bridge.relay")
 
@@ -111,6 +112,9 @@ RECONCILE_PAGE = 100_000
 #: After a foreign write into the stream broke the chain, publish one row at a time
 #: (order needs no chain then) for this long before chaining again.
 SERIAL_AFTER_FOREIGN_S = 60.0
+#: Subjects whose precheck and metrics series are remembered (a bound: subject
+#: templates with a column token make any number of subjects).
+SUBJECT_CACHE = 65_536
 
 
 #: Outcomes as publish spans name them.
@@ -367,19 +371,14 @@ class Relay:
                 await self._space.wait()
             slot = Slot(row.seq, row.message)
             msg = row.message
-            reason = self._subject_ok.get(msg.subject, "?")
-            if reason == "?":
-                reason = self._subject_ok[msg.subject] = precheck(
-                    msg.subject, 0, max_payload=1, stream_subjects=pub.stream_subjects,
-                    max_msg_size=-1)
-            size = (len(msg.payload) + 14 + len(msg.msg_id) + 17 + _TP_SIZE  # (= _wire_size)
-                    + (headers_size(msg.headers) if msg.headers else 0))
             if skip and row.seq in skip:
                 slot.outcome = DUPLICATE
                 skip.discard(row.seq)
                 inflight.append(slot)
                 self._sent.set()
                 continue
+            reason = self._subject_reason(msg.subject)
+            size = _wire_size(msg)
             if reason is None and size > limit:
                 slot, size, reason = await self._claim_check(slot, size, limit)
             if reason is None and size <= limit:
@@ -401,13 +400,23 @@ class Relay:
                             log.info("chaining publishes again")
                     continue
             else:
-                slot = Slot(row.seq, row.message)  # the original is dead-lettered
                 slot.outcome = POISON
                 slot.reason = reason or precheck(
                     msg.subject, size, max_payload=pub.max_payload,
                     stream_subjects=pub.stream_subjects, max_msg_size=pub.max_msg_size) or "?"
             inflight.append(slot)
             self._sent.set()
+
+    def _subject_reason(self, subject: str) -> str | None:
+        """Why ``subject`` cannot go to the stream (``None``: it can); remembered for up to
+        :data:`SUBJECT_CACHE` subjects."""
+        reason = self._subject_ok.get(subject, "?")
+        if reason == "?":
+            reason = precheck(subject, 0, max_payload=1,
+                              stream_subjects=self.publisher.stream_subjects, max_msg_size=-1)
+            if len(self._subject_ok) < SUBJECT_CACHE:
+                self._subject_ok[subject] = reason
+        return reason
 
     async def _claim_check(self, slot: Slot, size: int, limit: int
                            ) -> tuple[Slot, int, str | None]:
@@ -422,9 +431,7 @@ class Relay:
             ref = await self.claims.check_in(self.publisher.js, slot.message)
         except ClaimRefused as e:
             return slot, limit + 1, str(e)
-        tp = message_traceparent(slot.message) or traceparent(slot.message.msg_id)
-        ref = ref._replace(headers={**(ref.headers or {}), TRACEPARENT: tp})
-        size = _wire_size(ref)
+        size = _wire_size(ref)  # (its traceparent: the original's, kept in its body)
         if size > limit:
             return slot, size, (f"even its claim-check reference ({size} bytes) exceeds the "
                                 f"limit of {limit} bytes")
@@ -497,23 +504,20 @@ class Relay:
         published: dict[str, int] = {}
         duplicates: dict[str, int] = {}
         now = time.time()
-        series = self._series
         tracing = self.tracing
         try:
             while inflight and inflight[0].outcome != PENDING:
                 slot = inflight[0]
                 outcome = slot.outcome
                 if tracing is not None and outcome in _OUTCOME_NAMES:
-                    tracing.settled(slot, _OUTCOME_NAMES.get(outcome, "failed"))
+                    tracing.settled(slot, _OUTCOME_NAMES[outcome])
                 if outcome == OK:
-                    subject = slot.message.subject
-                    per = series.get(subject) or self._series_of(subject)
+                    per = self._series_of(slot.message.subject)
                     published[per.adapter] = published.get(per.adapter, 0) + 1
                     per.latency.observe(now - slot.message.created_ms / 1000)
                     self._known_tail[0] = slot.message.msg_id
                 elif outcome == DUPLICATE:
-                    adapter = (series.get(slot.message.subject)
-                               or self._series_of(slot.message.subject)).adapter
+                    adapter = self._series_of(slot.message.subject).adapter
                     duplicates[adapter] = duplicates.get(adapter, 0) + 1
                     self._known_tail[0] = slot.message.msg_id
                     if slot.expected_last >= 0:  # stored before: took no sequence
@@ -538,10 +542,14 @@ class Relay:
                 metrics.PUBLISH_DUPLICATES.labels(adapter).inc(n)
 
     def _series_of(self, subject: str) -> _SubjectSeries:
-        """The adapter token of ``subject`` and its latency series (cached per subject)."""
-        adapter = dlq_token(subject, self.prefix)
-        per = self._series[subject] = _SubjectSeries(adapter,
-                                                     metrics.PUBLISH_LATENCY.labels(adapter))
+        """The adapter token of ``subject`` and its latency series (cached per subject,
+        up to :data:`SUBJECT_CACHE` subjects: a ``{col:...}`` template has no bound)."""
+        per = self._series.get(subject)
+        if per is None:
+            adapter = dlq_token(subject, self.prefix)
+            per = _SubjectSeries(adapter, metrics.PUBLISH_LATENCY.labels(adapter))
+            if len(self._series) < SUBJECT_CACHE:
+                self._series[subject] = per
         return per
 
     def _check_order_window(self, failed: Slot, inflight: deque[Slot]) -> None:
@@ -591,8 +599,7 @@ class Relay:
         subject, body, headers = dead_letter(
             msg.msg_id, msg.subject, msg.payload, msg.headers, slot.reason,
             prefix=self.prefix, dlq=DLQ_TOKEN, limit=limit)
-        headers.setdefault(TRACEPARENT, slot.traceparent or message_traceparent(msg)
-                           or traceparent(msg.msg_id))
+        headers.setdefault(TRACEPARENT, slot.traceparent or message_traceparent(msg))
         log.error("dead-lettering event %s (%s) to %s: %s", msg.msg_id, msg.subject, subject,
                   slot.reason)
         try:

@@ -17,10 +17,11 @@ cover, a full stream with ``discard: new``, connection loss) is transient: retri
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from cdc_bridge.kernel.tracecontext import TRACEPARENT, traceparent, traceparent_in_body
 from cdc_bridge.kernel.wire import (
     ADAPTER,
     BODY_DROPPED,
@@ -256,3 +257,17 @@ def min_duplicate_window(ack_timeout_s: float, retry_max_s: float) -> float:
     gaps (a restart, a reconnect) are covered by the relay's reconciliation instead.
     """
     return 2.0 * (ack_timeout_s + retry_max_s)
+
+
+if TYPE_CHECKING:
+    from cdc_bridge.outbox.base import OutboxMessage
+
+
+def message_traceparent(msg: OutboxMessage) -> str:
+    """The ``traceparent`` of an outbox message: its header, else its body's attribute,
+    else the one derived from its id."""
+    if msg.headers:
+        value = msg.headers.get(TRACEPARENT)
+        if value:
+            return value
+    return traceparent_in_body(msg.payload) or traceparent(msg.msg_id)

@@ -34,7 +34,10 @@ import random
 import time
 from typing import TYPE_CHECKING, Any
 
-from cdc_bridge.kernel.tracecontext import TRACEPARENT, parse_traceparent, traceparent_in_body
+from cdc_bridge.kernel.tracecontext import (
+    parse_traceparent,
+)
+from cdc_bridge.relay.rules import message_traceparent
 from cdc_bridge.relay.settings import TracingConfig
 
 if TYPE_CHECKING:
@@ -51,15 +54,6 @@ PUBLISH_BATCH_ROWS = 2000
 PUBLISH_BATCH_NS = 10**9
 
 _rand64 = random.SystemRandom().getrandbits
-
-
-def message_traceparent(msg: OutboxMessage) -> str | None:
-    """The ``traceparent`` of an outbox message: its header, else its body's attribute."""
-    if msg.headers:
-        value = msg.headers.get(TRACEPARENT)
-        if value:
-            return value
-    return traceparent_in_body(msg.payload)
 
 
 class Tracing:
