@@ -178,8 +178,12 @@ async def main(args: argparse.Namespace) -> None:
             print(f"round {r + 1}: bare {results['bare'][-1]:,.0f}/s  "
                   f"outbox+relay {results['relay'][-1]:,.0f}/s  "
                   f"drain {results['drain'][-1]:,.0f}/s")
+        # one more ceiling after the last figure, then the best of them: every figure has
+        # a ceiling measured before and after it, and a depressed one cannot flatter it
+        results["bare"].append(await bare(url, make_messages(args.events, "end"), "BAREEND"))
         med = {k: statistics.median(v) for k, v in results.items()}
-        print(f"median: bare {med['bare']:,.0f}/s  outbox+relay {med['relay']:,.0f}/s "
+        med["bare"] = max(results["bare"])
+        print(f"best bare {med['bare']:,.0f}/s  median outbox+relay {med['relay']:,.0f}/s "
               f"(ratio {med['relay'] / med['bare']:.2f})  drain {med['drain']:,.0f}/s "
               f"(ratio {med['drain'] / med['bare']:.2f})")
         rounds = f"median of {args.rounds}, {args.store}"
@@ -187,7 +191,8 @@ async def main(args: argparse.Namespace) -> None:
              ceiling=round(med["bare"]), ratio=round(med["relay"] / med["bare"], 3))
         emit(f"relay drain of a filled outbox events/s ({rounds})", round(med["drain"]),
              "events/s", ceiling=round(med["bare"]), ratio=round(med["drain"] / med["bare"], 3))
-        emit(f"bare publish_async msg/s (median of {args.rounds})", round(med["bare"]), "msg/s")
+        emit(f"bare publish_async msg/s (best of {args.rounds + 1}, before and after)",
+             round(med["bare"]), "msg/s")
         if args.tracing:
             bench_tracing.report(med, rounds, args.sample_ratio)
             bench_tracing.capture_costs(make_messages, sink_url, args.sample_ratio)
