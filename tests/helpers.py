@@ -123,16 +123,25 @@ async def read_raw(url: str, stream: str = "CDC", subject: str = ">",
         out: list[Msg] = []
         if info.state.messages == 0:
             return out
-        sub = await js.pull_subscribe(subject, stream=stream,
-                                      config=api.ConsumerConfig(
-                                          ack_policy=api.AckPolicy.NONE,
-                                          deliver_policy=api.DeliverPolicy.ALL))
+        async def subscribe() -> Any:
+            return await js.pull_subscribe(subject, stream=stream, config=api.ConsumerConfig(
+                ack_policy=api.AckPolicy.NONE, deliver_policy=api.DeliverPolicy.ALL))
+
+        sub = await subscribe()
         deadline = time.monotonic() + 120
         while True:
             try:
                 msgs = await sub.fetch(1000, timeout=2.0)
             except (TimeoutError, nats.errors.TimeoutError):
                 msgs = []
+            except nats.js.errors.ServiceUnavailableError:
+                # a cluster just through a leader election: what this fetch had gathered is
+                # lost with the error, so the read starts over on a new consumer
+                await asyncio.sleep(0.5)
+                with contextlib.suppress(nats.errors.Error, TimeoutError):
+                    await sub.unsubscribe()
+                out, sub = [], await subscribe()
+                continue
             out.extend(msgs)
             if len(msgs) < 1000:
                 if (await sub.consumer_info()).num_pending == 0:
