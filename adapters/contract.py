@@ -47,6 +47,7 @@ from cdc_bridge.kernel.errors import (
     SourceUnavailable,
 )
 from cdc_bridge.kernel.model import StrictModel
+from cdc_bridge.kernel.schema_policy import SchemaPolicy
 from cdc_bridge.kernel.subjects import ANY, SubjectScope
 
 __all__ = [
@@ -77,6 +78,8 @@ class AdapterConfig(StrictModel):
     #: Unique; becomes a subject token, so lower case, digits, ``_`` and ``-`` only.
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$", max_length=64)
     type: str
+    #: What a breaking change of a table's schema does (docs/schemas.md).
+    schema_changes: SchemaPolicy = SchemaPolicy()
 
     def subject_scopes(self) -> list[SubjectScope]:
         """Which subject template covers which of this source's tables (docs/subjects.md).

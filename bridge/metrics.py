@@ -80,6 +80,18 @@ SNAPSHOT_ROWS_DONE = Gauge(
 SNAPSHOT_ROWS_TOTAL = Gauge(
     "cdc_snapshot_rows_total", "Estimated rows of the adapter's latest re-snapshot run",
     ["adapter"], registry=REGISTRY)
+SCHEMA_VERSION = Gauge(
+    "cdc_schema_version", "The latest schema version of a captured table (docs/schemas.md)",
+    ["adapter", "table"], registry=REGISTRY)
+SCHEMA_CHANGES = Counter(
+    "cdc_schema_changes", "Schema changes of captured tables, by compatibility verdict",
+    ["adapter", "verdict"], registry=REGISTRY)
+TABLE_PAUSED = Gauge(
+    "cdc_table_paused", "1 while a table's events are held after a breaking schema change",
+    ["adapter", "table"], registry=REGISTRY)
+SCHEMA_HELD = Gauge(
+    "cdc_schema_held_rows", "Rows held in the outbox for a paused table",
+    ["adapter", "table"], registry=REGISTRY)
 BUILD_INFO = Info("cdc_build", "cdc-bridge version and Python", registry=REGISTRY)
 
 
@@ -106,5 +118,7 @@ def init_adapter_series(adapter: str) -> None:
     ADAPTER_UP.labels(adapter).set(0)
     for gauge in (SNAPSHOT_ROWS_DONE, SNAPSHOT_ROWS_TOTAL):
         gauge.labels(adapter)
+    for verdict in ("full", "backward", "forward", "breaking"):
+        SCHEMA_CHANGES.labels(adapter, verdict)
     # (the lag gauges appear with the source's first report: which units it has
     # depends on its type, and a made-up 0 would read as "caught up")

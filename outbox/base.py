@@ -7,6 +7,11 @@ A store holds three things:
   ``seq`` order, which keeps per-adapter source order, hence per-key order;
 - one checkpoint per adapter, written in the SAME transaction as that batch's
   messages (:meth:`OutboxStore.append`), so a crash leaves both or neither;
+- each adapter's table schemas (:class:`SchemaState`: the latest version, its registry
+  entry, and whether the table is paused by a breaking change), written in the same
+  transaction as the batch that first uses them, so a version is numbered once;
+- the held rows of a paused table (in order, unpublished, :meth:`OutboxStore.release`
+  moves them into the pending rows, after the last one);
 - nothing else for long: published rows are deleted (:meth:`OutboxStore.remove`),
   always as a prefix (``seq <= n``), and :meth:`OutboxStore.compact` gives the space
   back to the file system where the backend needs help for that.
@@ -22,6 +27,7 @@ must pass :mod:`tests.test_outbox_conformance`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
@@ -58,6 +64,24 @@ class StoreStats:
     last_seq: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class SchemaState:
+    """The latest schema version of one table of one adapter (docs/schemas.md)."""
+
+    #: ``<schema>.<table>`` (:func:`cdc_bridge.kernel.schemas.table_ref`).
+    table: str
+    version: int
+    fingerprint: str
+    #: The registry document of that version.
+    entry: dict[str, Any]
+    #: Why the table is paused (held), or ``None``.
+    paused: str | None = None
+
+
+#: A row held back for a paused table: ``(table, message)``.
+HeldRow = tuple[str, OutboxMessage]
+
+
 class OutboxStore(Protocol):
     """What every outbox backend implements (see :mod:`tests.test_outbox_conformance`)."""
 
@@ -65,12 +89,29 @@ class OutboxStore(Protocol):
     store_id: str
 
     def append(
-        self, adapter: str, messages: list[OutboxMessage], checkpoint: dict[str, Any] | None
+        self, adapter: str, messages: list[OutboxMessage], checkpoint: dict[str, Any] | None,
+        schemas: Sequence[SchemaState] = (), held: Sequence[HeldRow] = (),
     ) -> int:
-        """Append ``messages`` and set ``adapter``'s checkpoint in one transaction.
+        """Append ``messages``, set ``adapter``'s checkpoint, store its changed table
+        ``schemas`` (replacing each table's previous state) and its ``held`` rows, all
+        in one transaction.
 
         Returns the ``seq`` of the last message appended (or the current last ``seq``).
         """
+        ...
+
+    def schema_states(self, adapter: str | None = None) -> list[tuple[str, SchemaState]]:
+        """``(adapter, state)`` of every table of ``adapter`` (``None``: of all)."""
+        ...
+
+    def release(self, adapter: str, table: str) -> int:
+        """Un-pause ``table`` of ``adapter``: its held rows become pending (after every
+        pending row, in the order they were held), in one transaction. Returns how many
+        rows were held; raises :class:`KeyError` for a table with no schema state."""
+        ...
+
+    def held_counts(self) -> dict[tuple[str, str], int]:
+        """Rows held per ``(adapter, table)`` (only tables holding some)."""
         ...
 
     def checkpoint(self, adapter: str) -> dict[str, Any] | None:

@@ -23,14 +23,21 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import psycopg
 from psycopg import sql
 
-from cdc_bridge.outbox.base import OutboxMessage, PendingRow, StoreStats, StoreUnavailable
+from cdc_bridge.outbox.base import (
+    HeldRow,
+    OutboxMessage,
+    PendingRow,
+    SchemaState,
+    StoreStats,
+    StoreUnavailable,
+)
 
 DEFAULT_SCHEMA = "cdc_bridge"
 _IDENT = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
@@ -55,6 +62,26 @@ CREATE TABLE IF NOT EXISTS {s}.checkpoints (
     adapter text PRIMARY KEY,
     value jsonb NOT NULL,
     updated_ms bigint NOT NULL
+);
+CREATE TABLE IF NOT EXISTS {s}.schemas (
+    adapter text NOT NULL,
+    tbl text NOT NULL,
+    version integer NOT NULL,
+    fingerprint text NOT NULL,
+    entry jsonb NOT NULL,
+    paused text,
+    updated_ms bigint NOT NULL,
+    PRIMARY KEY (adapter, tbl)
+);
+CREATE TABLE IF NOT EXISTS {s}.held (
+    n bigserial PRIMARY KEY,
+    adapter text NOT NULL,
+    tbl text NOT NULL,
+    msg_id text NOT NULL,
+    subject text NOT NULL,
+    payload bytea NOT NULL,
+    headers jsonb,
+    created_ms bigint NOT NULL
 )
 """
 
@@ -128,7 +155,8 @@ class PostgresStore:
     # -- the protocol -----------------------------------------------------------------
 
     def append(
-        self, adapter: str, messages: list[OutboxMessage], checkpoint: dict[str, Any] | None
+        self, adapter: str, messages: list[OutboxMessage], checkpoint: dict[str, Any] | None,
+        schemas: Sequence[SchemaState] = (), held: Sequence[HeldRow] = (),
     ) -> int:
         def do(conn: psycopg.Connection[Any]) -> int:
             now = int(time.time() * 1000)
@@ -153,7 +181,73 @@ class PostgresStore:
                         " VALUES (%s, %s::jsonb, %s) ON CONFLICT (adapter) DO UPDATE"
                         " SET value = excluded.value, updated_ms = excluded.updated_ms"),
                         (adapter, json.dumps(checkpoint), now))
+                if schemas or held:
+                    self._schemas_and_held(cur, adapter, schemas, held, now)
             return last
+
+        return self._run(do)
+
+    def _schemas_and_held(self, cur: psycopg.Cursor[Any], adapter: str,
+                          schemas: Sequence[SchemaState], held: Sequence[HeldRow],
+                          now: int) -> None:
+        if schemas:
+            cur.executemany(self._q(
+                "INSERT INTO {s}.schemas (adapter, tbl, version, fingerprint, entry, paused,"
+                " updated_ms) VALUES (%s, %s, %s, %s, %s::jsonb, %s, %s)"
+                " ON CONFLICT (adapter, tbl) DO UPDATE SET version = excluded.version,"
+                " fingerprint = excluded.fingerprint, entry = excluded.entry,"
+                " paused = excluded.paused, updated_ms = excluded.updated_ms"),
+                [(adapter, st.table, st.version, st.fingerprint, json.dumps(st.entry),
+                  st.paused, now) for st in schemas])
+        if held:
+            with cur.copy(self._q("COPY {s}.held (adapter, tbl, msg_id, subject, payload,"
+                                  " headers, created_ms) FROM STDIN")) as copy:
+                for tbl, m in held:
+                    copy.write_row((adapter, tbl, m.msg_id, m.subject, m.payload,
+                                    json.dumps(m.headers) if m.headers else None,
+                                    m.created_ms or now))
+
+    def schema_states(self, adapter: str | None = None) -> list[tuple[str, SchemaState]]:
+        def do(conn: psycopg.Connection[Any]) -> list[tuple[str, SchemaState]]:
+            query = ("SELECT adapter, tbl, version, fingerprint, entry, paused"
+                     " FROM {s}.schemas WHERE %s::text IS NULL OR adapter = %s"
+                     " ORDER BY adapter, tbl")
+            rows = conn.execute(self._q(query), (adapter, adapter)).fetchall()
+            return [(a, SchemaState(t, int(v), f, dict(e), p)) for a, t, v, f, e, p in rows]
+
+        return self._run(do)
+
+    def release(self, adapter: str, table: str) -> int:
+        def do(conn: psycopg.Connection[Any]) -> int:
+            with conn.transaction(), conn.cursor() as cur:
+                cur.execute(self._q("UPDATE {s}.schemas SET paused = NULL"
+                                    " WHERE adapter = %s AND tbl = %s"), (adapter, table))
+                if not cur.rowcount:
+                    raise KeyError(f"{adapter}: no schema of table {table!r}")
+                cur.execute(self._q("SELECT count(*) FROM {s}.held"
+                                    " WHERE adapter = %s AND tbl = %s"), (adapter, table))
+                count = int(cur.fetchone()[0])  # type: ignore[index]
+                if not count:
+                    return 0
+                cur.execute(self._q("UPDATE {s}.store SET last_seq = last_seq + %s"
+                                    " RETURNING last_seq"), (count,))
+                last = int(cur.fetchone()[0])  # type: ignore[index]
+                cur.execute(self._q(
+                    "INSERT INTO {s}.outbox (seq, msg_id, subject, payload, headers,"
+                    " created_ms) SELECT %s + row_number() OVER (ORDER BY n), msg_id,"
+                    " subject, payload, headers, created_ms FROM {s}.held"
+                    " WHERE adapter = %s AND tbl = %s"), (last - count, adapter, table))
+                cur.execute(self._q("DELETE FROM {s}.held WHERE adapter = %s AND tbl = %s"),
+                            (adapter, table))
+            return count
+
+        return self._run(do)
+
+    def held_counts(self) -> dict[tuple[str, str], int]:
+        def do(conn: psycopg.Connection[Any]) -> dict[tuple[str, str], int]:
+            rows = conn.execute(self._q("SELECT adapter, tbl, count(*) FROM {s}.held"
+                                        " GROUP BY adapter, tbl")).fetchall()
+            return {(str(a), str(t)): int(n) for a, t, n in rows}
 
         return self._run(do)
 

@@ -8,10 +8,18 @@ deletes), so a long append never delays publishing and vice versa. Every append 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from cdc_bridge.outbox.base import OutboxMessage, OutboxStore, PendingRow, StoreStats
+from cdc_bridge.outbox.base import (
+    HeldRow,
+    OutboxMessage,
+    OutboxStore,
+    PendingRow,
+    SchemaState,
+    StoreStats,
+)
 
 
 class AsyncStore:
@@ -26,15 +34,33 @@ class AsyncStore:
         return self.store.store_id
 
     async def append(
-        self, adapter: str, messages: list[OutboxMessage], checkpoint: dict[str, Any] | None
+        self, adapter: str, messages: list[OutboxMessage], checkpoint: dict[str, Any] | None,
+        schemas: Sequence[SchemaState] = (), held: Sequence[HeldRow] = (),
     ) -> int:
         loop = asyncio.get_running_loop()
         seq = await loop.run_in_executor(
-            self._capture, self.store.append, adapter, messages, checkpoint
+            self._capture, self.store.append, adapter, messages, checkpoint, schemas, held
         )
         if messages:
             self.appended.set()
         return seq
+
+    async def schema_states(self, adapter: str | None = None
+                            ) -> list[tuple[str, SchemaState]]:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._capture, self.store.schema_states, adapter)
+
+    async def release(self, adapter: str, table: str) -> int:
+        """On the capture thread, so it is ordered with the adapter's appends."""
+        loop = asyncio.get_running_loop()
+        moved = await loop.run_in_executor(self._capture, self.store.release, adapter, table)
+        if moved:
+            self.appended.set()
+        return moved
+
+    async def held_counts(self) -> dict[tuple[str, str], int]:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._relay, self.store.held_counts)
 
     async def checkpoint(self, adapter: str) -> dict[str, Any] | None:
         loop = asyncio.get_running_loop()

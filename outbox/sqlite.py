@@ -38,13 +38,15 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from cdc_bridge.outbox.base import (
+    HeldRow,
     OutboxMessage,
     PendingRow,
+    SchemaState,
     StoreDamaged,
     StoreStats,
     StoreUnavailable,
@@ -69,6 +71,26 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     updated_ms INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS schemas (
+    adapter TEXT NOT NULL,
+    tbl TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    fingerprint TEXT NOT NULL,
+    entry TEXT NOT NULL,
+    paused TEXT,
+    updated_ms INTEGER NOT NULL,
+    PRIMARY KEY (adapter, tbl)
+);
+CREATE TABLE IF NOT EXISTS held (
+    n INTEGER PRIMARY KEY AUTOINCREMENT,
+    adapter TEXT NOT NULL,
+    tbl TEXT NOT NULL,
+    msg_id TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    headers TEXT,
+    created_ms INTEGER NOT NULL
+);
 """
 #: Largest database converted to incremental vacuum on open (VACUUM rewrites the file).
 _CONVERT_LIMIT_BYTES = 256 * 1024 * 1024
@@ -218,7 +240,8 @@ class SqliteStore:
 
     @_guard
     def append(
-        self, adapter: str, messages: list[OutboxMessage], checkpoint: dict[str, Any] | None
+        self, adapter: str, messages: list[OutboxMessage], checkpoint: dict[str, Any] | None,
+        schemas: Sequence[SchemaState] = (), held: Sequence[HeldRow] = (),
     ) -> int:
         conn = self._conn()
         self._sync(conn, "FULL")
@@ -241,6 +264,8 @@ class SqliteStore:
                     " updated_ms=excluded.updated_ms",
                     (adapter, json.dumps(checkpoint), now),
                 )
+            if schemas or held:
+                self._schemas_and_held(conn, adapter, schemas, held, now)
             last = self._last_seq(conn)
             conn.execute("COMMIT")
         except BaseException as e:
@@ -251,6 +276,60 @@ class SqliteStore:
                 raise StoreUnavailable(f"outbox {self.path}: {e}; retrying") from e
             raise
         return last
+
+    @staticmethod
+    def _schemas_and_held(conn: sqlite3.Connection, adapter: str,
+                          schemas: Sequence[SchemaState], held: Sequence[HeldRow],
+                          now: int) -> None:
+        conn.executemany(
+            "INSERT INTO schemas(adapter, tbl, version, fingerprint, entry, paused,"
+            " updated_ms) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(adapter, tbl) DO UPDATE"
+            " SET version=excluded.version, fingerprint=excluded.fingerprint,"
+            " entry=excluded.entry, paused=excluded.paused, updated_ms=excluded.updated_ms",
+            [(adapter, st.table, st.version, st.fingerprint, json.dumps(st.entry), st.paused,
+              now) for st in schemas])
+        conn.executemany(
+            "INSERT INTO held(adapter, tbl, msg_id, subject, payload, headers, created_ms)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [(adapter, tbl, m.msg_id, m.subject, m.payload,
+              json.dumps(m.headers) if m.headers else None, m.created_ms or now)
+             for tbl, m in held])
+
+    @_guard
+    def schema_states(self, adapter: str | None = None) -> list[tuple[str, SchemaState]]:
+        query = "SELECT adapter, tbl, version, fingerprint, entry, paused FROM schemas"
+        rows = (self._conn().execute(query + " WHERE adapter=? ORDER BY tbl", (adapter,))
+                if adapter is not None else
+                self._conn().execute(query + " ORDER BY adapter, tbl")).fetchall()
+        return [(a, SchemaState(t, int(v), f, json.loads(e), p)) for a, t, v, f, e, p in rows]
+
+    @_guard
+    def release(self, adapter: str, table: str) -> int:
+        conn = self._conn()
+        self._sync(conn, "FULL")
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            found = conn.execute("UPDATE schemas SET paused=NULL WHERE adapter=? AND tbl=?",
+                                 (adapter, table)).rowcount
+            if not found:
+                raise KeyError(f"{adapter}: no schema of table {table!r}")
+            moved = conn.execute(
+                "INSERT INTO outbox(msg_id, subject, payload, headers, created_ms)"
+                " SELECT msg_id, subject, payload, headers, created_ms FROM held"
+                " WHERE adapter=? AND tbl=? ORDER BY n", (adapter, table)).rowcount
+            conn.execute("DELETE FROM held WHERE adapter=? AND tbl=?", (adapter, table))
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        return moved
+
+    @_guard
+    def held_counts(self) -> dict[tuple[str, str], int]:
+        rows = self._conn().execute(
+            "SELECT adapter, tbl, count(*) FROM held GROUP BY adapter, tbl").fetchall()
+        return {(a, t): int(n) for a, t, n in rows}
 
     @staticmethod
     def _last_seq(conn: sqlite3.Connection) -> int:

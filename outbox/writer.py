@@ -21,7 +21,9 @@ its bound template instead (docs/subjects.md).
 
 from __future__ import annotations
 
+import asyncio
 import time
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from cdc_bridge.kernel.batch import ChangeBatch
@@ -30,6 +32,7 @@ from cdc_bridge.kernel.events import (
     RoutedMessage,
     dead_letter_subject,
 )
+from cdc_bridge.kernel.schema_policy import SchemaPolicy
 from cdc_bridge.kernel.subjects import SubjectRouter
 from cdc_bridge.kernel.tracecontext import (
     TRACEPARENT,
@@ -37,8 +40,9 @@ from cdc_bridge.kernel.tracecontext import (
     traceparent,
     with_traceparent,
 )
-from cdc_bridge.outbox.base import OutboxMessage
+from cdc_bridge.outbox.base import HeldRow, OutboxMessage
 from cdc_bridge.outbox.runner import AsyncStore
+from cdc_bridge.outbox.schema_tracker import ChangeListener, SchemaTracker
 
 
 def _routed(m: RoutedMessage, prefix: str, now: int, ratio: float) -> OutboxMessage:
@@ -60,12 +64,44 @@ def _templated(ev: ChangeEvent, prefix: str, ratio: float,
     return eid, subject if bound is None else bound.render(ev), body
 
 
+def _tracked(batch: ChangeBatch, prefix: str, ratio: float, subjects: SubjectRouter | None,
+             tracker: SchemaTracker, now: int, held: list[HeldRow]) -> list[OutboxMessage]:
+    """Change events with their schema: ``dataschema`` and a schema-change event before
+    the first row of each new version; a paused table's events go to ``held``."""
+    out: list[OutboxMessage] = []
+    paused = tracker.paused
+    for ev in batch.events:
+        shape = ev.shape
+        table: str | None = None
+        if shape is None:
+            ref = None
+        else:
+            ref, table = tracker.ref(ev, shape, out, now)
+        eid, subject, body = ev.outbox_parts(prefix, ratio, ref)
+        if subjects is not None:
+            bound = subjects.bound(prefix, ev.schema, ev.table)
+            if bound is not None:
+                subject = bound.render(ev)
+        if paused:
+            hold = tracker.held_table(ev, table)
+            if hold is not None:
+                held.append((hold, OutboxMessage(eid, subject, body, None, now)))
+                continue
+        out.append(OutboxMessage(eid, subject, body, None, now))
+    return out
+
+
 def encode_batch(batch: ChangeBatch, prefix: str, sample_ratio: float = 1.0,
-                 subjects: SubjectRouter | None = None) -> list[OutboxMessage]:
+                 subjects: SubjectRouter | None = None, tracker: SchemaTracker | None = None,
+                 held: list[HeldRow] | None = None) -> list[OutboxMessage]:
     """The outbox messages of ``batch``; ``sample_ratio`` decides the traceparents' flags,
-    ``subjects`` the subjects of templated tables (``None``: every default subject)."""
+    ``subjects`` the subjects of templated tables (``None``: every default subject);
+    ``tracker`` (with ``held``, where a paused table's rows go) the events' schemas."""
     now = int(time.time() * 1000)
-    if subjects is None:
+    if tracker is not None:
+        out = _tracked(batch, prefix, sample_ratio, subjects, tracker, now,
+                       held if held is not None else [])
+    elif subjects is None:
         out = [OutboxMessage(*ev.outbox_parts(prefix, sample_ratio), None, now)
                for ev in batch.events]
     else:
@@ -87,20 +123,38 @@ class CommitObserver(Protocol):
                   received_ns: int, encoded_ns: int, committed_ns: int) -> None: ...
 
 
+@dataclass(frozen=True, slots=True)
+class SchemaSettings:
+    """What the writer needs to describe tables (None of it: events carry no schema)."""
+
+    bucket: str
+    policy: SchemaPolicy = field(default_factory=SchemaPolicy)
+    listener: ChangeListener | None = None
+    #: Shared with whoever releases the adapter's paused tables (the daemon), so that
+    #: a release never interleaves with a batch being encoded and stored.
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
 class OutboxWriter:
     """Commits batches for one adapter: events, dead letters and checkpoint together."""
 
     def __init__(self, store: AsyncStore, adapter: str, prefix: str, *,
                  sample_ratio: float = 1.0, observer: CommitObserver | None = None,
-                 subjects: SubjectRouter | None = None) -> None:
+                 subjects: SubjectRouter | None = None,
+                 schemas: SchemaSettings | None = None) -> None:
         self.store = store
         self.subjects = subjects
         self.adapter = adapter
         self.prefix = prefix
         self.sample_ratio = sample_ratio
         self.observer = observer
+        self.schemas = schemas
+        self.tracker: SchemaTracker | None = None
 
     async def commit(self, batch: ChangeBatch) -> int:
+        if self.schemas is not None:
+            async with self.schemas.lock:
+                return await self._commit_tracked(batch, self.schemas)
         observer = self.observer
         if observer is None:
             return await self.store.append(
@@ -113,3 +167,35 @@ class OutboxWriter:
         seq = await self.store.append(self.adapter, messages, batch.checkpoint)
         observer.committed(self.adapter, batch, messages, received, encoded, time.time_ns())
         return seq
+
+    async def _commit_tracked(self, batch: ChangeBatch, settings: SchemaSettings) -> int:
+        tracker = self.tracker
+        if tracker is None:
+            stored = [st for _, st in await self.store.schema_states(self.adapter)]
+            tracker = self.tracker = SchemaTracker(
+                self.adapter, self.prefix, settings.bucket, settings.policy, stored,
+                sample_ratio=self.sample_ratio, listener=settings.listener)
+        received = time.time_ns()
+        held: list[HeldRow] = []
+        try:
+            messages = encode_batch(batch, self.prefix, self.sample_ratio, self.subjects,
+                                    tracker, held)
+            encoded = time.time_ns()
+            seq = await self.store.append(self.adapter, messages, batch.checkpoint,
+                                          tracker.take(), held)
+        except BaseException:
+            tracker.rolled_back()
+            raise
+        tracker.committed()
+        if self.observer is not None:
+            self.observer.committed(self.adapter, batch, messages, received, encoded,
+                                    time.time_ns())
+        return seq
+
+    async def release(self, table: str) -> int:
+        """Accept ``table``'s schema: its held rows become pending; it flows again.
+        The caller holds ``schemas.lock``."""
+        moved = await self.store.release(self.adapter, table)
+        if self.tracker is not None:
+            self.tracker.released(table)
+        return moved

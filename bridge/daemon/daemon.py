@@ -54,7 +54,7 @@ from cdc_bridge.adapters.contract import (
 from cdc_bridge.adapters.registry import AdapterContext, create
 from cdc_bridge.adapters.subjects import subject_router
 from cdc_bridge.config import BridgeConfig
-from cdc_bridge.daemon.control import ControlDb, control_path
+from cdc_bridge.daemon.control import DONE, FAILED, ControlDb, control_path
 from cdc_bridge.daemon.embedded import EmbeddedNats
 from cdc_bridge.daemon.http import HttpServer
 from cdc_bridge.daemon.instance import InstanceGuard
@@ -63,6 +63,7 @@ from cdc_bridge.daemon.logs import RedactingFilter, bind_log_fields
 from cdc_bridge.daemon.overview import Overview
 from cdc_bridge.daemon.probe import NatsProbe
 from cdc_bridge.daemon.relay_process import RelayProcess
+from cdc_bridge.daemon.schemas import SchemaControl
 from cdc_bridge.daemon.snapshots import AdapterStats, SnapshotRunner
 from cdc_bridge.daemon.supervisor import supervise
 from cdc_bridge.kernel.errors import FatalError
@@ -104,6 +105,8 @@ class Daemon:
         self._redactor = RedactingFilter(config.secrets)
         self._warned: dict[str, float] = {}
         #: The status page's view: counter history, JetStream consumers, dead letters.
+        #: Schema versions, paused tables and their release (docs/schemas.md).
+        self.schemas = SchemaControl(config, lambda: self.store)
         self.overview = Overview(self, self.control,
                                  JetStreamView(config.nats, self._redactor.redact),
                                  self._redactor.redact)
@@ -333,7 +336,9 @@ class Daemon:
         assert self.store is not None
         writer = OutboxWriter(self.store, cfg.name, self.config.nats.subject_prefix,
                               sample_ratio=self.config.tracing.sample_ratio,
-                              observer=self.tracing, subjects=subject_router(cfg))
+                              observer=self.tracing, subjects=subject_router(cfg),
+                              schemas=self.schemas.settings(cfg))
+        self.schemas.writers[cfg.name] = writer
         checkpoint = await self.store.checkpoint(cfg.name)
         adapter = create(cfg, context)
         stats.adapter = adapter
@@ -395,8 +400,13 @@ class Daemon:
                     self._adapter_metrics(name, stats)
             with contextlib.suppress(Exception):
                 await self._refresh_outbox()
+            with contextlib.suppress(Exception):
+                await self.schemas.refresh()
             try:
                 for req in await asyncio.to_thread(self.control.claim_pending):
+                    if req.kind == "schema_accept":
+                        await self._accept(req)
+                        continue
                     snapshots.start(req)
                 state = self.live_state()
                 self.overview.sample(state)
@@ -404,6 +414,18 @@ class Daemon:
             except Exception as e:  # the control file must never take the daemon down
                 self._warn_once_a_minute(f"control channel: {e}")
             await asyncio.sleep(self.state_interval_s)
+
+    async def _accept(self, req: Any) -> None:
+        """A ``schema_accept`` request: release the table's held events."""
+        try:
+            text = await self.schemas.accept(req.adapter, (req.tables or [""])[0])
+            status = DONE
+        except Exception as e:
+            text, status = str(e), FAILED
+        await asyncio.to_thread(self.control.update, req.id, status=status,
+                                message=self._redactor.redact(text))
+        with contextlib.suppress(Exception):
+            await self.schemas.refresh()
 
     def _warn_once_a_minute(self, text: str) -> None:
         """A warning that would repeat every second (a full disk): once a minute."""
@@ -459,6 +481,8 @@ class Daemon:
             "outbox": dict(self._outbox),
             "adapters": {name: s.as_dict(s.lag)
                          for name, s in self.adapters.items()},
+            "schemas": {"registry": self.schemas.bucket if self.schemas.enabled else None,
+                        "tables": self.schemas.tables},
         }
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:

@@ -39,7 +39,11 @@ from typing import Any, Literal
 
 import orjson
 
+from cdc_bridge.kernel.shapes import TableShape
 from cdc_bridge.kernel.tracecontext import event_traceparent
+
+#: An event's schema as the writer resolved it: ``(dataschema URI, version)``.
+SchemaRef = tuple[str, int]
 
 Op = Literal["c", "u", "d", "r", "t"]
 OPS: tuple[Op, ...] = ("c", "u", "d", "r", "t")
@@ -168,6 +172,9 @@ class ChangeEvent:
     ts_ms: int | None = None
     #: Source-specific extras merged into ``data.source`` (lsn, file, line, ...).
     source_extra: Mapping[str, Any] = field(default_factory=dict)
+    #: The table's look when this change was made (:mod:`cdc_bridge.kernel.schemas`);
+    #: the same object for every row until the look changes. ``None``: not described.
+    shape: TableShape | None = None
 
     @property
     def id(self) -> str:
@@ -185,7 +192,7 @@ class ChangeEvent:
             return dumps(dict(sorted(key.items()))).decode()
         return f"{self.schema or NO_SCHEMA}.{self.table}"
 
-    def data(self) -> dict[str, Any]:
+    def data(self, schema: SchemaRef | None = None) -> dict[str, Any]:
         source: dict[str, Any] = {
             "adapter": self.adapter,
             "schema": self.schema,
@@ -196,6 +203,8 @@ class ChangeEvent:
             "ts_ms": self.ts_ms,
         }
         source.update(self.source_extra)
+        if schema is not None:
+            source["schema_version"] = schema[1]
         return {
             "op": self.op,
             "before": self.before,
@@ -208,10 +217,12 @@ class ChangeEvent:
         """This event's W3C ``traceparent`` (:mod:`cdc_bridge.kernel.tracecontext`)."""
         return event_traceparent(self.id, sample_ratio)
 
-    def to_cloudevent(self, event_id_: str | None = None,
-                      sample_ratio: float = 1.0) -> dict[str, Any]:
+    def to_cloudevent(self, event_id_: str | None = None, sample_ratio: float = 1.0,
+                      schema: SchemaRef | None = None) -> dict[str, Any]:
         """The CloudEvent as a dict (``event_id_``: the id when the caller has it already;
-        ``sample_ratio``: the tracing sample ratio, which decides the traceparent's flags)."""
+        ``sample_ratio``: the tracing sample ratio, which decides the traceparent's flags;
+        ``schema``: the registry version of the table's look, as ``dataschema`` and
+        ``data.source.schema_version``)."""
         eid = event_id_ or self.id
         ce: dict[str, Any] = {
             "specversion": "1.0",
@@ -222,8 +233,10 @@ class ChangeEvent:
             "subject": _ce_subject(self.schema, self.table),
             "datacontenttype": "application/json",
             "partitionkey": self.partition_key(),
-            "data": self.data(),
+            "data": self.data(schema),
         }
+        if schema is not None:
+            ce["dataschema"] = schema[0]
         if self.ts_ms is not None:
             ce["time"] = _iso_ms(self.ts_ms)
         return ce
@@ -232,11 +245,12 @@ class ChangeEvent:
         """The message body: CloudEvents structured-mode JSON."""
         return dumps(self.to_cloudevent())
 
-    def outbox_parts(self, prefix: str, sample_ratio: float = 1.0) -> tuple[str, str, bytes]:
+    def outbox_parts(self, prefix: str, sample_ratio: float = 1.0,
+                     schema: SchemaRef | None = None) -> tuple[str, str, bytes]:
         """``(id, subject, body)`` of this event's message, the id computed once."""
         eid = event_id(self.adapter, self.position, self.index)
         subject = change_subject(prefix, self.adapter, self.schema, self.table, self.op)
-        return eid, subject, dumps(self.to_cloudevent(eid, sample_ratio))
+        return eid, subject, dumps(self.to_cloudevent(eid, sample_ratio, schema))
 
 
 _CE_TYPES: dict[str, str] = {op: EVENT_TYPE_PREFIX + name for op, name in OP_NAMES.items()}

@@ -55,6 +55,9 @@ CLAIM_BUCKET = "Cdc-Claim-Bucket"
 CLAIM_OBJECT = "Cdc-Claim-Object"
 CLAIM_SIZE = "Cdc-Claim-Size"
 CLAIM_DIGEST = "Cdc-Claim-Digest"
+#: On a schema-change event (``<prefix>._schema.>``): the registry key of the version it
+#: introduces; the relay puts the event's ``data.entry`` there before publishing it.
+SCHEMA_ENTRY = "Cdc-Schema-Entry"
 
 
 def claim_digest(body: bytes) -> str:

@@ -353,6 +353,10 @@ class Publisher:
             from cdc_bridge.relay.claims import ensure_bucket
 
             await ensure_bucket(self.js, self.cfg)  # where oversized events' bodies go
+        if self.cfg.schema_registry.enabled:
+            from cdc_bridge.relay.registry import ensure_registry
+
+            await ensure_registry(self.js, self.cfg)  # every table's schema versions
 
     async def _update_stream(self, wanted: api.StreamConfig) -> api.StreamInfo:
         """Update the stream, waiting (bounded) while a previous change still settles."""

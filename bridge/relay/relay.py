@@ -89,6 +89,7 @@ from cdc_bridge.outbox.runner import AsyncStore
 from cdc_bridge.relay.claims import ClaimChecker, ClaimRefused
 from cdc_bridge.relay.publisher import PENDING, Publisher, Slot
 from cdc_bridge.relay.reconcile import stored_rows, wanted_ids
+from cdc_bridge.relay.registry import RegistryWriter
 from cdc_bridge.relay.rules import (
     DUPLICATE,
     OK,
@@ -180,6 +181,9 @@ class Relay:
         #: Oversized events go by claim check (None: claim checks off, they are poison).
         self.claims = ClaimChecker(publisher.cfg) if publisher.cfg.claim_checks.enabled \
             else None
+        #: Schema-change rows put their version in the registry first (None: registry off).
+        self.registry = RegistryWriter(publisher.cfg) \
+            if publisher.cfg.schema_registry.enabled else None
         self._dlq_subjects = dead_letter_prefix(self.prefix) + "."
         #: Per subject: the metrics series its rows count in (:meth:`_series_of`).
         self._series: dict[str, _SubjectSeries] = {}
@@ -377,6 +381,8 @@ class Relay:
                 inflight.append(slot)
                 self._sent.set()
                 continue
+            if msg.headers is not None and self.registry is not None:
+                await self.registry.register(pub.js, msg)  # the version before its event
             reason = self._subject_reason(msg.subject)
             size = _wire_size(msg)
             if reason is None and size > limit:

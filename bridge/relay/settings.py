@@ -52,6 +52,18 @@ class ClaimChecks(StrictModel):
     max_size: int = Field(default=64 << 20, ge=1)
 
 
+class SchemaRegistry(StrictModel):
+    """Every captured table's schema, versioned, in a JetStream key-value bucket
+    (docs/schemas.md)."""
+
+    #: Describe every event's table in the registry (``dataschema``, schema-change
+    #: events on ``<prefix>._schema.>``). Off: events carry no schema.
+    enabled: bool = True
+    #: The key-value bucket; default ``<stream>_SCHEMAS``. Same storage, replicas and
+    #: placement as the stream; entries are kept for ever.
+    bucket: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]+$")
+
+
 class NatsConfig(StrictModel):
     #: One URL or several (a cluster). Absent -> the embedded nats-server.
     url: str | list[str] | None = None
@@ -86,6 +98,8 @@ class NatsConfig(StrictModel):
     #: Events too large for one message: by claim check through an object store
     #: (README, "Large events").
     claim_checks: ClaimChecks = ClaimChecks()
+    #: The schema registry (docs/schemas.md).
+    schema_registry: SchemaRegistry = SchemaRegistry()
 
     @field_validator("subject_prefix")
     @classmethod
@@ -114,6 +128,10 @@ class NatsConfig(StrictModel):
             raise ValueError(f"duplicate_window must be at least 2 x (ack_timeout + retry_max)"
                              f" = {least:g}s, so a retried publish is still deduplicated")
         return self
+
+    def schemas_bucket(self) -> str:
+        """The schema registry's key-value bucket (``<stream>_SCHEMAS`` unless configured)."""
+        return self.schema_registry.bucket or f"{self.stream}_SCHEMAS"
 
     def claims_bucket(self) -> str:
         """The claim checks' object store bucket (``<stream>_CLAIMS`` unless configured)."""
