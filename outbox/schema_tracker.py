@@ -87,8 +87,12 @@ class SchemaTracker:
         self.sample_ratio = sample_ratio
         self.listener = listener
         self._stored: dict[str, SchemaState] = {st.table: st for st in stored}
-        #: shape -> (its schema ref, its table); identity keys (TableShape has eq=False).
-        self._known: dict[TableShape, tuple[SchemaRef, str]] = {}
+        #: shape -> (its schema ref, its table ref, schema, table); identity keys
+        #: (TableShape has eq=False). One shape object may serve several tables (a files
+        #: layout): a hit for another table goes to ``_shared``.
+        self._known: dict[TableShape, tuple[SchemaRef, str, str | None, str]] = {}
+        self._shared: dict[tuple[TableShape, str | None, str],
+                           tuple[SchemaRef, str, str | None, str]] = {}
         #: Tables paused now (committed or tentatively).
         self.paused: set[str] = {t for t, st in self._stored.items() if st.paused}
         self._pending: Resolved | None = None
@@ -101,7 +105,11 @@ class SchemaTracker:
         schema-change event to ``out`` when the shape is a new version."""
         hit = self._known.get(shape)
         if hit is not None:
-            return hit
+            if hit[3] == ev.table and hit[2] == ev.schema:
+                return hit[0], hit[1]
+            shared = self._shared.get((shape, ev.schema, ev.table))
+            if shared is not None:
+                return shared[0], shared[1]
         table = table_ref(ev.schema, ev.table)
         pending = self._pending
         if pending is None:
@@ -111,11 +119,15 @@ class SchemaTracker:
         if state is None or state.fingerprint != fingerprint:
             state = self._new_version(ev, shape, state, fingerprint, out, now, pending)
         uri = schema_uri(self.bucket, self.adapter, ev.schema, ev.table, state.version)
-        hit = ((uri, state.version), table)
-        if len(self._known) > 4096:
+        found = ((uri, state.version), table, ev.schema, ev.table)
+        if len(self._known) > 4096 or len(self._shared) > 4096:
             self._known.clear()
-        self._known[shape] = hit
-        return hit
+            self._shared.clear()
+        if hit is None:
+            self._known[shape] = found
+        else:
+            self._shared[(shape, ev.schema, ev.table)] = found
+        return found[0], found[1]
 
     def _new_version(self, ev: ChangeEvent, shape: TableShape, old: SchemaState | None,
                      fingerprint: str, out: list[OutboxMessage], now: int,
@@ -192,6 +204,7 @@ class SchemaTracker:
     def rolled_back(self) -> None:
         self._pending = None
         self._known.clear()
+        self._shared.clear()
         self.paused = {t for t, st in self._stored.items() if st.paused}
 
     def released(self, table: str) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from cdc_bridge.outbox.base import OutboxMessage, OutboxStore
+from cdc_bridge.outbox.base import OutboxMessage, OutboxStore, SchemaState
 from cdc_bridge.outbox.factory import open_store
 from tests.services.postgres import PostgresServer
 
@@ -188,3 +188,52 @@ def test_sqlite_compact_gives_space_back(tmp_path: Path) -> None:
         assert shrunk < grown / 10, (grown, shrunk)
     finally:
         store.close()
+
+
+def _state(table: str, version: int, paused: str | None = None) -> SchemaState:
+    return SchemaState(table, version, f"fp{version}", {"version": version, "table": table},
+                       paused)
+
+
+def test_schema_states_and_held_rows_commit_with_the_batch(opener: Opener) -> None:
+    store = opener()
+    store.append("a", msgs(0, 2), {"pos": 2}, [_state("public.t", 1)])
+    store.append("a", msgs(2, 1), {"pos": 5}, [_state("public.t", 2, "breaking")],
+                 [("public.t", m) for m in msgs(10, 3)])
+    store.append("b", msgs(3, 1), None, [_state("_.u", 1)])
+    states = {(a, st.table): st for a, st in store.schema_states()}
+    assert states[("a", "public.t")].version == 2
+    assert states[("a", "public.t")].paused == "breaking"
+    assert states[("a", "public.t")].entry == {"version": 2, "table": "public.t"}
+    assert [st.table for _, st in store.schema_states("b")] == ["_.u"]
+    assert store.held_counts() == {("a", "public.t"): 3}
+    assert [r.message.msg_id for r in store.pending(0, 100)] == [f"id-{i}" for i in range(4)]
+    # a failed append stores neither its schema state nor its held rows
+    with pytest.raises(Exception):  # noqa: B017 (each backend raises its own)
+        store.append("a", msgs(20, 1), {"pos": 9}, [_state("public.t", 3)],
+                     [("public.t", OutboxMessage("x", "s", None, None, 1))])  # type: ignore[arg-type]
+    assert {st.version for _, st in store.schema_states("a")} == {2}
+    assert store.checkpoint("a") == {"pos": 5} and store.stats().pending == 4
+    assert store.held_counts() == {("a", "public.t"): 3}
+
+
+def test_release_makes_held_rows_pending_after_the_rest_in_order(opener: Opener) -> None:
+    store = opener()
+    store.append("a", msgs(0, 2), None, [_state("public.t", 2, "breaking")],
+                 [("public.t", m) for m in msgs(10, 3)])
+    store.append("a", msgs(2, 2), None, (), [("public.t", m) for m in msgs(13, 1)])
+    store.remove(1)
+    assert store.release("a", "public.t") == 4
+    rows = store.pending(0, 100)
+    assert [r.message.msg_id for r in rows] == ["id-1", "id-2", "id-3", "id-10", "id-11",
+                                                "id-12", "id-13"]
+    assert [r.seq for r in rows] == [2, 3, 4, 5, 6, 7, 8]
+    assert rows[4].message.headers == {"Cdc-K": "11"}
+    assert store.held_counts() == {}
+    assert [st.paused for _, st in store.schema_states("a")] == [None]
+    assert store.append("a", msgs(30, 1), None) == 9  # numbering goes on without a gap
+    assert store.release("a", "public.t") == 0
+    with pytest.raises(KeyError):
+        store.release("a", "public.nope")
+    reopened = opener()
+    assert [st.version for _, st in reopened.schema_states("a")] == [2]
