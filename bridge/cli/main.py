@@ -229,6 +229,7 @@ from cdc_bridge.cli.outbox import outbox_command; main.add_command(outbox_comman
 from cdc_bridge.cli.reset import reset_command; main.add_command(reset_command)  # noqa: E402, E702, I001
 from cdc_bridge.cli.dlq import dlq_command; main.add_command(dlq_command)  # noqa: E402, E702, I001
 from cdc_bridge.cli.trace import trace_command; main.add_command(trace_command)  # noqa: E402, E702, I001
+from cdc_bridge.cli.schema import schema_command; main.add_command(schema_command)  # noqa: E402, E702, I001
 
 
 if __name__ == "__main__":

@@ -67,15 +67,21 @@ def read_outbox(config: BridgeConfig, max_scan: int = 100_000) -> dict[str, Any]
     url = config.outbox_url()
     if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).exists():
         return {"exists": False, "pending": 0, "oldest_pending_ms": None, "checkpoints": {},
-                "pending_by_adapter": {}, "truncated": False}
+                "pending_by_adapter": {}, "truncated": False, "schemas": {}}
     store = open_store(url)
     try:
         stats = store.stats()
         counts, truncated = _pending_by_adapter(store, config.nats.subject_prefix, max_scan)
+        held = store.held_counts()
+        schemas: dict[str, dict[str, Any]] = {}
+        for adapter, st in store.schema_states():
+            schemas.setdefault(adapter, {})[st.table] = {
+                "version": st.version, "paused": st.paused,
+                "held": held.get((adapter, st.table), 0)}
         return {"exists": True, "pending": stats.pending,
                 "oldest_pending_ms": stats.oldest_pending_ms, "size_bytes": stats.size_bytes,
                 "checkpoints": store.checkpoints(), "pending_by_adapter": counts,
-                "truncated": truncated}
+                "truncated": truncated, "schemas": schemas}
     finally:
         store.close()
 
@@ -122,6 +128,7 @@ def gather(config: BridgeConfig) -> dict[str, Any]:
             "restarts": la.get("restarts"),
             "last_error": la.get("last_error"),
             "failed_tables": la.get("failed_tables") or {},
+            "schemas": outbox["schemas"].get(a.name, {}),
         })
     return {
         "daemon": {"running": live is not None, "via": via,
@@ -130,6 +137,8 @@ def gather(config: BridgeConfig) -> dict[str, Any]:
         "outbox": {k: outbox[k] for k in ("exists", "pending", "oldest_pending_ms",
                                           "truncated")},
         "adapters": adapters,
+        "registry": config.nats.schemas_bucket()
+        if config.nats.schema_registry.enabled else None,
     }
 
 
@@ -178,4 +187,21 @@ def render(status: dict[str, Any]) -> str:
             lines.append(f"{a['name']}: last error: {a['last_error']}")
         for table, reason in sorted(a.get("failed_tables", {}).items()):
             lines.append(f"{a['name']}: table {table} set aside: {reason}")
+    lines += _schema_lines(status)
     return "\n".join(lines)
+
+
+def _schema_lines(status: dict[str, Any]) -> list[str]:
+    """The registry in one line; one more per table paused by a schema change."""
+    if status.get("registry") is None:
+        return []
+    tables = [(a["name"], t, s) for a in status["adapters"]
+              for t, s in sorted(a.get("schemas", {}).items())]
+    lines = [f"schemas: {len(tables)} tables in registry {status['registry']}"
+             + (" (" + ", ".join(f"{a}.{t} v{s['version']}" for a, t, s in tables[:6])
+                + (", ..." if len(tables) > 6 else "") + ")" if tables else "")]
+    for a, t, s in tables:
+        if s.get("paused"):
+            lines.append(f"{a}: table {t} PAUSED, {s.get('held', 0)} events held: "
+                         f"{s['paused']}")
+    return lines

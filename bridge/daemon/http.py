@@ -15,7 +15,11 @@ Routes:
   request id; ``GET /requests/{id}`` reports its progress. ``where`` (optional) makes it
   a partial backfill; one that does not parse is a ``400`` with its position and a caret.
 
-Requests that change state (``POST /snapshot``) follow the token rule of
+- ``POST /schema/accept`` ``{"adapter": "...", "table": "..."}``: resume a table paused
+  by a breaking schema change (docs/schemas.md); queued like a snapshot (``202`` with
+  its id; ``GET /requests/{id}`` says when the held events were released).
+
+Requests that change state (``POST /snapshot``, ``POST /schema/accept``) follow the token rule of
 :mod:`cdc_bridge.daemon.http_auth`: with ``http.token`` set they need it as a bearer
 token; without one they are only accepted on a loopback address.
 
@@ -99,8 +103,25 @@ def make_app(source: StateSource, control: ControlDb | None = None, *,
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/status", status)
     app.router.add_post("/snapshot", snapshot)
+    app.router.add_post("/schema/accept", _schema_accept(control))
     app.router.add_get("/requests/{id}", request_status)
     return app
+
+
+def _schema_accept(control: ControlDb | None
+                   ) -> Callable[[web.Request], Awaitable[web.Response]]:
+    async def schema_accept(request: web.Request) -> web.Response:
+        if control is None:
+            raise web.HTTPNotFound(text="no control channel")
+        try:
+            body = json.loads(await request.read())
+            adapter, table = str(body["adapter"]), str(body["table"])
+        except (ValueError, KeyError, TypeError) as e:
+            raise web.HTTPBadRequest(text=f"expected {{adapter, table}}: {e}") from None
+        rid = await asyncio.to_thread(control.submit, "schema_accept", adapter, [table], None)
+        return web.json_response({"id": rid}, status=202)
+
+    return schema_accept
 
 
 def _snapshot_body(raw: bytes) -> tuple[str, list[str] | None, str | None]:
