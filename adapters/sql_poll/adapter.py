@@ -67,6 +67,10 @@ if TYPE_CHECKING:
     from cdc_bridge.adapters.contract import AdapterContext
 
 _MISSING = re.compile(r"not found|doesn't exist|does not exist|no such table", re.I)
+#: A read that failed because the table's columns changed under it (a column dropped,
+#: InnoDB's "table definition has changed"): the columns are looked at again.
+_STALE = re.compile(r"unknown column|no such column|column .{1,200} does not exist"
+                    r"|definition has changed", re.I)
 
 log = logging.getLogger("cdc_bridge.adapter.sql_poll")
 T = TypeVar("T")
@@ -283,14 +287,31 @@ class SqlPollAdapter:
         bind_log_fields(table=slot.spec.ident)  # (this run's own copy of the context)
         what = f"polling table {slot.spec.ident!r}"
         try:
-            with self.engine.connect() as conn:
-                if isinstance(slot.runner, DiffTable):
-                    return self._diff_unit(slot, slot.runner, conn)
-                return self._cursor_unit(slot, slot.runner, conn)
+            try:
+                return self._unit_once(slot)
+            except DBAPIError as e:
+                if not _STALE.search(str(e.orig or e)) or not self._refreshed(slot):
+                    raise
+                # its columns changed between the poll's catalogue look and this read
+                return self._unit_once(slot)
         except BridgeError:
             raise
         except (SQLAlchemyError, OSError) as e:
             raise classify(e, f"{self.name}: {what}") from None
+
+    def _unit_once(self, slot: _Slot) -> Unit:
+        assert self.engine is not None
+        with self.engine.connect() as conn:
+            if isinstance(slot.runner, DiffTable):
+                return self._diff_unit(slot, slot.runner, conn)
+            return self._cursor_unit(slot, slot.runner, conn)
+
+    def _refreshed(self, slot: _Slot) -> bool:
+        """A read failed as if the table's columns changed: look again (True: they did,
+        the table is rebuilt and the unit may be read again)."""
+        assert self.engine is not None
+        with self.engine.connect() as conn:
+            return slot.runner.source.refresh(conn)
 
     def _cursor_unit(self, slot: _Slot, runner: CursorTable, conn: sa.Connection) -> Unit:
         now_ms = int(time.time() * 1000)
@@ -308,6 +329,7 @@ class SqlPollAdapter:
             if reset:  # re-created: its t now, its rows from the next unit (snapshot)
                 slot.next_ms = 0
                 return reset, []
+            runner.source.refresh(conn)  # one catalogue query per poll: columns changed?
             slot.page_after = runner.begin_poll(conn, now_ms)
             slot.polling = True
             slot.poll_started_ms = now_ms  # type: ignore[attr-defined]
@@ -328,6 +350,7 @@ class SqlPollAdapter:
             return [], []
         if runner.phase == "idle":
             slot.poll_started_ms = now_ms  # type: ignore[attr-defined]
+            runner.source.refresh(conn)  # one catalogue query per pass: columns changed?
         events, dead = runner.step_once(conn, now_ms)
         if runner.phase == "idle":
             slot.last_done_ms = getattr(slot, "poll_started_ms", now_ms)

@@ -55,6 +55,7 @@ from cdc_bridge.adapters.sql_poll.values import (
     fingerprint,
     key_text,
     row_hash,
+    same_table,
     value_text,
 )
 from cdc_bridge.adapters.sql_poll.window import Window
@@ -147,7 +148,8 @@ class CursorTable:
         if self.identity is None:  # first look, or a checkpoint from before identities
             self.identity = now
             return []
-        if now == self.identity or not self.started:
+        if same_table(self.identity, now) or not self.started:
+            self.identity = now  # (an ALTER TABLE moves MariaDB's creation time)
             return []
         what = f"{self.adapter}/{self.spec.ident}: the table was dropped and created again"
         if on_change == "stop":
@@ -263,7 +265,7 @@ class CursorTable:
         return ChangeEvent(
             adapter=self.adapter, schema=src.schema, table=src.table_name, op=op,
             position=position, key=key, after=after, ts_ms=now_ms,
-            source_extra={"mode": src.mode, "cursor": version},
+            source_extra={"mode": src.mode, "cursor": version}, shape=src.shape,
         )
 
     def _dead_letter(self, bad: BadRow) -> DeadLetter | None:

@@ -296,6 +296,7 @@ class DiffTable:
             ts_ms=now_ms, source_extra={"mode": "diff", "pass": self.pass_no,
                                         **({} if self.full is None or ch.op != "r"
                                            else {"resnapshot": self.full})},
+            shape=self.source.shape,
         )
 
 

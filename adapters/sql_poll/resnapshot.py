@@ -82,7 +82,8 @@ def resnap_page(adapter: str, source: TableSource, state: Resnap, batch_size: in
         events.append(ChangeEvent(
             adapter=adapter, schema=source.schema, table=source.table_name, op="r",
             position=position, key=key, after=apply_rules(row, spec.columns) or {},
-            ts_ms=now_ms, source_extra={"mode": source.mode, "resnapshot": state.seq}))
+            ts_ms=now_ms, source_extra={"mode": source.mode, "resnapshot": state.seq},
+            shape=source.shape))
     dead = [bad.dead_letter(adapter, spec.ident,
                             f"{spec.ident}:resnap{state.seq}:{key_text(bad.key)}")
             for bad in read.bad]

@@ -48,9 +48,11 @@ from cdc_bridge.adapters.filters.sql import to_sqlalchemy
 from cdc_bridge.adapters.snapshot_where import check_where, table_problem
 from cdc_bridge.adapters.sql_poll.badrows import BadRow, undecodable
 from cdc_bridge.adapters.sql_poll.config import PollTable
+from cdc_bridge.adapters.sql_poll.shapes import DECLARED, Look, look_of, table_shape
 from cdc_bridge.adapters.sql_poll.values import Cursor
 from cdc_bridge.kernel.errors import BridgeError, DecodeError, SourceSetupError, SourceUnavailable
 from cdc_bridge.kernel.events import non_finite_text
+from cdc_bridge.kernel.shapes import TableShape
 
 log = logging.getLogger("cdc_bridge.adapter.sql_poll")
 
@@ -111,6 +113,8 @@ def classify(e: BaseException, what: str) -> BridgeError:
 
 def _sqlite_text_times(inspector: Any, table: sa.Table, column_info: dict[str, Any]) -> None:
     if isinstance(column_info["type"], _SQLITE_TIME_TYPES):
+        # read as the text stored; the declared type stays the shape's source type
+        column_info.setdefault("info", {})[DECLARED] = column_info["type"]
         column_info["type"] = sa.String()
 
 
@@ -165,14 +169,38 @@ class TableSource:
             schema, _, name = spec.name.rpartition(".")
         self.schema = schema or None
         self.table_name = name
-        self.selectable: sa.Table | sa.Subquery
         if spec.mode == "query":
             self.schema = None
             self.table_name = spec.name
-            self.selectable = self._query_selectable(engine, spec.query or "")
+        self.dialect = engine.dialect
+        #: The look of the table as the last catalogue query saw it (:meth:`refresh`).
+        self.look: Look = ()
+        self._strict = True
+        #: What this table's events look like; the same object until the look changes.
+        self.shape: TableShape | None = None
+        #: InnoDB's table list under its MariaDB and MySQL 8 names (see ``identity``).
+        self._innodb_tables = ["INNODB_SYS_TABLES", "INNODB_TABLES"]
+        try:
+            with engine.connect() as conn:
+                self.look = self._look_now(conn)
+                conn.rollback()
+        except SQLAlchemyError as e:
+            raise classify(e, f"reading the columns of {self.spec.ident!r}") from None
+        self._build(engine, strict=True)
+
+    def _build(self, bind: sa.Engine | sa.Connection, strict: bool) -> None:
+        """Reflect (or probe) the table and derive every column list and the shape.
+        ``strict``: a column named by the column rules must exist (at start); a re-build
+        while polling only warns, since such a rule then has nothing to do."""
+        spec = self.spec
+        self._strict = strict
+        selectable: sa.Table | sa.Subquery
+        if spec.mode == "query":
+            selectable = self._query_selectable(bind, spec.query or "")
         else:
-            self.selectable = self._reflect(engine, schema or None, name)
-        cols = self.selectable.c
+            selectable = self._reflect(bind, self.schema, self.table_name)
+        self.selectable = selectable
+        cols = selectable.c
         inc = spec.incrementing_column or ("id" if self.mode == "incrementing" else None)
         self.key_cols = self._key_columns(inc)
         cursor_names: list[str] = []
@@ -186,13 +214,13 @@ class TableSource:
         else:
             cursor_names = list(self.key_cols)
         for c in cursor_names:
-            self._require(c)
+            self._require(c, "a cursor column")
         self.cursor_names = cursor_names
         self.ts_name = spec.timestamp_column
         self.inc_name = inc
         self.cursor_cols = [cols[c] for c in cursor_names]
         self.key_elems = [cols[c] for c in self.key_cols]
-        self.read_cols = self._read_columns()
+        self.read_cols = self._read_columns(strict)
         self.float_cols = _float_columns(self.read_cols)
         #: The table's row filter: pushed into every read (``filter_clause``) unless it
         #: reads ``op``; then ``row_filter`` is evaluated per row by the modes.
@@ -208,19 +236,73 @@ class TableSource:
             if not self.row_filter.uses_op:
                 self.filter_clause = to_sqlalchemy(self.row_filter.expr, lambda n: cols[n])
                 self.row_filter = None
-        #: InnoDB's table list under its MariaDB and MySQL 8 names (see ``identity``).
-        self._innodb_tables = ["INNODB_SYS_TABLES", "INNODB_TABLES"]
+        self.shape = table_shape(self.read_cols, self.key_cols, spec.columns, self.dialect,
+                                 self.shape)
+
+    def refresh(self, conn: sa.Connection) -> bool:
+        """Blocking: one catalogue query; when the table's columns (names, types,
+        nullability) differ from what was reflected, reflect it again and rebuild the
+        queries and the shape. True when the look changed. Ends the query's transaction,
+        so the reads that follow see the table as it is now. A cursor or key column gone
+        is a :class:`SourceSetupError` for this table."""
+        look = self._look_now(conn)
+        conn.rollback()
+        if not look or look == self.look:  # (empty: gone right now; the reads will say)
+            return False
+        old = self.shape
+        self.look = look
+        self._build(conn, strict=False)
+        conn.rollback()
+        if self.shape is not old:
+            log.warning("table %r: its columns changed: now %s", self.spec.ident,
+                        ", ".join(self.shape.names()) if self.shape else "?")
+        return True
+
+    def _look_now(self, conn: sa.Connection) -> Look:
+        """The table's columns from the catalogue: one query (``mode: query``: the query's
+        own columns, read with ``LIMIT 0``)."""
+        if self.spec.mode == "query":
+            text = (self.spec.query or "").strip().rstrip(";").strip()
+            probe: sa.Select[Any] = sa.select(sa.literal_column("*")).select_from(
+                sa.text(text).columns().subquery("q")).limit(0)
+            names = list(conn.execute(probe).keys())
+            return look_of((n, "", None) for n in names)
+        dialect = conn.dialect.name
+        params = {"t": self.table_name, "s": self.schema}
+        if dialect in ("mysql", "mariadb"):
+            query = sa.text(
+                "SELECT COLUMN_NAME, COLUMN_TYPE, IS_NULLABLE FROM information_schema.COLUMNS "
+                "WHERE TABLE_NAME = :t AND TABLE_SCHEMA = COALESCE(:s, DATABASE()) "
+                "ORDER BY ORDINAL_POSITION")
+        elif dialect == "postgresql":
+            query = sa.text(
+                "SELECT a.attname, format_type(a.atttypid, a.atttypmod), NOT a.attnotnull "
+                "FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid JOIN "
+                "pg_namespace n ON n.oid = c.relnamespace WHERE c.relname = :t AND "
+                "n.nspname = COALESCE(:s, current_schema()) AND a.attnum > 0 AND NOT "
+                "a.attisdropped ORDER BY a.attnum")
+        elif dialect == "sqlite":
+            query = sa.text('SELECT name, type, NOT "notnull" FROM pragma_table_info(:t'
+                            + (", :s)" if self.schema else ")") + " ORDER BY cid")
+        else:
+            try:
+                found = sa.inspect(conn).get_columns(self.table_name, self.schema)
+            except NoSuchTableError:
+                return ()
+            return look_of((c["name"], repr(c["type"]), c.get("nullable")) for c in found)
+        return look_of(conn.execute(query, params).all())
 
     # --- set-up -----------------------------------------------------------------------
 
-    def _reflect(self, engine: sa.Engine, schema: str | None, name: str) -> sa.Table:
+    def _reflect(self, bind: sa.Engine | sa.Connection, schema: str | None,
+                 name: str) -> sa.Table:
         listeners = [("column_reflect", _floats_as_floats)]
-        if engine.dialect.name == "sqlite":
+        if bind.dialect.name == "sqlite":
             listeners.append(("column_reflect", _sqlite_text_times))
-        elif engine.dialect.name in ("mysql", "mariadb"):
+        elif bind.dialect.name in ("mysql", "mariadb"):
             listeners.append(("column_reflect", _mysql_backticks))
         try:
-            return sa.Table(name, sa.MetaData(), schema=schema, autoload_with=engine,
+            return sa.Table(name, sa.MetaData(), schema=schema, autoload_with=bind,
                             listeners=listeners)
         except NoSuchTableError:
             raise SourceSetupError(f"table {self.spec.ident!r} not found in the source "
@@ -228,13 +310,16 @@ class TableSource:
         except SQLAlchemyError as e:
             raise classify(e, f"reflecting table {self.spec.ident!r}") from None
 
-    def _query_selectable(self, engine: sa.Engine, query: str) -> sa.Subquery:
+    def _query_selectable(self, bind: sa.Engine | sa.Connection, query: str) -> sa.Subquery:
         text = query.strip().rstrip(";").strip()
         probe: sa.Select[Any] = sa.select(sa.literal_column("*")).select_from(
             sa.text(text).columns().subquery("q")).limit(0)
         try:
-            with engine.connect() as conn:
-                names = list(conn.execute(probe).keys())
+            if isinstance(bind, sa.Connection):
+                names = list(bind.execute(probe).keys())
+            else:
+                with bind.connect() as conn:
+                    names = list(conn.execute(probe).keys())
         except (OperationalError, InterfaceError) as e:
             raise classify(e, f"query of {self.spec.ident!r}") from None
         except SQLAlchemyError as e:
@@ -248,28 +333,35 @@ class TableSource:
     def _key_columns(self, inc: str | None) -> list[str]:
         if self.spec.key_columns:
             for c in self.spec.key_columns:
-                self._require(c)
+                self._require(c, "a key column")
             return list(self.spec.key_columns)
         pk = [c.name for c in getattr(self.selectable, "primary_key", [])]
         if pk:
             return pk
         if self.mode == "incrementing" and inc is not None:
-            self._require(inc)
+            self._require(inc, "the incrementing column")
             return [inc]
         raise SourceSetupError(
             f"table {self.spec.ident!r} has no primary key: set 'key_columns' (mode "
             f"{self.mode} needs a unique row identity)")
 
-    def _require(self, column: str) -> None:
+    def _require(self, column: str, role: str | None = None) -> None:
         if column not in self.selectable.c:
-            raise SourceSetupError(f"table {self.spec.ident!r} has no column {column!r}")
+            what = f" ({role}, dropped or renamed while polling)" if role and \
+                not self._strict else ""
+            raise SourceSetupError(f"table {self.spec.ident!r} has no column {column!r}{what}")
 
-    def _read_columns(self) -> list[KeyedColumnElement[Any]]:
+    def _read_columns(self, strict: bool = True) -> list[KeyedColumnElement[Any]]:
         rules = self.spec.columns
         needed = set(self.key_cols) | set(self.cursor_names)
         include = set(rules.include) if rules.include is not None else None
         for c in (*(rules.include or []), *rules.exclude, *rules.mask):
-            self._require(c)
+            if strict:
+                self._require(c)
+            elif c not in self.selectable.c:
+                log.warning("table %r: column %r of its 'columns' rules is gone: the rule "
+                            "has nothing to do (a restart will refuse it until the config "
+                            "drops it)", self.spec.ident, c)
         out = []
         for col in self.selectable.c:
             if col.name in needed or (col.name not in rules.exclude and

@@ -137,3 +137,18 @@ def compare_cursor(a: Cursor, b: Cursor) -> int:
         if x != y:
             return -1 if x < y else 1
     return 0
+
+
+def same_table(was: str, now: str) -> bool:
+    """Do two table identities (:meth:`~.source.TableSource.identity`) name one table?
+
+    MySQL/MariaDB identities are ``<creation time>#<InnoDB table id>``; an ``ALTER
+    TABLE`` that adds or drops a column in place keeps the table id but moves the
+    creation time, so when both carry a table id only the ids are compared (TRUNCATE,
+    DROP + CREATE and a copying ALTER give a new id). Otherwise the whole text is.
+    """
+    if was == now:
+        return True
+    old_id = was.rpartition("#")[2] if "#" in was else ""
+    new_id = now.rpartition("#")[2] if "#" in now else ""
+    return bool(old_id) and old_id == new_id
