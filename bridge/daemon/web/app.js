@@ -130,6 +130,10 @@
     box.replaceChildren(...names.map((name) => {
       const a = d.adapters[name];
       const failed = Object.keys(a.failed_tables || {});
+      const tables = ((d.schemas || {}).tables || {})[name] || {};
+      const paused = Object.keys(tables).sort().filter((t) => tables[t].paused);
+      const versions = Object.keys(tables).sort()
+        .map((t) => `${t} v${tables[t].version}`).join(", ");
       return el("article", { class: "adapter", "data-adapter": name },
         el("div", { class: "adapter-head" },
           el("span", { class: "name", "data-field": "name", text: name }),
@@ -146,7 +150,10 @@
           el("div", { class: "spark-box" }, sparkline(a.throughput || []),
             el("span", { class: "muted small", text: peakLabel(a.throughput || []) }))),
         a.last_error ? el("p", { class: "error", "data-field": "last-error", text: a.last_error }) : null,
-        failed.length ? el("p", { class: "error", text: `tables set aside: ${failed.join(", ")}` }) : null);
+        failed.length ? el("p", { class: "error", text: `tables set aside: ${failed.join(", ")}` }) : null,
+        versions ? el("p", { class: "muted small", "data-field": "schemas", text: `schemas: ${versions}` }) : null,
+        ...paused.map((t) => el("p", { class: "error", "data-field": "paused",
+          text: `${t} paused, ${fmtNum(tables[t].held)} events held: ${tables[t].paused}` })));
     }));
   }
 
