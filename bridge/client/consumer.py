@@ -58,17 +58,18 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import nats
 import nats.errors
 import nats.js.errors
-import orjson
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 
 from cdc_bridge.client.claims import ClaimCorrupt, ClaimError, ClaimResolver, is_claim
+from cdc_bridge.client.events import Event, decode_event, order_key_of
+from cdc_bridge.client.evolution import Rejected, SchemaStage
 from cdc_bridge.client.ordering import (
     KeyIndex,
     KeyQueues,
@@ -80,7 +81,7 @@ from cdc_bridge.client.seen import MemorySeenStore, SeenStore
 from cdc_bridge.client.stats import ConsumerStats
 from cdc_bridge.client.tracing import handler_span
 from cdc_bridge.kernel.backoff import Backoff, Policy
-from cdc_bridge.kernel.events import dead_letter_prefix, dead_letter_stream, dumps
+from cdc_bridge.kernel.events import dead_letter_prefix, dead_letter_stream
 from cdc_bridge.kernel.wire import (
     CONSUMER,
     DEAD_LETTERED_AT,
@@ -92,9 +93,13 @@ from cdc_bridge.kernel.wire import (
     ORIGINAL_STREAM,
     ORIGINAL_SUBJECT,
     REASON,
-    REPLAY_SEQ,
-    TRACEPARENT,
 )
+
+if TYPE_CHECKING:
+    from cdc_bridge.client.schemas import SchemaRegistry
+    from cdc_bridge.client.upcasting import Upcasters
+
+__all__ = ["Consumer", "ConsumerSettings", "Event", "Handler", "decode_event", "order_key_of"]
 
 log = logging.getLogger("cdc_bridge.consumer")
 
@@ -109,105 +114,6 @@ FETCH_RETRY_MAX_S = 15.0
 #: 20 ms doubling to 1 s; a new message of the key wakes the wait at once.
 GATE_RETRY_INITIAL_S = 0.02
 GATE_RETRY_MAX_S = 1.0
-
-
-@dataclass(frozen=True, slots=True)
-class Event:
-    """One change, as a subscriber sees it."""
-
-    id: str
-    subject: str
-    op: str
-    before: Mapping[str, Any] | None
-    after: Mapping[str, Any] | None
-    key: Mapping[str, Any] | None
-    source: Mapping[str, Any]
-    time: dt.datetime | None
-    type: str = ""
-    #: Original stream sequence (from ``Cdc-Replay-Seq`` for replayed events).
-    sequence: int = 0
-    #: How many times this message has been delivered (1 on the first delivery).
-    deliveries: int = 1
-    headers: Mapping[str, str] = field(default_factory=dict)
-    #: What order is kept per: ``<adapter>/<schema>/<table>|<row key>`` (the table alone
-    #: for keyless tables and for truncates).
-    order_key: str = ""
-    #: The W3C trace context the bridge gave the event (header, else body attribute):
-    #: the handler runs in a span under it (:mod:`cdc_bridge.client.tracing`).
-    traceparent: str | None = None
-
-    @property
-    def adapter(self) -> str:
-        return str(self.source.get("adapter", ""))
-
-    @property
-    def table(self) -> str:
-        return str(self.source.get("table", ""))
-
-    @property
-    def schema(self) -> str | None:
-        value = self.source.get("schema")
-        return None if value is None else str(value)
-
-    @property
-    def row(self) -> Mapping[str, Any] | None:
-        """The row image that describes the result: ``after``, or ``before`` for deletes."""
-        return self.before if self.op == "d" else self.after
-
-
-def _order_key(ce: Mapping[str, Any], data: Mapping[str, Any]) -> str:
-    src = data.get("source") or {}
-    table = f"{src.get('adapter', '')}/{src.get('schema') or '_'}/{src.get('table', '')}"
-    part = ce.get("partitionkey")
-    if not isinstance(part, str):
-        key = data.get("key")
-        part = dumps(dict(sorted(key.items()))).decode() if isinstance(key, dict) and key \
-            else "*"
-    return f"{table}|{part}"
-
-
-def order_key_of(body: bytes) -> str | None:
-    """The order key of a message body, ``None`` if it is not a change event."""
-    try:
-        ce = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return None
-    data = ce.get("data") if isinstance(ce, dict) else None
-    if not isinstance(data, dict) or ce.get("specversion") != "1.0":
-        return None
-    return _order_key(ce, data)
-
-
-def decode_event(subject: str, body: bytes, headers: Mapping[str, str] | None = None,
-                 sequence: int = 0, deliveries: int = 1) -> Event:
-    """Decode a CloudEvents body produced by the bridge; ``ValueError`` if it is not one."""
-    try:
-        ce = orjson.loads(body)
-    except orjson.JSONDecodeError as e:
-        raise ValueError(f"body is not JSON: {e}") from None
-    if not isinstance(ce, dict) or ce.get("specversion") != "1.0":
-        raise ValueError("body is not a CloudEvents 1.0 structured JSON object")
-    data = ce.get("data")
-    if not isinstance(data, dict) or data.get("op") not in ("c", "u", "d", "r", "t"):
-        raise ValueError("data is not a change envelope with op c/u/d/r/t")
-    hdrs = dict(headers or {})
-    if REPLAY_SEQ in hdrs:
-        with contextlib.suppress(ValueError):
-            sequence = int(hdrs[REPLAY_SEQ])
-    when = None
-    if isinstance(ce.get("time"), str):
-        with contextlib.suppress(ValueError):
-            when = dt.datetime.fromisoformat(ce["time"].replace("Z", "+00:00"))
-    return Event(id=str(ce.get("id", "")), subject=subject, op=data["op"],
-                 before=data.get("before"), after=data.get("after"), key=data.get("key"),
-                 source=data.get("source") or {}, time=when, type=str(ce.get("type", "")),
-                 sequence=sequence, deliveries=deliveries, headers=hdrs,
-                 order_key=_order_key(ce, data),
-                 traceparent=hdrs.get(TRACEPARENT) or _str_or_none(ce.get(TRACEPARENT)))
-
-
-def _str_or_none(value: Any) -> str | None:
-    return value if isinstance(value, str) else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -290,9 +196,19 @@ def _fields(event: Event | None, msg: Msg, durable: str) -> dict[str, Any]:
 
 class Consumer:
     def __init__(self, settings: ConsumerSettings, handler: Handler,
-                 seen: SeenStore | None = None) -> None:
+                 seen: SeenStore | None = None, *, validate: bool = False,
+                 upcasters: Upcasters | None = None,
+                 registry: SchemaRegistry | None = None) -> None:
+        """``validate``: check each row event's ``after`` against its registry version
+        (needs the ``schemas`` extra); ``upcasters``: bring older events to the versions
+        the service is written for; ``registry``: where versions are read (default: the
+        bucket each event's ``dataschema`` names, over the consumer's connection). See
+        :mod:`cdc_bridge.client.evolution`."""
         self.settings = settings
         self.handler = handler
+        self._schemas: SchemaStage | None = None
+        if validate or upcasters is not None:
+            self._schemas = SchemaStage(validate, upcasters, registry)
         #: Without a store the gate and the ids live in memory: order and once-only hold
         #: within this one process only.
         self.seen: SeenStore = seen if seen is not None else MemorySeenStore()
@@ -352,6 +268,8 @@ class Consumer:
         try:
             js = self._js = self.nc.jetstream()
             self._claims = ClaimResolver(js)
+            if self._schemas is not None:
+                self._schemas.bind(js, s.stream)
             await self._ensure_dlq(js)
             sub = await js.pull_subscribe(s.filter_subject, durable=s.durable, stream=s.stream,
                                           config=self.consumer_config())
@@ -504,8 +422,13 @@ class Consumer:
                     raise _Blocked
                 duplicate = last >= seq or await tx.seen(event.id)
                 if not duplicate:
+                    body = held.msg.data
                     if self.settings.resolve_claims and is_claim(event.headers):
-                        event = await self._resolve(held)
+                        event, body = await self._resolve(held)
+                    if self._schemas is not None:
+                        prepared = await self._schemas.prepare(event, body)
+                        self.stats.upcast += prepared is not event
+                        event = prepared
                     with handler_span(event.traceparent, event.subject, event.id,
                                       self.settings.durable, event.deliveries):
                         await self.handler(event)
@@ -515,6 +438,10 @@ class Consumer:
         except ClaimError as e:  # the large event's body is gone or wrong: never better
             self.stats.claims_unresolved += 1
             await self._dead_letter(held.msg, held.event, f"claim check: {e}")
+            return _FAILED
+        except Rejected as e:  # not of its version, or cannot be upcast: never better
+            self.stats.schema_rejected += 1
+            await self._dead_letter(held.msg, held.event, f"schema: {e}")
             return _FAILED
         except Exception as e:
             self.stats.failures += 1
@@ -531,8 +458,9 @@ class Consumer:
         await self._settle(held.msg.ack(), held)
         return _DONE
 
-    async def _resolve(self, held: _Held) -> Event:
-        """The whole event a claim-check reference stands for (:mod:`.claims`)."""
+    async def _resolve(self, held: _Held) -> tuple[Event, bytes]:
+        """The whole event a claim-check reference stands for (:mod:`.claims`), and its
+        body."""
         assert self._claims is not None
         msg = held.msg
         body = await self._claims.resolve(msg.headers, msg.data)
@@ -544,7 +472,7 @@ class Consumer:
         if event.id != held.event.id:
             raise ClaimCorrupt(f"the claimed body is event {event.id}, not {held.event.id}")
         self.stats.claims_resolved += 1
-        return event
+        return event, body
 
     async def _settle(self, call: Awaitable[None], held: _Held) -> None:
         """Ack/nak/term; a lost one only means a redelivery, which the store skips."""

@@ -16,7 +16,9 @@ nak'ed for redelivery), ``cdc_consumer_dead_lettered_total``,
 elsewhere), ``cdc_consumer_stuck_total`` (handlers that ran past ``stuck_after_s``),
 ``cdc_consumer_claims_resolved_total`` and ``cdc_consumer_claims_unresolved_total``
 (large events fetched by claim check, and references dead-lettered because their
-object was gone or wrong),
+object was gone or wrong), ``cdc_consumer_schema_rejected_total`` and
+``cdc_consumer_upcast_total`` (events refused by validation or upcasting, and events
+upcast; :mod:`cdc_bridge.client.evolution`),
 ``cdc_consumer_handler_seconds`` (histogram), and the gauges ``cdc_consumer_held``
 (messages held by this instance), ``cdc_consumer_running``, ``cdc_consumer_keys`` (keys
 with a queue), ``cdc_consumer_key_queue_max`` (the deepest key queue),
@@ -79,6 +81,10 @@ class ConsumerStats:
     #: (object gone or not matching: dead-lettered).
     claims_resolved: int = 0
     claims_unresolved: int = 0
+    #: Events dead-lettered because they do not match their schema version or cannot be
+    #: upcast (``validate``/``upcasters``), and events upcast before their handler.
+    schema_rejected: int = 0
+    upcast: int = 0
     latency: Histogram = field(default_factory=Histogram)
 
     @property
@@ -89,7 +95,8 @@ class ConsumerStats:
         out: dict[str, Any] = {name: getattr(self, name) for name in (
             "handled", "duplicates", "failures", "dead_lettered", "dead_letter_duplicates",
             "deferred", "stuck", "in_progress_sent", "fetch_errors", "held", "running", "keys",
-            "key_queue_max", "num_pending", "claims_resolved", "claims_unresolved")}
+            "key_queue_max", "num_pending", "claims_resolved", "claims_unresolved",
+            "schema_rejected", "upcast")}
         out["handler_seconds_sum"] = self.latency.total
         out["handler_seconds_count"] = self.latency.n
         return out
@@ -103,7 +110,10 @@ _COUNTERS = (("handled", "Events handled (handler succeeded, committed, acked)")
              ("stuck", "Handlers that ran longer than stuck_after_s"),
              ("claims_resolved", "Large events fetched from their claim-check bucket"),
              ("claims_unresolved", "Claim-check references dead-lettered: object gone or "
-                                   "not matching"))
+                                   "not matching"),
+             ("schema_rejected", "Events dead-lettered: not matching their schema version, "
+                                 "or no upcaster chain to the service's version"),
+             ("upcast", "Events brought to a newer schema version by upcasters"))
 _GAUGES = (("held", "Messages this instance holds (queued or running)"),
            ("running", "Handlers running now"),
            ("keys", "Order keys with messages held"),
