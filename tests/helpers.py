@@ -107,12 +107,28 @@ class StoredMessage:
     body: dict[str, Any]
 
 
+def is_schema_event(subject: str) -> bool:
+    """A schema-change event (``<prefix>._schema.>``, docs/schemas.md)."""
+    parts = subject.split(".", 2)
+    return len(parts) > 1 and parts[1] == "_schema"
+
+
 async def read_raw(url: str, stream: str = "CDC", subject: str = ">",
-                   **connect: Any) -> list[Msg]:
+                   schemas: bool = False, **connect: Any) -> list[Msg]:
     """Every message in ``stream`` (matching ``subject``), in stream order, as nats-py
     delivers them; ``connect``: nats-py options (credentials). The one stream reader of
     the tests: done only when the consumer has nothing left to deliver, so a fetch that
-    comes back empty (a slow server, a busy machine) is not taken as the end."""
+    comes back empty (a slow server, a busy machine) is not taken as the end.
+
+    Schema-change events are left out unless ``schemas`` (or ``subject`` names them):
+    most tests are about the rows."""
+    msgs = await _read_all(url, stream, subject, **connect)
+    if schemas or "_schema" in subject:
+        return msgs
+    return [m for m in msgs if not is_schema_event(m.subject)]
+
+
+async def _read_all(url: str, stream: str, subject: str, **connect: Any) -> list[Msg]:
     nc = await nats.connect(url, **connect)
     try:
         js = nc.jetstream()
@@ -163,23 +179,38 @@ def _decoded(m: Msg) -> StoredMessage:
     return StoredMessage(m.metadata.sequence.stream, m.subject, dict(m.headers or {}), body)
 
 
-async def read_stream(url: str, stream: str = "CDC", subject: str = ">") -> list[StoredMessage]:
-    """Every message in ``stream`` (matching ``subject``), in stream order, JSON decoded."""
-    return [_decoded(m) for m in await read_raw(url, stream, subject)]
+async def read_stream(url: str, stream: str = "CDC", subject: str = ">",
+                      schemas: bool = False) -> list[StoredMessage]:
+    """Every message in ``stream`` (matching ``subject``), in stream order, JSON decoded
+    (schema-change events only with ``schemas``)."""
+    return [_decoded(m) for m in await read_raw(url, stream, subject, schemas)]
 
 
-def stream_messages(url: str, stream: str = "CDC", subject: str = ">") -> list[StoredMessage]:
-    return asyncio.run(read_stream(url, stream, subject))
+def stream_messages(url: str, stream: str = "CDC", subject: str = ">",
+                    schemas: bool = False) -> list[StoredMessage]:
+    return asyncio.run(read_stream(url, stream, subject, schemas))
 
 
-def stream_count(url: str, stream: str = "CDC") -> int:
-    """How many messages ``stream`` holds now (0 before it exists): stream info only."""
+async def count_messages(js: Any, stream: str = "CDC", schemas: bool = False) -> int:
+    """How many messages ``stream`` holds (schema-change events only with ``schemas``)."""
+    try:
+        info = await js.stream_info(stream)
+    except nats.js.errors.NotFoundError:
+        return 0
+    total = int(info.state.messages)
+    if schemas or not total:
+        return total
+    per = await js.stream_info(stream, subjects_filter="*._schema.>")
+    return total - sum((per.state.subjects or {}).values())
+
+
+def stream_count(url: str, stream: str = "CDC", schemas: bool = False) -> int:
+    """How many messages ``stream`` holds now (0 before it exists): stream info only;
+    schema-change events are not counted unless ``schemas``."""
     async def count() -> int:
         nc = await nats.connect(url)
         try:
-            return int((await nc.jetstream().stream_info(stream)).state.messages)
-        except nats.js.errors.NotFoundError:
-            return 0
+            return await count_messages(nc.jetstream(), stream, schemas)
         finally:
             await nc.close()
 

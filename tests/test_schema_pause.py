@@ -158,7 +158,7 @@ def test_a_breaking_change_pauses_one_table_until_accepted(
     with urllib.request.urlopen(req, timeout=5) as r:
         assert r.status == 202 and "id" in json.loads(r.read())
     assert bridge.terminate() == 0
-    stored = stream_messages(url)
+    stored = stream_messages(url, schemas=True)
     orders_msgs = _rows(stored, "orders")
     ids = [m.headers["Nats-Msg-Id"] for m in stored]
     assert len(ids) == len(set(ids)), "a duplicate reached the stream"
