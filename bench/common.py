@@ -203,15 +203,28 @@ def _on_nats(url: str, work: Callable[[Client], Awaitable[T]]) -> T:
     return asyncio.run(go())
 
 
+def _schema_event(subject: str) -> bool:
+    """A schema-change event (``<prefix>._schema.>``): not a row, never counted here."""
+    parts = subject.split(".", 2)
+    return len(parts) > 1 and parts[1] == "_schema"
+
+
 async def _messages(nc: Client, stream: str) -> int:
+    """Row messages ``stream`` holds: all of them but the schema-change events."""
+    js = nc.jetstream()
     try:
-        return int((await nc.jetstream().stream_info(stream)).state.messages)
+        total = int((await js.stream_info(stream)).state.messages)
+        if not total:
+            return 0
+        per = await js.stream_info(stream, subjects_filter="*._schema.>")
     except nats.js.errors.NotFoundError:
         return 0
+    return total - sum((per.state.subjects or {}).values())
 
 
 def stream_count(url: str, stream: str = "CDC") -> int:
-    """Messages ``stream`` holds now (0 if it does not exist yet)."""
+    """Row messages ``stream`` holds now (0 if it does not exist yet; schema-change
+    events are not counted)."""
     return _on_nats(url, lambda nc: _messages(nc, stream))
 
 
@@ -264,7 +277,8 @@ class Message:
 
 def read_stored(url: str, stream: str = "CDC", *, start_seq: int = 1,
                 limit: int | None = None) -> list[Message]:
-    """The messages of ``stream`` from ``start_seq`` up to its last one (or ``limit``)."""
+    """The row messages of ``stream`` from ``start_seq`` up to its last one (or
+    ``limit``): schema-change events are left out."""
     async def read(nc: Client) -> list[Message]:
         js = nc.jetstream()
         state = (await js.stream_info(stream)).state
@@ -283,7 +297,8 @@ def read_stored(url: str, stream: str = "CDC", *, start_seq: int = 1,
                 continue
             for m in msgs:
                 seq = m.metadata.sequence.stream
-                out.append(Message(m.data, m.metadata.timestamp.timestamp()))
+                if not _schema_event(m.subject):
+                    out.append(Message(m.data, m.metadata.timestamp.timestamp()))
         await sub.unsubscribe()
         return out if limit is None else out[:limit]
     return _on_nats(url, read)

@@ -92,6 +92,8 @@ class StreamContents:
     changes: dict[tuple[str, str], list[Delivered]] = field(default_factory=dict)
     dead_letters: list[tuple[str, dict[str, str]]] = field(default_factory=list)
     strays: list[str] = field(default_factory=list)
+    #: Schema-change events (``<prefix>._schema.>``, docs/schemas.md) by subject.
+    schema_events: dict[str, int] = field(default_factory=dict)
     total: int = 0
 
 
@@ -109,7 +111,11 @@ def read_contents(url: str, stream: str, prefix: str) -> StreamContents:
     for m in asyncio.run(_dead_letters(url, stream)):
         out.dead_letters.append((m.subject, m.headers))
     legacy = f"{prefix}._dlq."  # where dead letters were before their own stream
+    schemas = f"{prefix}._schema."
     for m in msgs:
+        if m.subject.startswith(schemas):
+            out.schema_events[m.subject] = out.schema_events.get(m.subject, 0) + 1
+            continue
         if m.subject.startswith(legacy):
             out.dead_letters.append((m.subject, m.headers))
             continue
