@@ -242,21 +242,36 @@ class TableSource:
     def refresh(self, conn: sa.Connection) -> bool:
         """Blocking: one catalogue query; when the table's columns (names, types,
         nullability) differ from what was reflected, reflect it again and rebuild the
-        queries and the shape. True when the look changed. Ends the query's transaction,
-        so the reads that follow see the table as it is now. A cursor or key column gone
-        is a :class:`SourceSetupError` for this table."""
+        queries and the shape. True when the look changed. A cursor or key column gone
+        is a :class:`SourceSetupError` for this table.
+
+        It starts a new transaction first, with its snapshot taken before the look
+        (:meth:`_pin`), so the reads that follow in the same transaction see no row
+        written after the look: a column added meanwhile cannot be missing from a row
+        read under the old look (it comes with the next poll, under the new one)."""
+        self._pin(conn)
         look = self._look_now(conn)
-        conn.rollback()
         if not look or look == self.look:  # (empty: gone right now; the reads will say)
             return False
         old = self.shape
         self.look = look
         self._build(conn, strict=False)
-        conn.rollback()
         if self.shape is not old:
             log.warning("table %r: its columns changed: now %s", self.spec.ident,
                         ", ".join(self.shape.names()) if self.shape else "?")
         return True
+
+    def _pin(self, conn: sa.Connection) -> None:
+        """A new transaction whose snapshot is taken now (MariaDB/MySQL: ``WITH CONSISTENT
+        SNAPSHOT``; PostgreSQL: ``REPEATABLE READ``, taken by its first query). Other
+        databases: a new transaction only (each read then sees the rows of its moment)."""
+        if conn.in_transaction():
+            conn.rollback()
+        dialect = conn.dialect.name
+        if dialect in ("mysql", "mariadb"):
+            conn.exec_driver_sql("START TRANSACTION WITH CONSISTENT SNAPSHOT")
+        elif dialect == "postgresql":
+            conn.exec_driver_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
 
     def _look_now(self, conn: sa.Connection) -> Look:
         """The table's columns from the catalogue: one query (``mode: query``: the query's
