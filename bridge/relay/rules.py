@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from cdc_bridge.kernel.schemas import SCHEMA_TOKEN
 from cdc_bridge.kernel.tracecontext import TRACEPARENT, traceparent, traceparent_in_body
 from cdc_bridge.kernel.wire import (
     ADAPTER,
@@ -128,10 +129,12 @@ def is_wrong_last_sequence(reason: str) -> bool:
 
 
 def dlq_token(subject: str, prefix: str) -> str:
-    """The adapter token of ``subject`` (the one after the prefix), for its DLQ subject."""
+    """The adapter token of ``subject`` (the one after the prefix; after ``_schema`` for a
+    schema-change event), for its DLQ subject and its metrics."""
     head = prefix + "."
     if subject.startswith(head):
-        token = subject[len(head):].split(".", 1)[0]
+        tokens = subject[len(head):].split(".", 2)
+        token = tokens[1] if tokens[0] == SCHEMA_TOKEN and len(tokens) > 1 else tokens[0]
         if token and valid_subject(token):
             return token
     return "_unknown"
