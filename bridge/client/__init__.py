@@ -22,13 +22,13 @@ if TYPE_CHECKING:
     from cdc_bridge.client.consumer import Consumer, ConsumerSettings
     from cdc_bridge.client.events import Event, decode_event
     from cdc_bridge.client.outbox import create_outbox_table, write_event, write_event_async
+    from cdc_bridge.client.schemas import SchemaEntry, SchemaNotFound, SchemaRegistry
     from cdc_bridge.client.seen import (
         MemorySeenStore,
         PostgresSeenStore,
         SeenStore,
         SqliteSeenStore,
     )
-    from cdc_bridge.client.schemas import SchemaEntry, SchemaNotFound, SchemaRegistry
     from cdc_bridge.client.stats import ConsumerStats, prometheus_collector
     from cdc_bridge.client.upcasting import UpcastError, Upcasters
 
