@@ -28,6 +28,7 @@ from cdc_bridge.adapters.files.config import FilesConfig
 from cdc_bridge.adapters.files.formats import RecordFormat, RowError, make_format
 from cdc_bridge.adapters.files.identity import header_safe_name
 from cdc_bridge.adapters.files.reader import RawRecord, RecordReader, skip_bom
+from cdc_bridge.adapters.files.shapes import ShapeCache, columns_of
 from cdc_bridge.adapters.filters import RowFilter, row_filter
 from cdc_bridge.adapters.transform import apply_rules, mask_value
 from cdc_bridge.kernel.events import ChangeEvent, DeadLetter, Op
@@ -122,6 +123,17 @@ class FileSession:
                 out.append(Parsed(rec, None, e.reason))
         return out, len(records) == max_records
 
+    def columns(self) -> tuple[str, ...] | None:
+        """The records' column names once known: the layout's, or the header's (``None``
+        for JSON lines, before the header is read, or when it could not be)."""
+        header = getattr(self.fmt, "columns", None) if self.header_error is None else None
+        return columns_of(self.config, header)
+
+    def read_columns(self) -> tuple[str, ...] | None:
+        """Blocking: read the header if not yet done (a stable file), then :meth:`columns`."""
+        self._header(final=True)
+        return self.columns()
+
     def close(self) -> None:
         self.f.close()
 
@@ -140,6 +152,8 @@ class EventBuilder:
         self.filter: RowFilter | None = row_filter(config.filter) if config.filter else None
         #: The one unmasked key column, if that is the key (the usual case): a fast path.
         self._single = self.key[0] if len(self.key) == 1 and not self._key_mask else None
+        #: One shape per column layout (:mod:`cdc_bridge.adapters.files.shapes`).
+        self.shapes = ShapeCache(config)
 
     def key_of(self, row: Mapping[str, Any]) -> dict[str, Any] | None:
         single = self._single
@@ -167,8 +181,12 @@ class EventBuilder:
             context={"file": header_safe_name(name), "line": str(rec.line),
                      "offset": str(rec.offset)})
 
-    def build(self, parsed: list[Parsed], file_pos: str, name: str, op: Op = "c"
+    def build(self, parsed: list[Parsed], file_pos: str, name: str, op: Op = "c",
+              columns: tuple[str, ...] | None = None
               ) -> tuple[list[ChangeEvent], list[DeadLetter]]:
+        """Events and dead letters of ``parsed``; ``columns``: the file's column layout
+        (:meth:`FileSession.columns`), which gives the events their shape."""
+        shape = self.shapes.get(columns)
         events: list[ChangeEvent] = []
         dead: list[DeadLetter] = []
         table = self.config.table_for(name)
@@ -191,5 +209,6 @@ class EventBuilder:
                 adapter=self.adapter, table=table, op=op,
                 position=f"{file_pos}@{rec.offset}", key=key,
                 after=p.row if rules is None else apply_rules(p.row, rules), ts_ms=now,
-                source_extra={"file": name, "line": rec.line, "offset": rec.offset}))
+                source_extra={"file": name, "line": rec.line, "offset": rec.offset},
+                shape=shape))
         return events, dead

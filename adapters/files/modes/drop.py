@@ -68,7 +68,8 @@ class DropMode(FolderRounds):
             while True:
                 parsed, more = await asyncio.to_thread(
                     session.read, self.config.batch_size, final=True)
-                events, dead = self.builder.build(parsed, cand.ident, cand.name)
+                events, dead = self.builder.build(parsed, cand.ident, cand.name,
+                                                  columns=session.columns())
                 good += len(events)
                 bad += len(dead)
                 self.lag["bytes"] = float(cand.size - session.offset)

@@ -40,6 +40,7 @@ from cdc_bridge.adapters.files.reader import RawRecord
 from cdc_bridge.adapters.files.session import EventBuilder, FileSession
 from cdc_bridge.adapters.transform import apply_rules
 from cdc_bridge.kernel.events import ChangeEvent, dumps
+from cdc_bridge.kernel.shapes import TableShape
 
 
 class SnapshotMode(FolderRounds):
@@ -72,6 +73,14 @@ class SnapshotMode(FolderRounds):
             yield batch
 
     # --- load -------------------------------------------------------------------------
+
+    def _columns(self, cand: Candidate) -> tuple[str, ...] | None:
+        """The extract's column layout (blocking): its header, or the configured one."""
+        session = FileSession(self.config, cand.path, None, 1)
+        try:
+            return session.read_columns()
+        finally:
+            session.close()
 
     def _load(self, cand: Candidate) -> tuple[int, int]:
         """Stream the file into ``stg`` (blocking). Returns (good, bad) row counts."""
@@ -127,6 +136,8 @@ class SnapshotMode(FolderRounds):
         else:
             self.log.info("resuming the comparison of extract %s", name)
         first = not store.has_base()
+        # the extract's look: a header that gained a column is a new version before its rows
+        shape = self.builder.shapes.get(await asyncio.to_thread(self._columns, cand))
         n = self.config.batch_size
         counts = {"c": 0, "u": 0, "d": 0, "r": 0, "bad": 0}
         while True:
@@ -142,7 +153,7 @@ class SnapshotMode(FolderRounds):
             yield ChangeBatch([], self._checkpoint(), dead)
         while True:
             changes, last, finished = await asyncio.to_thread(store.diff, cur["last_key"], n)
-            events = self._events(changes, cand, first)
+            events = self._events(changes, cand, first, shape)
             for ev in events:
                 counts[ev.op] += 1
             if not finished:
@@ -157,7 +168,8 @@ class SnapshotMode(FolderRounds):
                           ", ".join(f"{k}={v}" for k, v in counts.items()))
             return
 
-    def _events(self, changes: list[Change], cand: Candidate, first: bool) -> list[ChangeEvent]:
+    def _events(self, changes: list[Change], cand: Candidate, first: bool,
+                shape: TableShape | None = None) -> list[ChangeEvent]:
         now = int(time.time() * 1000)
         table = self.config.table_for(cand.name)
         out = []
@@ -177,7 +189,8 @@ class SnapshotMode(FolderRounds):
                 adapter=self.config.name, table=table, op=op,  # type: ignore[arg-type]
                 position=f"{cand.ident}#{ch.key}", key=orjson.loads(ch.key),
                 before=before, after=after,
-                ts_ms=now, source_extra={"file": cand.name, "mode": "snapshot"}))
+                ts_ms=now, source_extra={"file": cand.name, "mode": "snapshot"},
+                shape=shape))
         return out
 
     async def acknowledge(self, checkpoint: Checkpoint | None) -> None:

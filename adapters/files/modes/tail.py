@@ -247,7 +247,8 @@ class TailMode:
             fol.rotated_at = time.monotonic()
         fol.last_size = size
         parsed, more = fol.session.read(self.config.batch_size, final=final)
-        events, dead = self.builder.build(parsed, fol.file_pos, self.name)
+        events, dead = self.builder.build(parsed, fol.file_pos, self.name,
+                                          columns=fol.session.columns())
         fol.good += len(events)
         fol.bad += len(dead)
         if resets:
