@@ -189,7 +189,8 @@ class MysqlBinlogAdapter:
                          ", ".join(resnap.remaining()))
         self._ready.set()
         self.connected = True
-        builder = EventBuilder(self.name, self.tables)
+        builder = EventBuilder(self.name, self.tables,
+                               utc_datetimes=self.config.datetime_timezone is not None)
         if pos.snapshot is not None:
             async for batch in self._snapshot(pos, builder):
                 yield batch
@@ -213,6 +214,7 @@ class MysqlBinlogAdapter:
             if progress.current != name:
                 progress.current, progress.after = name, None
             conv = RowConverter(meta.columns, tz)
+            shape = builder.shape(meta.schema, meta.table, meta.facts, meta.key)
             idx = [i for i, c in enumerate(meta.columns) if c.name in meta.key]
             while True:
                 rows = await self._run(read_chunk, self._copy, meta, progress.after,
@@ -226,7 +228,7 @@ class MysqlBinlogAdapter:
                     row_key = [raw[i] for i in idx] if meta.key else [base + n]
                     event = builder.snapshot_event(
                         meta.schema, meta.table, meta.key, conv.from_select(raw),
-                        progress.id_prefix(), row_key, now_ms)
+                        progress.id_prefix(), row_key, now_ms, shape=shape)
                     if event is not None:
                         batch.events.append(event)
                 progress.after = ([rows[-1][i] for i in idx] if meta.key

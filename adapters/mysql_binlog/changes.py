@@ -29,8 +29,10 @@ import orjson
 
 from cdc_bridge.adapters.filters import RowFilter, row_filter
 from cdc_bridge.adapters.mysql_binlog.position import BinlogPos, Position, already_copied
+from cdc_bridge.adapters.mysql_binlog.shapes import ColumnFacts, table_shape
 from cdc_bridge.adapters.transform import ColumnRules, apply_rules, mask_value
 from cdc_bridge.kernel.events import ChangeEvent, Op
+from cdc_bridge.kernel.shapes import TableShape
 
 Row = dict[str, Any]
 
@@ -54,6 +56,9 @@ class Rows:
     #: ``(before, after)`` per row, values converted (:mod:`.values`).
     rows: Sequence[tuple[Row | None, Row | None]]
     ts_ms: int
+    #: The table's look per this event's table map (:mod:`.shapes`): the same object for
+    #: every rows event of one look.
+    shape: TableShape | None = None
 
 
 @dataclass(slots=True)
@@ -155,13 +160,31 @@ class TableFilter:
 class EventBuilder:
     """Change events of one adapter (column rules, keys, source metadata)."""
 
-    def __init__(self, adapter: str, tables: TableFilter) -> None:
+    def __init__(self, adapter: str, tables: TableFilter, utc_datetimes: bool = False
+                 ) -> None:
         self.adapter = adapter
         self.tables = tables
+        #: ``DATETIME`` values are converted to UTC (``datetime_timezone`` is set).
+        self.utc_datetimes = utc_datetimes
+        #: The last look of each table seen (``(schema, table)``), for its truncates.
+        self.shapes: dict[tuple[str, str], TableShape] = {}
+
+    def shape(self, schema: str, table: str, facts: Sequence[ColumnFacts],
+              key: Sequence[str]) -> TableShape:
+        """A table's shape from its columns (a snapshot's ``information_schema`` reading,
+        or a table map's): the table's last shape itself when the look is the same."""
+        shape = table_shape(facts, key, self.tables.rules_for(schema, table),
+                            self.utc_datetimes)
+        last = self.shapes.get((schema, table))
+        if last is not None and last.fingerprint() == shape.fingerprint():
+            return last
+        self.shapes[(schema, table)] = shape
+        return shape
 
     def event(self, op: Op, schema: str, table: str, key_cols: Sequence[str],
               before: Row | None, after: Row | None, position: str, index: int,
-              txid: str | int | None, ts_ms: int, extra: dict[str, Any]) -> ChangeEvent:
+              txid: str | int | None, ts_ms: int, extra: dict[str, Any],
+              shape: TableShape | None = None) -> ChangeEvent:
         rules = self.tables.rules_for(schema, table)
         row = after if after is not None else before
         key: dict[str, Any] | None = None
@@ -173,11 +196,13 @@ class EventBuilder:
         return ChangeEvent(
             adapter=self.adapter, table=table, op=op, position=position, index=index,
             schema=schema, key=key, before=apply_rules(before, rules),
-            after=apply_rules(after, rules), txid=txid, ts_ms=ts_ms, source_extra=extra)
+            after=apply_rules(after, rules), txid=txid, ts_ms=ts_ms, source_extra=extra,
+            shape=shape)
 
     def snapshot_event(self, schema: str, table: str, key_cols: Sequence[str], row: Row,
                        prefix: str, row_key: Sequence[Any], ts_ms: int,
-                       extra: dict[str, Any] | None = None) -> ChangeEvent | None:
+                       extra: dict[str, Any] | None = None,
+                       shape: TableShape | None = None) -> ChangeEvent | None:
         """An ``r`` event; ``prefix`` names the snapshot (``snap:<gen>.<attempt>@<origin>``,
         see :meth:`~.position.SnapshotProgress.id_prefix`). ``None``: the table's row
         filter leaves the row out."""
@@ -186,7 +211,7 @@ class EventBuilder:
             return None
         position = f"{prefix}:{schema}.{table}:{key_text(row_key)}"
         return self.event("r", schema, table, key_cols, None, row, position, 0, None, ts_ms,
-                          extra or {"snapshot": True})
+                          extra or {"snapshot": True}, shape)
 
 
 def key_text(values: Sequence[Any]) -> str:
@@ -274,6 +299,9 @@ class TxAssembler:
         filters = self.pos.filters
         observer = self.observer
         rf = self.builder.tables.filter_for(rec.schema, rec.table)
+        shape = rec.shape
+        if shape is not None:
+            self.builder.shapes[(rec.schema, rec.table)] = shape
         for before, after in rec.rows:
             if observer is not None:
                 observer(table, after if after is not None else before, tx.start)
@@ -295,7 +323,7 @@ class TxAssembler:
                 after = None if routed[2] is None else after
             out.append(self.builder.event(op, rec.schema, rec.table, rec.key, before,
                                           after, position, index, txid, tx.ts_ms,
-                                          self._extra(tx)))
+                                          self._extra(tx), shape))
         return out
 
     def _query(self, rec: Query) -> list[ChangeEvent]:
@@ -324,9 +352,11 @@ class TxAssembler:
                         self.pos.filters, f"{name[0]}.{name[1]}", None, tx.start):
                     out.append(self.builder.event("t", name[0], name[1], (), None, None,
                                                   str(tx.start), index, tx.gtid or str(tx.start),
-                                                  rec.ts_ms, self._extra(tx)))
+                                                  rec.ts_ms, self._extra(tx),
+                                                  self.builder.shapes.get(name)))
             elif kind == "ddl":
                 self.ddl_tables.append(name)
+                self.builder.shapes.pop(name, None)  # its look is known again at its next rows
         if not tx.explicit:
             self._end(rec.end)
         return out

@@ -301,10 +301,11 @@ class Resnapshotter:
         now_ms = int(time.time() * 1000)
         prefix = progress.id_prefix()
         extra = {"snapshot": True, "resnapshot": progress.seq}
+        shape = self.builder.shape(meta.schema, meta.table, meta.facts, meta.key)
         events = [ev for row in rows
                   if (ev := self.builder.snapshot_event(
                       meta.schema, meta.table, meta.key, row, prefix,
-                      [row[k] for k in meta.key], now_ms, extra)) is not None]
+                      [row[k] for k in meta.key], now_ms, extra, shape)) is not None]
         if table_done:
             progress.table_done(chunk.table)
             log.info("%s: re-snapshot gen %d: %s done (%d rows so far)", self.name,

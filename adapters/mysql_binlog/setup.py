@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
 import pymysql
@@ -22,6 +22,7 @@ import pymysql
 from cdc_bridge.adapters.mysql_binlog.changes import TableFilter
 from cdc_bridge.adapters.mysql_binlog.config import MysqlBinlogConfig
 from cdc_bridge.adapters.mysql_binlog.position import BinlogPos
+from cdc_bridge.adapters.mysql_binlog.shapes import ColumnFacts, facts_from_catalogue
 from cdc_bridge.adapters.mysql_binlog.values import ColumnSpec, spec_from_sql
 from cdc_bridge.kernel.errors import SourceSetupError, SourceUnavailable
 
@@ -126,6 +127,8 @@ class TableMeta:
     estimated_rows: int = 0
     #: The key orders alike in Python and in the server (integers): resumable by range.
     orderable_key: bool = False
+    #: The columns as :mod:`.shapes` describes them (the table's shape is made of these).
+    facts: list[ColumnFacts] = field(default_factory=list)
 
     @property
     def qualified(self) -> str:
@@ -158,9 +161,11 @@ def resolve_tables(conn: Conn, tables: TableFilter) -> list[TableMeta]:
 
 def table_meta(conn: Conn, schema: str, table: str) -> TableMeta:
     with conn.cursor() as cur:
-        cur.execute("SELECT COLUMN_NAME, DATA_TYPE, COLUMN_TYPE, COLUMN_KEY FROM "
-                    "information_schema.COLUMNS WHERE TABLE_SCHEMA = %s AND TABLE_NAME = %s"
-                    " ORDER BY ORDINAL_POSITION", (schema, table))
+        cur.execute("SELECT COLUMN_NAME, DATA_TYPE, COLUMN_TYPE, COLUMN_KEY, IS_NULLABLE, "
+                    "CHARACTER_OCTET_LENGTH, NUMERIC_PRECISION, NUMERIC_SCALE, "
+                    "DATETIME_PRECISION, COLLATION_NAME FROM information_schema.COLUMNS "
+                    "WHERE TABLE_SCHEMA = %s AND TABLE_NAME = %s ORDER BY ORDINAL_POSITION",
+                    (schema, table))
         cols = cur.fetchall()
         json_cols = json_columns(cur, schema, table)
         cur.execute("SELECT COLUMN_NAME FROM information_schema.KEY_COLUMN_USAGE WHERE "
@@ -175,11 +180,19 @@ def table_meta(conn: Conn, schema: str, table: str) -> TableMeta:
                     f"no SELECT privilege on {schema}.{table}: GRANT SELECT ON "
                     f"{quote(schema)}.* TO <user> (the snapshot reads it)") from None
             raise
-    specs = [spec_from_sql(str(n), str(dt), str(ct), str(n) in json_cols)
-             for n, dt, ct, _k in cols]
-    types = {str(n): str(dt).lower() for n, dt, _ct, _k in cols}
+    specs = [spec_from_sql(str(c[0]), str(c[1]), str(c[2]), str(c[0]) in json_cols)
+             for c in cols]
+    types = {str(c[0]): str(c[1]).lower() for c in cols}
     orderable = bool(key) and all(types.get(k) in _INTEGERS for k in key)
-    return TableMeta(schema, table, specs, key, orderable_key=orderable)
+    facts = [facts_from_catalogue(str(n), str(dt), str(ct), str(nullable), _int(octets),
+                                  _int(precision), _int(scale), _int(fsp),
+                                  None if coll is None else str(coll), str(n) in json_cols)
+             for n, dt, ct, _k, nullable, octets, precision, scale, fsp, coll in cols]
+    return TableMeta(schema, table, specs, key, orderable_key=orderable, facts=facts)
+
+
+def _int(value: Any) -> int | None:
+    return None if value is None else int(value)
 
 
 _INTEGERS = frozenset({"tinyint", "smallint", "mediumint", "int", "bigint"})

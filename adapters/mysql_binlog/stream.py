@@ -35,7 +35,12 @@ from pymysqlreplication.event import (
     RotateEvent,
     XidEvent,
 )
-from pymysqlreplication.row_event import DeleteRowsEvent, UpdateRowsEvent, WriteRowsEvent
+from pymysqlreplication.row_event import (
+    DeleteRowsEvent,
+    TableMapEvent,
+    UpdateRowsEvent,
+    WriteRowsEvent,
+)
 
 from cdc_bridge.adapters.mysql_binlog.changes import (
     Heartbeat,
@@ -51,15 +56,22 @@ from cdc_bridge.adapters.mysql_binlog.changes import (
 from cdc_bridge.adapters.mysql_binlog.config import MysqlBinlogConfig
 from cdc_bridge.adapters.mysql_binlog.position import BinlogPos
 from cdc_bridge.adapters.mysql_binlog.setup import connect, json_columns
+from cdc_bridge.adapters.mysql_binlog.shapes import (
+    ColumnFacts,
+    facts_from_binlog,
+    nullable_bits,
+    table_shape,
+)
 from cdc_bridge.adapters.mysql_binlog.values import RowConverter, spec_from_binlog
 from cdc_bridge.kernel.errors import SourceUnavailable
+from cdc_bridge.kernel.shapes import TableShape
 
 log = logging.getLogger("cdc_bridge.adapter.mysql_binlog")
 
 #: Records handed over at once (one binlog event's rows, at most this many records).
 CHUNK = 64
 _EVENTS = [MariadbGtidEvent, GtidEvent, QueryEvent, XidEvent, RotateEvent, HeartbeatLogEvent,
-           WriteRowsEvent, UpdateRowsEvent, DeleteRowsEvent]
+           WriteRowsEvent, UpdateRowsEvent, DeleteRowsEvent, TableMapEvent]
 
 
 class _Refused(pymysql.err.OperationalError):  # type: ignore[misc]
@@ -84,6 +96,11 @@ class BinlogReader:
         self._thread: threading.Thread | None = None
         self._converters: dict[tuple[Any, ...], RowConverter] = {}
         self._json: dict[tuple[str, str], set[str]] = {}
+        #: Each table id's shape, per its last table map (:meth:`_table_map`).
+        self._maps: dict[int, TableShape] = {}
+        #: Shapes by look: a table map of a look seen before gives the same object.
+        self._shapes: dict[tuple[str, str, tuple[ColumnFacts, ...], tuple[str, ...]],
+                           TableShape] = {}
         self._ctl: Any = None
         zone = config.datetime_timezone
         self._zone: dt.tzinfo | None = None if zone is None else zoneinfo.ZoneInfo(zone)
@@ -140,6 +157,9 @@ class BinlogReader:
             if event is None:
                 raise SourceUnavailable(f"{cfg.name}: the server ended the binlog stream")
             self.last_heard = time.monotonic()
+            if isinstance(event, TableMapEvent):
+                self._table_map(event)
+                continue
             if isinstance(event, HeartbeatLogEvent | RotateEvent):
                 beat: list[Record] = []
                 if isinstance(event, HeartbeatLogEvent) and event.packet.log_pos:
@@ -186,28 +206,53 @@ class BinlogReader:
         conv = self._converter(schema, table, event.columns)
         pk = event.primary_key
         key = [pk] if isinstance(pk, str) and pk else list(pk or ())
+        shape = self._maps.get(event.table_id)
         rows: list[tuple[Row | None, Row | None]]
         if isinstance(event, WriteRowsEvent):
             rows = [(None, conv.from_binlog(r["values"], r.get("none_sources")))
                     for r in event.rows]
-            return Rows("c", schema, table, key, rows, ts_ms)
+            return Rows("c", schema, table, key, rows, ts_ms, shape)
         if isinstance(event, DeleteRowsEvent):
             rows = [(conv.from_binlog(r["values"], r.get("none_sources")), None)
                     for r in event.rows]
-            return Rows("d", schema, table, key, rows, ts_ms)
+            return Rows("d", schema, table, key, rows, ts_ms, shape)
         rows = [(conv.from_binlog(r["before_values"], r.get("before_none_sources")),
                  conv.from_binlog(r["after_values"], r.get("after_none_sources")))
                 for r in event.rows]
-        return Rows("u", schema, table, key, rows, ts_ms)
+        return Rows("u", schema, table, key, rows, ts_ms, shape)
+
+    def _table_map(self, event: Any) -> None:
+        """A table map (one per table and transaction, before its rows): the table's
+        shape from it (its columns, null bitmap and primary key), built once per look."""
+        schema, table = str(event.schema), str(event.table)
+        if not self.tables.captured(schema, table):
+            return
+        columns = list(event.columns)
+        json_cols = self._json_columns(schema, table)
+        nullable = nullable_bits(bytes(event.null_bitmask), len(columns))
+        facts = tuple(facts_from_binlog(c, n, str(c.name) in json_cols)
+                      for c, n in zip(columns, nullable, strict=True))
+        key = tuple(str(c.name) for c in columns if getattr(c, "is_primary", False))
+        look = (schema, table, facts, key)
+        shape = self._shapes.get(look)
+        if shape is None:
+            shape = self._shapes[look] = table_shape(
+                facts, key, self.tables.rules_for(schema, table), self._zone is not None)
+        self._maps[int(event.table_id)] = shape
+
+    def _json_columns(self, schema: str, table: str) -> set[str]:
+        """MariaDB's ``JSON`` columns of the table (looked up again after its DDL)."""
+        json_cols = self._json.get((schema, table))
+        if json_cols is None:
+            with self._ctl.cursor() as cur:
+                json_cols = self._json[(schema, table)] = json_columns(cur, schema, table)
+        return json_cols
 
     def _converter(self, schema: str, table: str, columns: Any) -> RowConverter:
         layout = (schema, table, *((c.name, c.type) for c in columns))
         conv = self._converters.get(layout)
         if conv is None:
-            json_cols = self._json.get((schema, table))
-            if json_cols is None:
-                with self._ctl.cursor() as cur:
-                    json_cols = self._json[(schema, table)] = json_columns(cur, schema, table)
+            json_cols = self._json_columns(schema, table)
             specs = [spec_from_binlog(c.name, c.type, getattr(c, "bits", 0),
                                       getattr(c, "set_values", None), c.name in json_cols)
                      for c in columns]

@@ -147,11 +147,11 @@ def spec_from_sql(name: str, data_type: str, column_type: str, json_check: bool)
         inner = column_type[column_type.find("(") + 1:column_type.find(")")]
         return ColumnSpec(name, "bit", bits=int(inner) if inner.isdigit() else 1)
     if data_type == "set":
-        return ColumnSpec(name, "set", labels=tuple(_labels(column_type)))
+        return ColumnSpec(name, "set", labels=tuple(type_labels(column_type)))
     return ColumnSpec(name)
 
 
-def _labels(column_type: str) -> list[str]:
+def type_labels(column_type: str) -> list[str]:
     """``set('a','b''c')`` -> ``['a', "b'c"]``."""
     body = column_type[column_type.find("(") + 1:column_type.rfind(")")]
     out: list[str] = []

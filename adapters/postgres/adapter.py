@@ -478,14 +478,33 @@ class PostgresAdapter:
         return EventBuilder(self.name, self._tables, self._values, self._outbox)
 
     async def _prepare_relation(self, rel: po.Relation) -> None:
+        """A Relation message arrived: look up the types it names that are still unknown,
+        then describe the table (its shape, with ``attnotnull`` read now: one query per
+        Relation message, which the server sends once per table and session and after
+        each change of the table)."""
         assert self._values is not None and self._sql is not None
         oids = {c.type_oid for c in rel.columns}
-        if self._values.missing(oids):
-            try:
+        try:
+            if self._values.missing(oids):
                 await self._values.ensure_types(self._sql, oids)
-            except psycopg.OperationalError as e:
-                raise SourceUnavailable(f"{self.name}: type lookup failed: "
-                                        f"{_first_line(e)}") from None
+            builder = self._stream.builder if self._stream is not None else None
+            state = builder.relations.get(rel.oid) if builder is not None else None
+            if builder is not None and state is not None and state.captured \
+                    and not state.outbox:
+                cur = await self._sql.execute(_NOT_NULL_SQL, (rel.oid,))
+                not_null = {str(n): bool(v) for n, v in await cur.fetchall()}
+                builder.describe(state, {n: not_null[n] for n in state.names
+                                         if n in not_null})
+        except psycopg.OperationalError as e:
+            raise SourceUnavailable(f"{self.name}: catalogue lookup failed: "
+                                    f"{_first_line(e)}") from None
+
+
+#: Nullability of a relation's columns now (a Relation message does not carry it).
+_NOT_NULL_SQL = """
+SELECT attname, attnotnull FROM pg_attribute
+ WHERE attrelid = %s AND attnum > 0 AND NOT attisdropped
+"""
 
 
 def _first_line(e: BaseException) -> str:

@@ -40,9 +40,11 @@ from cdc_bridge.adapters.postgres.pgoutput import (
 )
 from cdc_bridge.adapters.postgres.position import orderable, sort_key
 from cdc_bridge.adapters.postgres.setup import TableInfo
+from cdc_bridge.adapters.postgres.shapes import TypeFacts, table_shape
 from cdc_bridge.adapters.transform import ColumnRules, apply_rules, mask_value
 from cdc_bridge.kernel.errors import DecodeError
 from cdc_bridge.kernel.events import ChangeEvent, Op, RoutedMessage
+from cdc_bridge.kernel.shapes import TableShape
 
 #: Stands for an unchanged TOASTed column value the server did not send.
 UNCHANGED_TOAST_PLACEHOLDER = "__cdc_bridge_unchanged_toast__"
@@ -50,7 +52,7 @@ UNCHANGED_TOAST_PLACEHOLDER = "__cdc_bridge_unchanged_toast__"
 log = logging.getLogger("cdc_bridge.adapter.postgres")
 
 
-class ValueConverter(Protocol):
+class ValueConverter(TypeFacts, Protocol):
     def decode(self, type_oid: int, text: str, type_modifier: int = -1) -> Any: ...
 
 
@@ -79,6 +81,9 @@ class RelationState:
     #: A row filter the bridge evaluates (not applied by the publication), see
     #: :mod:`cdc_bridge.adapters.filters.rowfilter` for the rule.
     filter: RowFilter | None = None
+    #: The table's look (:mod:`.shapes`), set by :meth:`EventBuilder.describe`; the same
+    #: object on every event of this relation.
+    shape: TableShape | None = None
 
     @property
     def key_oids(self) -> tuple[int, ...]:
@@ -99,6 +104,8 @@ class EventBuilder:
         self.outbox: Mapping[str, TableInfo] = outbox or {}
         self.relations: dict[int, RelationState] = {}
         self._ignored: set[str] = set()
+        #: The last shape of each table: a look described again hands out the same object.
+        self._shapes: dict[str, TableShape] = {}
 
     # ---------------------------------------------------------------- relations
 
@@ -130,11 +137,37 @@ class EventBuilder:
         """The same shape for a snapshot of ``info`` (columns from the catalogue)."""
         names = tuple(c.name for c in info.columns)
         outbox = info.qualified in self.outbox
-        return RelationState(
+        state = RelationState(
             info.schema, info.name, info.qualified, names,
             tuple(c.type_oid for c in info.columns), tuple(c.type_modifier for c in info.columns),
             tuple(names.index(k) for k in info.primary_key), info.rules, not outbox, outbox,
             rf if (rf := info.row_filter) is not None and rf.uses_op else None)
+        if state.captured:
+            known = all(c.not_null is not None for c in info.columns)
+            self.describe(state, {c.name: bool(c.not_null) for c in info.columns}
+                          if known else None)
+        return state
+
+    def describe(self, rel: RelationState, not_null: Mapping[str, bool] | None
+                 ) -> TableShape:
+        """Set (and return) ``rel.shape``: its columns' look (``not_null``: ``attnotnull``
+        by column name, when looked up). The same object as the table's last shape when
+        the look is the same (a Relation message after a reconnect, a snapshot then the
+        stream), so the outbox sees no change at all."""
+        shape = table_shape(self.values, rel.names, rel.oids, rel.mods, rel.key_idx,
+                            not_null, rel.rules)
+        last = self._shapes.get(rel.qualified)
+        if last is not None and last.fingerprint() == shape.fingerprint():
+            shape = last
+        else:
+            self._shapes[rel.qualified] = shape
+        rel.shape = shape
+        return shape
+
+    def shape_of(self, rel: RelationState) -> TableShape:
+        """``rel``'s shape, described now (nullability unknown) if nobody did before."""
+        shape = rel.shape
+        return shape if shape is not None else self.describe(rel, None)
 
     def rel(self, oid: int) -> RelationState:
         try:
@@ -199,7 +232,7 @@ class EventBuilder:
             position=tx.position, index=index,
             key=self._key(rel, after if after is not None else before),
             before=self._shape(rel, before), after=self._shape(rel, after),
-            txid=tx.xid, ts_ms=tx.ts_ms, source_extra=extra)
+            txid=tx.xid, ts_ms=tx.ts_ms, source_extra=extra, shape=self.shape_of(rel))
 
     def change(self, msg: Insert | Update | Delete, rel: RelationState, tx: TxMeta,
                index: int, extra: dict[str, Any]) -> ChangeEvent | None:
@@ -266,4 +299,5 @@ class EventBuilder:
         return ChangeEvent(
             adapter=self.adapter, schema=rel.schema, table=rel.table, op="r",
             position=position, index=0, key=self._key(rel, after), before=None,
-            after=self._shape(rel, after), txid=None, ts_ms=ts_ms, source_extra=extra)
+            after=self._shape(rel, after), txid=None, ts_ms=ts_ms, source_extra=extra,
+            shape=self.shape_of(rel))

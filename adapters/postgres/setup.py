@@ -39,6 +39,8 @@ class ColumnInfo:
     name: str
     type_oid: int
     type_modifier: int
+    #: ``pg_attribute.attnotnull`` (``None``: not looked up).
+    not_null: bool | None = None
 
 
 @dataclass(slots=True)
@@ -158,7 +160,7 @@ SELECT c.oid, n.nspname, c.relname, c.relreplident,
 """
 
 _COLUMNS_SQL = """
-SELECT attname, atttypid, atttypmod FROM pg_attribute
+SELECT attname, atttypid, atttypmod, attnotnull FROM pg_attribute
  WHERE attrelid = %s AND attnum > 0 AND NOT attisdropped AND attgenerated = ''
  ORDER BY attnum
 """
@@ -291,7 +293,8 @@ async def _table_info(conn: psycopg.AsyncConnection[tuple[Any, ...]],
             "without a key by ctid, which is not unique across partitions. Add a primary key "
             "(it must include the partition key), or list the partitions in tables instead")
     cur = await conn.execute(_COLUMNS_SQL, (oid,))
-    columns = [ColumnInfo(str(n), int(t), int(m)) for n, t, m in await cur.fetchall()]
+    columns = [ColumnInfo(str(n), int(t), int(m), bool(nn))
+               for n, t, m, nn in await cur.fetchall()]
     info = TableInfo(int(oid), str(schema), str(name), columns, list(pk or []), str(ident),
                      max(int(estimate), 0), spec.columns, bool(partitioned), spec.filter)
     await _plan_filter(conn, info, managed)

@@ -75,6 +75,8 @@ from psycopg.postgres import adapters as _default_adapters
 from psycopg.postgres import types as _builtin_types
 from psycopg.pq import Format
 
+from cdc_bridge.kernel.shapes import JsonType
+
 log = logging.getLogger(__name__)
 
 Converter = Callable[[str], Any]
@@ -311,6 +313,18 @@ WHERE t.oid = ANY(%s::oid[])
 """
 _MAX_FETCH_ROUNDS: Final = 16  # nesting depth of domains/arrays/composites we follow
 
+#: JSON type and ``format`` of the built-in types :meth:`ValueDecoder._builtin` converts
+#: (every other built-in type is passed as text: a string). float4/float8 are numbers
+#: (``NaN`` and the infinities, written as strings, are the exception); ``timestamp`` and
+#: ``time`` have no offset, so no ``date-time``/``time`` format.
+_SCALAR_SHAPES: Final[dict[str, tuple[JsonType, str | None]]] = {
+    "int2": ("integer", None), "int4": ("integer", None), "int8": ("integer", None),
+    "oid": ("integer", None), "float4": ("number", None), "float8": ("number", None),
+    "bool": ("boolean", None), "json": ("any", None), "jsonb": ("any", None),
+    "bytea": ("string", "byte"), "date": ("string", "date"), "timetz": ("string", "time"),
+    "timestamptz": ("string", "date-time"), "uuid": ("string", "uuid"),
+}
+
 
 class ValueDecoder:
     """Converts text-form column values to JSON-able values (rules: module docstring)."""
@@ -393,6 +407,31 @@ class ValueDecoder:
     def type_name(self, oid: int) -> str:
         t = self._types.get(oid)
         return t.name if t is not None else f"oid {oid}"
+
+    def pg_type(self, oid: int) -> PgType | None:
+        """What the catalogue said about ``oid`` (``None``: not looked up, or unknown)."""
+        return self._types.get(oid)
+
+    def json_shape(self, oid: int) -> tuple[JsonType, str | None]:
+        """The JSON type (and JSON Schema ``format``) of ``oid``'s values as
+        :meth:`decode` writes them: the rules of the module docstring, read from the
+        same catalogue facts :meth:`converter` builds from."""
+        return self._json_shape(oid, frozenset())
+
+    def _json_shape(self, oid: int, seen: frozenset[int]) -> tuple[JsonType, str | None]:
+        if oid in self._scalar:
+            return _SCALAR_SHAPES.get(self._types[oid].name, ("string", None))
+        t = self._types.get(oid)
+        if t is None or oid in seen:
+            return "string", None  # passed as the server's text
+        seen = seen | {oid}
+        if t.kind == "d" and t.base_oid:
+            return self._json_shape(t.base_oid, seen)
+        if t.element_oid:
+            return "array", None
+        if t.kind == "c":
+            return "object", None
+        return "string", None  # enums (the label), ranges and other types: text
 
     # -- conversion
 
