@@ -34,6 +34,10 @@ What it guarantees (docs/consumers.md has the whole design):
   reference to an object store) reach the handler whole: the consumer fetches the body
   and checks its size and digest (:mod:`cdc_bridge.client.claims`); a reference whose
   object is gone (expired) or wrong is dead-lettered at once with the reason.
+- **Schemas** (optional): ``validate=True`` checks each row event against its registry
+  version and dead-letters one that does not match; ``upcasters=`` brings events of
+  older versions to the service's before the handler, live or replayed
+  (:mod:`cdc_bridge.client.evolution`).
 - **Slow handlers** keep their messages with in-progress acks; one running longer than
   ``stuck_after_s`` is logged and counted (``stats.stuck``).
 - **Housekeeping**: the ack floor is refreshed every ``floor_refresh_s``; seen ids and
