@@ -13,6 +13,10 @@ Then: the :class:`SchemaRegistry` resolves and caches what the relay put; a dura
 v1 -> v2 upcaster hands its handler only v2-shaped rows (and the schema-change events,
 unchanged), dead-letters the invalid row with the reason, and reads each version from
 the bucket at most once.
+
+End to end, a ``cdc-bridge run`` process with a ``files`` source (a dropped CSV whose
+header gains a column is v2): a consumer started after it, validating and upcasting,
+gets every row valid and in the v2 shape.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from cdc_bridge.kernel.events import ChangeEvent
 from cdc_bridge.kernel.shapes import ColumnShape, TableShape
 from cdc_bridge.kernel.wire import ORIGINAL_ID, REASON
 from cdc_bridge.outbox.writer import OutboxWriter, SchemaSettings
-from tests.helpers import read_raw
+from tests.helpers import BridgeProcess, read_raw, stream_messages, wait_for, write_config
 from tests.services.nats_server import NatsServer
 from tests.test_relay import nats_cfg, running
 
@@ -155,3 +159,57 @@ async def test_a_replay_with_an_upcaster_hands_over_only_v2_rows_and_dead_letter
     assert "does not match nats-kv://CDC_SCHEMAS/shop.public.orders.v2: id: " in headers[REASON]
     assert orjson.loads(dead[0].data)["data"]["after"]["id"] == "ninety-nine"
     assert headers[ORIGINAL_ID] == orjson.loads(dead[0].data)["id"]
+
+
+def test_a_real_bridge_run_replayed_through_validation_and_an_upcaster(
+        tmp_path: Path, nats_server: NatsServer) -> None:
+    drops = tmp_path / "drops"
+    drops.mkdir()
+    cfg = write_config(tmp_path / "bridge.yaml", {
+        "state_dir": str(tmp_path / "state"),
+        "nats": {"url": nats_server.url, "stream": "CDC", "subject_prefix": "cdc"},
+        "adapters": [{"type": "files", "name": "drops", "path": str(drops),
+                      "pattern": "*.csv", "mode": "drop", "key": ["id"],
+                      "types": {"id": "int", "qty": "int"}, "table": "orders",
+                      "poll_interval": "100ms", "stable_for": "100ms",
+                      "after": {"action": "delete"}}],
+    })
+    bridge = BridgeProcess(cfg, tmp_path / "bridge.log")
+    bridge.start()
+    try:
+        (drops / "a.csv").write_text("id,note\n1,x\n2,y\n")
+        wait_for(lambda: not (drops / "a.csv").exists(), 60, what="the v1 file read")
+        (drops / "b.csv").write_text("id,note,qty\n3,z,7\n1,x again,\n")
+        wait_for(lambda: len(stream_messages(nats_server.url)) >= 4 or None, 60, 0.3,
+                 "every row")
+    finally:
+        assert bridge.terminate() == 0, bridge.log()
+
+    upcasters = Upcasters()
+
+    @upcasters.register("drops", "_.orders", from_version=1)
+    def add_qty(event: dict[str, Any]) -> dict[str, Any]:
+        event["data"]["after"]["qty"] = None  # v2's qty: an int, null when blank
+        return event
+
+    seen: list[Event] = []
+
+    async def handle(event: Event) -> None:
+        seen.append(event)
+
+    async def consume() -> Consumer:
+        consumer = Consumer(ConsumerSettings(servers=[nats_server.url], durable="orders",
+                                             filter_subject="cdc.>", max_deliveries=1),
+                            handle, MemorySeenStore(), validate=True, upcasters=upcasters)
+        await asyncio.wait_for(consumer.run(stop_when_idle=True, fetch_timeout_s=0.3), 30)
+        return consumer
+
+    consumer = asyncio.run(consume())
+    rows = sorted((e for e in seen if not e.is_schema_change), key=lambda e: e.sequence)
+    assert sorted(e.data["new_version"] for e in seen if e.is_schema_change) == [1, 2]
+    assert [dict(e.after or {}) for e in rows] == [
+        {"id": 1, "note": "x", "qty": None}, {"id": 2, "note": "y", "qty": None},
+        {"id": 3, "note": "z", "qty": 7}, {"id": 1, "note": "x again", "qty": None}]
+    assert all(e.schema_version == 2 for e in rows)
+    assert consumer.stats.upcast == 2 and consumer.stats.dead_lettered == 0, \
+        consumer.stats.as_dict()

@@ -58,14 +58,20 @@ class SchemaStage:
         self.validate = validate
         self.upcasters = upcasters
         self.registry = registry
+        self._given = registry is not None
         self.validators = RowValidators()
         self.validated = 0
         self.upcast = 0
 
     def bind(self, js: JetStreamContext, stream: str) -> None:
-        """Read the registry over the consumer's connection (unless one was given)."""
-        if self.registry is None:
-            self.registry = SchemaRegistry(js, stream=stream)
+        """Read the registry over the consumer's connection (unless one was given); a new
+        connection (another :meth:`Consumer.run`) gets a new reader, with the cache kept."""
+        if self._given:
+            return
+        old = self.registry
+        self.registry = SchemaRegistry(js, stream=stream)
+        if old is not None:
+            self.registry.adopt(old)
 
     async def prepare(self, event: Event, body: bytes) -> Event:
         """The event the handler gets (``body``: the message's CloudEvent bytes);

@@ -227,6 +227,11 @@ class SchemaRegistry:
             self._keep_latest(slot, entry)
         return entry
 
+    def adopt(self, other: SchemaRegistry) -> None:
+        """Take over ``other``'s cached versions (they never change)."""
+        for slot, entry in other._versions.items():
+            self._versions.setdefault(slot, entry)
+
     def forget_latest(self, adapter: str, schema: str | None, table: str) -> None:
         """Read the table's latest again at the next :meth:`latest`."""
         self._latest.pop((self.bucket, registry_key(adapter, schema, table)), None)

@@ -337,3 +337,18 @@ async def test_an_upcaster_that_breaks_the_envelope_is_a_rejection() -> None:
         await stage.prepare(decode_event("s", body), body)
     with pytest.raises(ValueError):
         event_of("s", {"specversion": "1.0", "data": {"op": "x"}})
+
+
+def test_each_connection_gets_its_own_reader_and_the_cache_is_kept() -> None:
+    stage = SchemaStage(upcasters=Upcasters())
+    stage.bind(object(), "ERP")  # type: ignore[arg-type]
+    first = stage.registry
+    assert first is not None and first.bucket == "ERP_SCHEMAS"
+    first.remember(entry(1))
+    stage.bind(object(), "ERP")  # type: ignore[arg-type]  (Consumer.run again)
+    assert stage.registry is not first and stage.registry is not None
+    assert stage.registry.cached() == 1
+    given = registry_over(MemoryBucket({}))
+    own = SchemaStage(validate=True, registry=given)
+    own.bind(object(), "ERP")  # type: ignore[arg-type]
+    assert own.registry is given
