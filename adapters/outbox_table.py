@@ -7,7 +7,12 @@ CloudEvents message routed to ``<prefix>.outbox.<aggregate_type>.<event_type>`` 
 sanitised), like Debezium's outbox event router: ``id`` is the row's id (also the
 ``Nats-Msg-Id``), ``type`` the event type, ``subject`` the aggregate id, ``data`` the
 payload exactly as stored, extensions ``aggregatetype``/``aggregateid``; the row's
-headers become NATS headers.
+headers become NATS headers. A schema the application declared (``write_event(...,
+schema_version=3, dataschema="https://...")``, kept in the row's headers as
+``Cdc-Schema-Version`` and ``Cdc-Dataschema``) becomes the ``schemaversion`` extension
+(an integer) and the ``dataschema`` attribute instead of NATS headers; a value that is
+not a positive integer or an absolute URI is left as an ordinary header. Rows without
+them give the same bytes as before.
 
 After the daemon has committed a batch to the bridge's outbox it calls
 :meth:`OutboxTableAdapter.acknowledge`, which deletes those rows (``on_publish:
@@ -57,6 +62,32 @@ log = logging.getLogger("cdc_bridge.adapter.outbox_table")
 #: The subject token after the prefix; ``outbox`` is reserved as an adapter name for it.
 OUTBOX_TOKEN = "outbox"
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+#: Row header keys of a declared schema (as ``cdc_bridge.client.outbox`` writes them;
+#: adapters may not import the client, so the names are repeated, and a test compares).
+SCHEMA_VERSION_HEADER = "Cdc-Schema-Version"
+DATASCHEMA_HEADER = "Cdc-Dataschema"
+_URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:[^\s\x00-\x1f\x7f]+$")
+_VERSION = re.compile(r"^[1-9][0-9]{0,17}$")
+
+
+def declared_schema(headers: Mapping[str, Any] | None
+                    ) -> tuple[int | None, str | None, dict[str, Any]]:
+    """``(schema version, dataschema, the other headers)`` of a row's headers (pure)."""
+    if not headers:
+        return None, None, {}
+    version: int | None = None
+    uri: str | None = None
+    rest: dict[str, Any] = {}
+    for k, v in headers.items():
+        low = str(k).lower()
+        text = str(v).strip()
+        if low == SCHEMA_VERSION_HEADER.lower() and _VERSION.match(text):
+            version = int(text)
+        elif low == DATASCHEMA_HEADER.lower() and len(text) <= 2048 and _URI.match(text):
+            uri = text
+        else:
+            rest[str(k)] = v
+    return version, uri, rest
 
 
 class OutboxTableConfig(AdapterConfig):
@@ -80,7 +111,8 @@ def outbox_message(adapter: str, event_id: str, aggregate_type: str, aggregate_i
     byte-identical messages for the same row. ``payload`` is JSON text, placed in
     ``data`` unparsed (numbers keep their digits); ``created_at`` must be aware.
     """
-    ce = {
+    version, uri, headers = declared_schema(headers)
+    ce: dict[str, Any] = {
         "specversion": "1.0",
         "id": event_id,
         "source": f"/cdc-bridge/{adapter}",
@@ -91,8 +123,12 @@ def outbox_message(adapter: str, event_id: str, aggregate_type: str, aggregate_i
         .replace("+00:00", "Z"),
         "aggregatetype": aggregate_type,
         "aggregateid": aggregate_id,
-        "data": orjson.Fragment(payload.encode() if isinstance(payload, str) else payload),
     }
+    if uri is not None:
+        ce["dataschema"] = uri
+    if version is not None:
+        ce["schemaversion"] = version
+    ce["data"] = orjson.Fragment(payload.encode() if isinstance(payload, str) else payload)
     hdrs = {str(k): " ".join(str(v).split()) for k, v in (headers or {}).items()
             if _HEADER_NAME.match(str(k)) and str(k).lower() != "nats-msg-id"}
     subject = f"{OUTBOX_TOKEN}.{subject_token(aggregate_type)}.{subject_token(event_type)}"
