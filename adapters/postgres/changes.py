@@ -43,11 +43,13 @@ from cdc_bridge.adapters.postgres.setup import TableInfo
 from cdc_bridge.adapters.postgres.shapes import TypeFacts, table_shape
 from cdc_bridge.adapters.transform import ColumnRules, apply_rules, mask_value
 from cdc_bridge.kernel.errors import DecodeError
-from cdc_bridge.kernel.events import ChangeEvent, Op, RoutedMessage
+from cdc_bridge.kernel.events import (
+    UNCHANGED_TOAST_PLACEHOLDER,
+    ChangeEvent,
+    Op,
+    RoutedMessage,
+)
 from cdc_bridge.kernel.shapes import TableShape
-
-#: Stands for an unchanged TOASTed column value the server did not send.
-UNCHANGED_TOAST_PLACEHOLDER = "__cdc_bridge_unchanged_toast__"
 
 log = logging.getLogger("cdc_bridge.adapter.postgres")
 

@@ -7,7 +7,10 @@ the first validator is made: install the ``schemas`` extra (``pip install
 
 The schema is the registry entry's ``json_schema`` (JSON Schema 2020-12 of a row image:
 every column present, of its JSON type or null when nullable, no other column).
-``format`` (``date-time``, ``byte``...) is an annotation here, not asserted.
+``format`` (``date-time``, ``byte``...) is an annotation here, not asserted. A column
+holding the unchanged-TOAST placeholder (a PostgreSQL update that did not touch a large
+value, :data:`~cdc_bridge.kernel.events.UNCHANGED_TOAST_PLACEHOLDER`) is not checked:
+its value is unknown, not wrong.
 
 Pure apart from the import.
 """
@@ -16,6 +19,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
+
+from cdc_bridge.kernel.events import UNCHANGED_TOAST_PLACEHOLDER
 
 
 class SchemaInvalid(Exception):
@@ -55,6 +60,12 @@ class RowValidators:
     def problem(self, uri: str, json_schema: Mapping[str, Any], row: Any) -> str | None:
         """Why ``row`` does not match version ``uri``; ``None`` if it does."""
         validator = self.validator(uri, json_schema)
+        if isinstance(row, dict) and UNCHANGED_TOAST_PLACEHOLDER in row.values():
+            unknown = sorted(k for k, v in row.items() if v == UNCHANGED_TOAST_PLACEHOLDER)
+            props = json_schema.get("properties") or {}
+            validator = self.validator(f"{uri}#unchanged:{','.join(unknown)}", {
+                **json_schema,
+                "properties": {k: ({} if k in unknown else v) for k, v in props.items()}})
         errors = list(validator.iter_errors(row))
         if not errors:
             return None

@@ -57,6 +57,9 @@ OP_NAMES: dict[str, str] = {
 
 #: Subject token used for sources that have no schema (files, SQLite).
 NO_SCHEMA = "_"
+#: Stands for an unchanged TOASTed column value PostgreSQL did not send (never ``null``,
+#: which would be a lie): any column of an update's ``after`` may hold it.
+UNCHANGED_TOAST_PLACEHOLDER = "__cdc_bridge_unchanged_toast__"
 #: Namespace of every event id (a fixed, project-specific UUID).
 ID_NAMESPACE = uuid.UUID("8f0c3b8e-2a55-4c1e-9d3e-6b1f1c0ad5e1")
 #: Suffix of the dead-letter prefix: dead letters go to ``<prefix>_dlq.<adapter>`` (and
