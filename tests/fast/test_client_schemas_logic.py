@@ -17,7 +17,7 @@ from cdc_bridge.client.evolution import Rejected, SchemaStage
 from cdc_bridge.client.schemas import SchemaEntry, SchemaNotFound, SchemaRegistry
 from cdc_bridge.client.upcasting import UpcastError, Upcasters
 from cdc_bridge.client.validation import RowValidators
-from cdc_bridge.kernel.events import ChangeEvent
+from cdc_bridge.kernel.events import UNCHANGED_TOAST_PLACEHOLDER, ChangeEvent
 from cdc_bridge.kernel.schema_policy import SchemaPolicy
 from cdc_bridge.kernel.schemas import registry_entry, registry_key, schema_uri
 from cdc_bridge.kernel.shapes import ColumnShape, TableShape
@@ -152,6 +152,12 @@ def test_rows_are_checked_against_their_version_with_one_compiled_validator() ->
     assert extra is not None and "secret" in extra
     assert validators.problem(uri, schema, {"id": 1, "total": None, "currency": None})
     assert len(validators) == 1
+    # an unchanged TOASTed value is unknown, not wrong; the other columns are still checked
+    toast = UNCHANGED_TOAST_PLACEHOLDER
+    assert validators.problem(uri, schema, {"id": 1, "total": toast, "currency": "E"}) is None
+    assert validators.problem(uri, schema, {"id": toast, "total": None, "currency": "E"}) is None
+    still = validators.problem(uri, schema, {"id": "x", "total": toast, "currency": "E"})
+    assert still is not None and still.startswith("id: ")
 
 
 def test_importing_the_pure_modules_loads_neither_nats_nor_jsonschema() -> None:
