@@ -13,7 +13,8 @@ skip. Blank records (only whitespace) carry no data and are skipped.
 
 :class:`EventBuilder` turns parsed records into :class:`~cdc_bridge.kernel.events.ChangeEvent`
 (``op`` given by the mode) and :class:`~cdc_bridge.kernel.events.DeadLetter` entries whose
-position is ``<file position>@<byte offset>``, deterministic across re-reads.
+position is ``<file position>@<byte offset>``, deterministic across re-reads. Events
+carry the shape of their file's column layout (:mod:`cdc_bridge.adapters.files.shapes`).
 """
 
 from __future__ import annotations

@@ -24,6 +24,11 @@ be decoded is a dead letter in the unit's batch (:mod:`cdc_bridge.adapters.sql_p
 undecodable key or cursor value is a :class:`~cdc_bridge.kernel.errors.DecodeError` (fatal).
 :meth:`SqlPollAdapter.lag` (``seconds``) is the age of the oldest table's last completed
 poll; the daemon publishes it as ``cdc_source_lag``.
+
+Schema changes: every cursor poll and diff pass begins with the table's look check
+(:meth:`~cdc_bridge.adapters.sql_poll.source.TableSource.refresh`); a read that fails
+because a column went away under it looks again and, if the columns did change, runs
+the unit once more. A cursor or key column gone is the table's own fatal error.
 """
 
 from __future__ import annotations

@@ -21,6 +21,11 @@ again in halves, down to single rows, so only the rows that fail are set aside a
 the page's other rows are returned as usual. This costs a few extra queries, and only
 for such pages.
 
+Schema changes: :meth:`TableSource.refresh` (once per poll, before its first page) reads
+the table's columns with one catalogue query and, when they changed, reflects the table
+again and rebuilds every column list, query part and the :class:`TableShape` its events
+carry (:mod:`.shapes`), in a transaction whose snapshot the poll's first page shares.
+
 Blocking code: callers run it in a worker thread.
 """
 
