@@ -146,7 +146,15 @@ def test_a_breaking_change_pauses_one_table_until_accepted(
     assert registry["pg.public.orders.latest"]["version"] == 2
     assert [c["name"] for c in registry["pg.public.orders.v2"]["columns"]] == [
         "id", "n", "memo"]
-    # accept, through the HTTP endpoint's sibling, the CLI (the daemon answers)
+    diff = _cli(cfg, "schema", "diff", "pg", "orders")
+    assert diff.returncode == 0, diff.stderr
+    assert "v1 -> v2: breaking" in diff.stdout and "note renamed to memo" in diff.stdout
+    shown = json.loads(_cli(cfg, "schema", "show", "pg", "public.orders", "--version", "1",
+                            "--json").stdout)
+    assert [c["name"] for c in shown["columns"]] == ["id", "n", "note"]
+    assert shown["columns"][1]["nullable"] is False and shown["paused"]
+    assert _cli(cfg, "schema", "show", "pg", "nope").returncode == 1
+    # accept through the CLI (the running daemon answers)
     done = _cli(cfg, "schema", "accept", "pg", "orders")
     assert done.returncode == 0, done.stderr
     assert "accepted" in done.stdout + done.stderr
