@@ -493,8 +493,10 @@ class PostgresAdapter:
                     and not state.outbox:
                 cur = await self._sql.execute(_NOT_NULL_SQL, (rel.oid,))
                 not_null = {str(n): bool(v) for n, v in await cur.fetchall()}
-                builder.describe(state, {n: not_null[n] for n in state.names
-                                         if n in not_null})
+                # a column the catalogue no longer has was dropped after the message was
+                # written (the stream is behind): taken as nullable, as a replay after a
+                # restart must describe the look as the first reading did
+                builder.describe(state, {n: not_null.get(n, False) for n in state.names})
         except psycopg.OperationalError as e:
             raise SourceUnavailable(f"{self.name}: catalogue lookup failed: "
                                     f"{_first_line(e)}") from None

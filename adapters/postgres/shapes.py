@@ -12,7 +12,10 @@ keeps one per table and hands it to every event).
 * ``json_type``/``format``: how :mod:`.values` writes the values
   (:meth:`~cdc_bridge.adapters.postgres.values.ValueDecoder.json_shape`).
 * ``nullable``: from ``pg_attribute.attnotnull`` when the adapter could look it up, else
-  ``None`` (a Relation message does not say).
+  ``None`` (a Relation message does not say). The lookup reads the catalogue as it is
+  now, which is later than the message when the stream is behind: a column dropped
+  since is taken as nullable (most are; a replay after a restart then describes the old
+  look as the first reading did), and a ``SET``/``DROP NOT NULL`` made since shows early.
 * ``key``: the columns of the events' key, in column order.
 * Column rules (exclude, mask) apply (:mod:`cdc_bridge.adapters.shape_rules`).
 """
