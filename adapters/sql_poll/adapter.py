@@ -295,7 +295,9 @@ class SqlPollAdapter:
             try:
                 return self._unit_once(slot)
             except DBAPIError as e:
-                if not _STALE.search(str(e.orig or e)) or not self._refreshed(slot):
+                text = str(e.orig or e)
+                if not _STALE.search(text) or not (self._refreshed(slot) or
+                                                   "definition has changed" in text):
                     raise
                 # its columns changed between the poll's catalogue look and this read
                 return self._unit_once(slot)

@@ -259,8 +259,8 @@ class TableSource:
         if not look or look == self.look:  # (empty: gone right now; the reads will say)
             return False
         old = self.shape
-        self.look = look
         self._build(conn, strict=False)
+        self.look = look
         if self.shape is not old:
             log.warning("table %r: its columns changed: now %s", self.spec.ident,
                         ", ".join(self.shape.names()) if self.shape else "?")

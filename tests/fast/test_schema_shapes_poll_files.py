@@ -12,6 +12,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql, postgresql
 
+from cdc_bridge.adapters.contract import AdapterContext
 from cdc_bridge.adapters.files.config import FilesConfig
 from cdc_bridge.adapters.files.formats.types import RowError
 from cdc_bridge.adapters.files.reader import RawRecord
@@ -23,7 +24,8 @@ from cdc_bridge.adapters.outbox_table import (
     declared_schema,
     outbox_message,
 )
-from cdc_bridge.adapters.sql_poll.config import PollTable
+from cdc_bridge.adapters.sql_poll.adapter import SqlPollAdapter
+from cdc_bridge.adapters.sql_poll.config import PollTable, SqlPollConfig
 from cdc_bridge.adapters.sql_poll.cursor_mode import CursorTable
 from cdc_bridge.adapters.sql_poll.shapes import json_of, look_of, table_shape
 from cdc_bridge.adapters.sql_poll.source import TableSource, create_engine
@@ -295,3 +297,26 @@ def test_routed_body_carries_the_declared_schema_and_is_unchanged_without() -> N
     assert declared.body == plain.body.replace(
         b'"aggregateid":"7",',
         b'"aggregateid":"7","dataschema":"urn:schema:order:4","schemaversion":4,')
+
+
+def test_a_column_dropped_between_look_and_read_is_looked_at_again(tmp_path: Path) -> None:
+    """The poll's look is taken, then a column goes away before a page is read: the read
+    fails, the adapter looks again, rebuilds and reads the page once more."""
+    engine = _sqlite(tmp_path)
+    config = SqlPollConfig.model_validate({
+        "name": "erp", "type": "sql_poll", "url": str(engine.url), "batch_size": 1,
+        "tables": [{"name": "inv"}]})
+    adapter = SqlPollAdapter(config, AdapterContext(tmp_path / "state"))
+    adapter._open(None)
+    slot = adapter.slots[0]
+    events, _ = adapter._unit(slot)
+    assert [e.key for e in events] == [{"id": 1}]
+    assert slot.polling  # a full page: the poll goes on without a new look
+    with engine.begin() as c:
+        c.exec_driver_sql("ALTER TABLE inv DROP COLUMN note")
+        c.exec_driver_sql("INSERT INTO inv (id, amount) VALUES (2, 2)")
+    events, _ = adapter._unit(slot)
+    assert [(e.key, e.shape is not None and e.shape.names()) for e in events] == [
+        ({"id": 2}, ["id", "amount", "legacy", "at"])]
+    assert adapter.engine is not None
+    adapter.engine.dispose()
