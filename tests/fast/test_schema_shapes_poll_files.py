@@ -27,12 +27,14 @@ from cdc_bridge.adapters.outbox_table import (
 from cdc_bridge.adapters.sql_poll.adapter import SqlPollAdapter
 from cdc_bridge.adapters.sql_poll.config import PollTable, SqlPollConfig
 from cdc_bridge.adapters.sql_poll.cursor_mode import CursorTable
+from cdc_bridge.adapters.sql_poll.diff_mode import DiffTable
 from cdc_bridge.adapters.sql_poll.shapes import json_of, look_of, table_shape
 from cdc_bridge.adapters.sql_poll.source import TableSource, create_engine
 from cdc_bridge.adapters.sql_poll.values import same_table
 from cdc_bridge.adapters.transform import ColumnRules
 from cdc_bridge.client import outbox as client_outbox
 from cdc_bridge.kernel.errors import SourceSetupError
+from cdc_bridge.kernel.events import ChangeEvent
 
 # --- sql_poll: types ----------------------------------------------------------------------
 
@@ -319,4 +321,42 @@ def test_a_column_dropped_between_look_and_read_is_looked_at_again(tmp_path: Pat
     assert [(e.key, e.shape is not None and e.shape.names()) for e in events] == [
         ({"id": 2}, ["id", "amount", "legacy", "at"])]
     assert adapter.engine is not None
+    adapter.engine.dispose()
+
+
+def test_diff_mode_events_carry_the_shape_of_their_pass(tmp_path: Path) -> None:
+    engine = _sqlite(tmp_path)
+    config = SqlPollConfig.model_validate({
+        "name": "erp", "type": "sql_poll", "url": str(engine.url),
+        "tables": [{"name": "inv", "mode": "diff", "columns": {"exclude": ["legacy"]}}]})
+    adapter = SqlPollAdapter(config, AdapterContext(tmp_path / "state"))
+    adapter._open(None)
+    slot = adapter.slots[0]
+    runner = slot.runner
+    assert isinstance(runner, DiffTable)
+
+    def a_pass() -> list[ChangeEvent]:
+        runner.idle_since_ms = 0
+        out: list[ChangeEvent] = []
+        while True:
+            events, _ = adapter._unit(slot)
+            out += events
+            if runner.phase == "idle":
+                return out
+
+    first = a_pass()
+    v1 = runner.source.shape
+    assert [(e.op, e.shape is v1) for e in first] == [("r", True)]
+    with engine.begin() as c:
+        c.exec_driver_sql("ALTER TABLE inv ADD COLUMN currency VARCHAR(3)")
+        c.exec_driver_sql("UPDATE inv SET currency = 'EUR'")
+    second = a_pass()
+    v2 = runner.source.shape
+    assert v2 is not v1 and v2 is not None
+    assert [(e.op, e.shape is v2, list(e.after or {})) for e in second] == [
+        ("u", True, v2.names())]
+    assert list(second[0].before or {}) == ["id", "amount", "note", "at"]
+    assert a_pass() == []
+    assert adapter.state is not None and adapter.engine is not None
+    adapter.state.close()
     adapter.engine.dispose()
