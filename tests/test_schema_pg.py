@@ -2,18 +2,20 @@
 process, real JetStream and its schema registry bucket.
 
 A writer thread updates rows all along while the table gains a column, loses one and
-has a column retyped: the stream must hold versions 1..4 in order, each schema-change
-event before the first row naming its version, every row image with exactly the columns
-of its version, the verdicts of each change, and the bucket every version plus
-``latest``. Then the same under ``kill -9`` of the bridge landing right after a new
-version is committed: no version skipped or numbered twice, no schema event twice, the
-schema event still first.
+has a column retyped (and is re-snapshotted after the first change): the stream must
+hold versions 1..4 in order, each schema-change event before the first row naming its
+version, every row image with exactly the columns of its version (the re-snapshot's too),
+the verdicts of each change, and the bucket every version plus ``latest``. Then the
+same under ``kill -9`` of the bridge landing right after a new version is committed: no
+version skipped or numbered twice, no schema event twice, the schema event still first.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -179,16 +181,28 @@ def test_add_drop_retype_under_writes(tmp_path: Path, nats_server: NatsServer, p
                                       bridge_runner: list[BridgeProcess]) -> None:  # noqa: F811
     bridge = start_bridge(bridge_runner, cfg, tmp_path / "bridge.log")
     state = tmp_path / "state"
+    resnap: list[subprocess.CompletedProcess[str]] = []
+
+    def resnapshot() -> None:  # at v2: the re-snapshot reads the added column too
+        resnap.append(subprocess.run(
+            [sys.executable, "-m", "cdc_bridge.cli", "snapshot", "-c", str(cfg), "shop",
+             "items", "--timeout", "60"], capture_output=True, text=True, timeout=90))
+
     with Writer(pg_dsn) as writer:
-        evolve(pg_dsn, state)
+        evolve(pg_dsn, state, on_commit=resnapshot, at=(2,))
     assert writer.done > 100
+    assert resnap[0].returncode == 0, (resnap[0].stdout, resnap[0].stderr)
     msgs = drained(nats_server.url, pg_dsn)
     kv = read_kv(nats_server.url)
     verdicts = check_stream(msgs, kv)
     assert verdicts == {1: "full", 2: "full", 3: "full", 4: "breaking"}
-    snapshot = [m for m in msgs if m.subject == ROW_PREFIX + "r"]
+    reads = [m.body["data"] for m in msgs if m.subject == ROW_PREFIX + "r"]
+    snapshot = [d for d in reads if "resnapshot" not in d["source"]]
     assert len(snapshot) == KEYS
-    assert {m.body["data"]["source"]["schema_version"] for m in snapshot} == {1}
+    assert {d["source"]["schema_version"] for d in snapshot} == {1}
+    again = [d for d in reads if "resnapshot" in d["source"]]
+    assert len(again) == KEYS  # in the look of v2, not the look of the start
+    assert {d["source"]["schema_version"] for d in again} == {2}
     cols = {v: {c["name"]: c for c in kv[f"{TABLE}.v{v}"]["columns"]} for v in range(1, 5)}
     assert list(cols[1]) == ["id", "qty", "note", "tick"]
     assert cols[1]["qty"] == {"name": "qty", "source_type": "int4", "json_type": "integer",

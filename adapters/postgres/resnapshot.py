@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections import deque
@@ -48,7 +49,7 @@ from cdc_bridge.adapters.postgres.resnap_state import (
     Visibility,
     release,
 )
-from cdc_bridge.adapters.postgres.setup import TableInfo
+from cdc_bridge.adapters.postgres.setup import TableInfo, table_columns
 from cdc_bridge.adapters.snapshot_where import check_where
 from cdc_bridge.kernel.errors import DecodeError, SourceUnavailable
 from cdc_bridge.kernel.events import ChangeEvent, DeadLetter
@@ -76,6 +77,8 @@ class Resnapshotter:
         self._conn: SqlConn | None = None
         self._nudge = True
         self._rels: dict[str, RelationState] = {}
+        #: Tables whose columns changed since the start: their look as last read.
+        self._looks: dict[str, TableInfo] = {}
         self._logged_at = 0.0
 
     # ---------------------------------------------------------------- state
@@ -199,6 +202,7 @@ class Resnapshotter:
                                         f"are streamed but still not visible after "
                                         f"{BEHIND_TIMEOUT_S:.0f}s")
             await asyncio.sleep(0.01)
+        info = await self._columns_now(conn, info)
         rows: dict[KeyTexts, list[str | None]] = {}
         order = [next(i for i, c in enumerate(info.columns) if c.name == k)
                  for k in info.primary_key]
@@ -257,13 +261,31 @@ class Resnapshotter:
     def forget(self, table: str) -> None:
         """``table`` was re-created: read its shape again before its next chunk."""
         self._rels.pop(table, None)
+        self._looks.pop(table, None)
+
+    def _info(self, table: str) -> TableInfo:
+        """The table as the last chunk read it (its columns may have changed since the
+        start: a chunk reads them in its own snapshot, see :meth:`_columns_now`)."""
+        return self._looks.get(table) or self.tables[table]
+
+    async def _columns_now(self, conn: SqlConn, info: TableInfo) -> TableInfo:
+        """``info`` with the columns the chunk's snapshot sees (an ALTER TABLE since the
+        start): the chunk reads them, and its ``r`` events carry that look."""
+        current = self._info(info.qualified)
+        columns = await table_columns(conn, info.oid)
+        names = {c.name for c in columns}
+        if columns == current.columns or not all(k in names for k in info.primary_key):
+            return current
+        current = self._looks[info.qualified] = dataclasses.replace(current, columns=columns)
+        self._rels.pop(info.qualified, None)
+        return current
 
     def _rel(self, table: str) -> RelationState:
         rel = self._rels.get(table)
         if rel is None:
             # The copy reads whole key ranges (its merge with the stream needs them), so
             # the table's row filter is judged on each decoded row, never in its query.
-            info = self.tables[table]
+            info = self._info(table)
             rel = self.builder.table_state(info)
             rel.filter = info.row_filter
             self._rels[table] = rel

@@ -166,6 +166,13 @@ SELECT attname, atttypid, atttypmod, attnotnull FROM pg_attribute
 """
 
 
+async def table_columns(conn: psycopg.AsyncConnection[Any], oid: int) -> list[ColumnInfo]:
+    """The columns of table ``oid`` as the catalogue (in the connection's snapshot) has
+    them, in order: what the snapshot reads and the stream's tuples hold."""
+    cur = await conn.execute(_COLUMNS_SQL, (oid,))
+    return [ColumnInfo(str(n), int(t), int(m), bool(nn)) for n, t, m, nn in await cur.fetchall()]
+
+
 async def resolve_tables(conn: psycopg.AsyncConnection[tuple[Any, ...]],
                          config: PostgresConfig, user: str) -> list[TableInfo]:
     excluded = {".".join(split_name(n)) for n in config.exclude_tables}
@@ -292,9 +299,7 @@ async def _table_info(conn: psycopg.AsyncConnection[tuple[Any, ...]],
             f"partitioned table {qualified} has no primary key: the snapshot pages tables "
             "without a key by ctid, which is not unique across partitions. Add a primary key "
             "(it must include the partition key), or list the partitions in tables instead")
-    cur = await conn.execute(_COLUMNS_SQL, (oid,))
-    columns = [ColumnInfo(str(n), int(t), int(m), bool(nn))
-               for n, t, m, nn in await cur.fetchall()]
+    columns = await table_columns(conn, int(oid))
     info = TableInfo(int(oid), str(schema), str(name), columns, list(pk or []), str(ident),
                      max(int(estimate), 0), spec.columns, bool(partitioned), spec.filter)
     await _plan_filter(conn, info, managed)
