@@ -5,7 +5,9 @@ thread from a given position, turns each binlog event into the plain records of
 :mod:`.changes` (rows converted by :mod:`.values`, with the column layout of the event's
 own table map, so a column added by ``ALTER TABLE`` appears exactly from the first row
 written after it) and hands them to the event loop through a bounded queue: the reader
-waits when the adapter is behind, so memory stays bounded in any transaction size.
+waits when the adapter is behind, so memory stays bounded in any transaction size. Each
+table map also gives the table's shape (:mod:`.shapes`: its columns, null bitmap and
+key), one object per look, carried by the rows that follow it.
 
 The server sends heartbeats (``slave_heartbeat``) while idle, so an idle server does not
 look dead; a connection silent for three heartbeats, a cut connection, or a server
@@ -70,6 +72,8 @@ log = logging.getLogger("cdc_bridge.adapter.mysql_binlog")
 
 #: Records handed over at once (one binlog event's rows, at most this many records).
 CHUNK = 64
+#: Table looks (and table ids) remembered before the caches start over.
+_LOOKS = 4096
 _EVENTS = [MariadbGtidEvent, GtidEvent, QueryEvent, XidEvent, RotateEvent, HeartbeatLogEvent,
            WriteRowsEvent, UpdateRowsEvent, DeleteRowsEvent, TableMapEvent]
 
@@ -238,7 +242,11 @@ class BinlogReader:
         if shape is None:
             shape = self._shapes[look] = table_shape(
                 facts, key, self.tables.rules_for(schema, table), self._zone is not None)
-        self._maps[int(event.table_id)] = shape
+        table_id = int(event.table_id)
+        self._maps.pop(table_id, None)  # the newest last: the oldest go first
+        self._maps[table_id] = shape
+        _bound(self._shapes)  # looks and table ids accrue with DDL
+        _bound(self._maps)
 
     def _json_columns(self, schema: str, table: str) -> set[str]:
         """MariaDB's ``JSON`` columns of the table (looked up again after its DDL)."""
@@ -299,6 +307,12 @@ class BinlogReader:
         thread = self._thread
         if thread is not None:
             await asyncio.to_thread(thread.join, timeout_s)
+
+
+def _bound(cache: dict[Any, Any]) -> None:
+    """Drop the oldest entries of ``cache`` beyond :data:`_LOOKS`."""
+    while len(cache) > _LOOKS:
+        del cache[next(iter(cache))]
 
 
 def _unavailable(name: str, e: BaseException) -> BaseException:
