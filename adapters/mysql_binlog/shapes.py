@@ -188,9 +188,14 @@ def json_shape(f: ColumnFacts, utc_datetimes: bool) -> tuple[JsonType, str | Non
     return "string", None  # decimal (exact text), char/text, enum, bit, datetime
 
 
+#: Families whose "zero" value (``0000-00-00``) arrives as null even in a NOT NULL column.
+_ZERO_DATES = frozenset({"date", "datetime", "timestamp"})
+
+
 def column_shape(f: ColumnFacts, utc_datetimes: bool) -> ColumnShape:
     json_type, fmt = json_shape(f, utc_datetimes)
-    return ColumnShape(f.name, source_type(f), json_type, f.nullable, fmt)
+    nullable = True if f.family in _ZERO_DATES and f.nullable is False else f.nullable
+    return ColumnShape(f.name, source_type(f), json_type, nullable, fmt)
 
 
 def table_shape(facts: Iterable[ColumnFacts], key: Sequence[str], rules: ColumnRules | None,

@@ -18,6 +18,8 @@ import orjson
 JsonType = Literal["integer", "number", "string", "boolean", "object", "array", "any"]
 JSON_TYPES: tuple[JsonType, ...] = ("integer", "number", "string", "boolean", "object",
                                     "array", "any")
+#: How a float that is not finite is written in events (the JSON text of it).
+NON_FINITE = ("NaN", "Infinity", "-Infinity")
 #: The JSON Schema dialect of every registry entry.
 JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 
@@ -50,11 +52,16 @@ class ColumnShape:
                    value.get("format"))
 
     def json_schema(self) -> dict[str, Any]:
-        """The JSON Schema of this column's values."""
+        """The JSON Schema of this column's values. A ``number`` also admits ``"NaN"``,
+        ``"Infinity"`` and ``"-Infinity"``: JSON has no such numbers, and every source
+        writes them as those strings."""
         out: dict[str, Any] = {}
-        if self.json_type != "any":
-            out["type"] = [self.json_type, "null"] if self.nullable is not False \
-                else self.json_type
+        nullable = self.nullable is not False
+        if self.json_type == "number":
+            out["anyOf"] = [{"type": ["number", "null"] if nullable else "number"},
+                            {"enum": list(NON_FINITE)}]
+        elif self.json_type != "any":
+            out["type"] = [self.json_type, "null"] if nullable else self.json_type
         if self.format is not None:
             out["format"] = self.format
         out["x-source-type"] = self.source_type

@@ -190,3 +190,16 @@ def test_the_writer_rolls_back_on_a_failed_append() -> None:
         assert w.tracker is not None and w.tracker.versions() == {"public.orders": 1}
 
     asyncio.run(run())
+
+
+def test_a_number_column_admits_the_non_finite_strings_and_nothing_else() -> None:
+    jsonschema = pytest.importorskip("jsonschema")
+    col = ColumnShape("x", "float8", "number", False)
+    schema = {"type": "object", "properties": {"x": col.json_schema()}}
+    ok = jsonschema.Draft202012Validator(schema)
+    for value in (1.5, 3, "NaN", "Infinity", "-Infinity"):
+        assert ok.is_valid({"x": value}), value
+    for value in ("nan", "1.5", None):
+        assert not ok.is_valid({"x": value}), value
+    maybe = ColumnShape("x", "float8", "number", None).json_schema()
+    assert jsonschema.Draft202012Validator({"properties": {"x": maybe}}).is_valid({"x": None})
