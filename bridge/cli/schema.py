@@ -110,6 +110,12 @@ def _table(tables: dict[tuple[str, str], TableVersions], adapter: str, table: st
     return tv
 
 
+def _known_version(tv: TableVersions, version: int) -> None:
+    if version not in tv.entries:
+        raise click.UsageError(f"{tv.adapter} {tv.ref} has versions "
+                               f"{', '.join(map(str, sorted(tv.entries)))}, not {version}")
+
+
 @click.group("schema")
 def schema_command() -> None:
     """The schema registry: versions of every captured table (docs/schemas.md)."""
@@ -142,9 +148,7 @@ def show(config_path: Path, adapter: str, table: str, version: int | None,
     _, tables = _load(config_path)
     tv = _table(tables, adapter, table)
     v = tv.latest if version is None else version
-    if v not in tv.entries:
-        raise click.UsageError(f"{adapter} {tv.ref} has versions "
-                               f"{', '.join(map(str, sorted(tv.entries)))}, not {v}")
+    _known_version(tv, v)
     if as_json:
         click.echo(json.dumps({**tv.entries[v], "paused": tv.paused, "held": tv.held},
                               indent=2))
@@ -168,9 +172,7 @@ def diff_(config_path: Path, adapter: str, table: str, versions: tuple[int, ...]
     new = versions[1] if len(versions) == 2 else tv.latest
     old = versions[0] if versions else new - 1
     for v in (old, new):
-        if v not in tv.entries:
-            raise click.UsageError(f"{adapter} {tv.ref} has versions "
-                                   f"{', '.join(map(str, sorted(tv.entries)))}, not {v}")
+        _known_version(tv, v)
     report = diff_report(tv, old, new)
     if as_json:
         click.echo(json.dumps(report, indent=2))

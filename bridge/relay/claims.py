@@ -54,6 +54,7 @@ from cdc_bridge.kernel.wire import (
     claim_digest,
 )
 from cdc_bridge.outbox.base import OutboxMessage
+from cdc_bridge.relay.jsconfig import placement, storage_type
 from cdc_bridge.relay.settings import NatsConfig
 
 log = logging.getLogger("cdc_bridge.relay")
@@ -127,11 +128,9 @@ def bucket_config(cfg: NatsConfig) -> api.ObjectStoreConfig:
         bucket=cfg.claims_bucket(),
         description=f"cdc-bridge claim checks of stream {cfg.stream}",
         ttl=bucket_ttl(cfg),
-        storage=api.StorageType.FILE if cfg.storage == "file" else api.StorageType.MEMORY,
+        storage=storage_type(cfg),
         replicas=cfg.replicas,
-        placement=api.Placement(cluster=cfg.placement.cluster,
-                                tags=list(cfg.placement.tags) or None)
-        if cfg.placement else None,
+        placement=placement(cfg),
     )
 
 

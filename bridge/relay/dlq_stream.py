@@ -22,6 +22,7 @@ from nats.js import JetStreamContext, api
 
 from cdc_bridge.kernel.errors import ConfigError, PublishUnavailable
 from cdc_bridge.kernel.events import dead_letter_prefix, dead_letter_stream
+from cdc_bridge.relay.jsconfig import storage_type
 from cdc_bridge.relay.settings import NatsConfig
 
 log = logging.getLogger("cdc_bridge.publisher")
@@ -33,7 +34,7 @@ def dlq_stream_config(cfg: NatsConfig) -> api.StreamConfig:
     return api.StreamConfig(
         name=dead_letter_stream(cfg.stream),
         subjects=[f"{dead_letter_prefix(cfg.subject_prefix)}.>"],
-        storage=api.StorageType.FILE if cfg.storage == "file" else api.StorageType.MEMORY,
+        storage=storage_type(cfg),
         num_replicas=cfg.replicas,
         duplicate_window=cfg.duplicate_window,
     )

@@ -49,6 +49,7 @@ from cdc_bridge import metrics
 from cdc_bridge.kernel.errors import ConfigError, FatalError, PublishUnavailable
 from cdc_bridge.kernel.tracecontext import TRACEPARENT
 from cdc_bridge.outbox.base import OutboxMessage
+from cdc_bridge.relay.jsconfig import placement, storage_type
 from cdc_bridge.relay.rules import DUPLICATE, OK, RETRY, message_traceparent, parse_ack
 from cdc_bridge.relay.settings import NatsConfig
 
@@ -280,15 +281,13 @@ class Publisher:
         return api.StreamConfig(
             name=cfg.stream,
             subjects=[f"{cfg.subject_prefix}.>"],
-            storage=api.StorageType.FILE if cfg.storage == "file" else api.StorageType.MEMORY,
+            storage=storage_type(cfg),
             num_replicas=cfg.replicas,
             duplicate_window=cfg.duplicate_window,
             max_age=cfg.max_age or None,
             max_bytes=cfg.max_bytes,
             max_msg_size=cfg.max_msg_size,
-            placement=api.Placement(cluster=cfg.placement.cluster,
-                                    tags=list(cfg.placement.tags) or None)
-            if cfg.placement else None,
+            placement=placement(cfg),
         )
 
     @staticmethod

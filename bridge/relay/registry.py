@@ -33,6 +33,7 @@ from nats.js.kv import KeyValue
 from cdc_bridge.kernel.errors import ConfigError, PublishUnavailable
 from cdc_bridge.kernel.wire import SCHEMA_ENTRY
 from cdc_bridge.outbox.base import OutboxMessage
+from cdc_bridge.relay.jsconfig import placement, storage_type
 from cdc_bridge.relay.settings import NatsConfig
 
 log = logging.getLogger("cdc_bridge.relay")
@@ -55,11 +56,9 @@ def bucket_config(cfg: NatsConfig) -> api.KeyValueConfig:
         bucket=cfg.schemas_bucket(),
         description=f"cdc-bridge schema registry of stream {cfg.stream}",
         history=1,
-        storage=api.StorageType.FILE if cfg.storage == "file" else api.StorageType.MEMORY,
+        storage=storage_type(cfg),
         replicas=cfg.replicas,
-        placement=api.Placement(cluster=cfg.placement.cluster,
-                                tags=list(cfg.placement.tags) or None)
-        if cfg.placement else None,
+        placement=placement(cfg),
     )
 
 
