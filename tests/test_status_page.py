@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import sqlite3
 import time
 import urllib.error
 import urllib.request
@@ -76,7 +77,7 @@ def bridge_config(tmp: Path, nats_url: str, db: Path, port: int, host: str,
                  "subject_prefix": stream.lower()},
         "http": http,
         "adapters": [{"name": "erp", "type": "sql_poll", "url": f"sqlite:///{db}",
-                      "poll_interval": "100ms",
+                      "poll_interval": "100ms", "schema_changes": {"on_breaking": "pause"},
                       "tables": [{"name": "invoices", "incrementing_column": "id"}]}],
     })
 
@@ -179,7 +180,8 @@ def test_status_page_live_in_chromium(tmp_path: Path, nats_server: NatsServer,
     bridge.start()
     try:
         wait_for(lambda: request(base + "/readyz")[0] == 200, what="/readyz 200", timeout_s=30)
-        wait_for(lambda: overview(base)["relay"]["published"] == 30, what="30 published",
+        # 30 rows and the schema-change event of the table's version 1
+        wait_for(lambda: overview(base)["relay"]["published"] == 31, what="31 published",
                  timeout_s=30)
         wait_for(lambda: run_async(lambda: has_stream(nats_server.url, "CDC_DLQ")),
                  what="the dead-letter stream", timeout_s=30)
@@ -236,6 +238,16 @@ def test_status_page_live_in_chromium(tmp_path: Path, nats_server: NatsServer,
         wait_for(lambda: any(c.isdigit() for c in shown(page, "[data-field=latency]") or ""),
                  what="a publish latency", timeout_s=10)
 
+        # a breaking schema change (a rename) pauses the table: the page says so
+        with sqlite3.connect(db) as conn:
+            conn.execute("ALTER TABLE invoices RENAME COLUMN amount TO total")
+        add_rows(db, 2)
+        wait_for(lambda: "2 events held" in (
+            shown(page, "[data-adapter=erp] [data-field=paused]") or ""),
+            what="the paused table and its held events", timeout_s=20)
+        assert "_.invoices v2" in (shown(page, "[data-adapter=erp] [data-field=schemas]") or "")
+        assert overview(base)["schemas"]["tables"]["erp"]["_.invoices"]["paused"]
+
         # no secret anywhere on the page or in its data; nothing from another origin
         html = page.content() + json.dumps(overview(base))
         for secret in (NATS_PASSWORD, HTTP_TOKEN):
@@ -252,6 +264,16 @@ def test_status_page_live_in_chromium(tmp_path: Path, nats_server: NatsServer,
         assert width <= 400, f"the page is {width}px wide in a 400px window"
         narrow = save_screenshot(page, tmp_path, "status-400px.png")
         assert desktop.stat().st_size > 10_000 and narrow.stat().st_size > 10_000
+        # accepted: the held events flow and the page stops saying "paused"
+        status, body = request(base + "/schema/accept", "POST",
+                               {"adapter": "erp", "table": "invoices"}, HTTP_TOKEN)
+        assert status == 202, body
+        def flowing() -> bool:
+            table = overview(base)["schemas"]["tables"]["erp"]["_.invoices"]
+            return (shown(page, "[data-adapter=erp] [data-field=paused]") is None
+                    and not table["paused"] and table["held"] == 0)
+
+        wait_for(flowing, what="the table flowing again", timeout_s=20)
         page.close()
     finally:
         code = bridge.terminate()
@@ -277,6 +299,8 @@ def test_state_changes_need_the_token(tmp_path: Path, nats_server: NatsServer) -
         wait_for(lambda: request(base + "/readyz")[0] == 200, what="/readyz 200", timeout_s=30)
         snap = {"adapter": "erp"}
         assert request(base + "/snapshot", "POST", snap)[0] == 401
+        accept = {"adapter": "erp", "table": "invoices"}
+        assert request(base + "/schema/accept", "POST", accept)[0] == 401
         assert request(base + "/snapshot", "POST", snap, token="wrong-token")[0] == 401
         assert request(base + "/snapshot", "POST", snap, token=HTTP_TOKEN)[0] == 202
         for path in ("/", "/api/overview", "/status", "/static/app.js", "/static/app.css"):
