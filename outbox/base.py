@@ -94,7 +94,9 @@ class OutboxStore(Protocol):
     ) -> int:
         """Append ``messages``, set ``adapter``'s checkpoint, store its changed table
         ``schemas`` (replacing each table's previous state) and its ``held`` rows, all
-        in one transaction.
+        in one transaction. A held row of a table that is not paused in the store (after
+        ``schemas``: released by another process since the caller decided) is appended
+        as pending instead, after ``messages``.
 
         Returns the ``seq`` of the last message appended (or the current last ``seq``).
         """

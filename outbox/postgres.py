@@ -182,14 +182,17 @@ class PostgresStore:
                         " SET value = excluded.value, updated_ms = excluded.updated_ms"),
                         (adapter, json.dumps(checkpoint), now))
                 if schemas or held:
-                    self._schemas_and_held(cur, adapter, schemas, held, now)
+                    last = self._schemas_and_held(cur, adapter, schemas, held, now) or last
             return last
 
         return self._run(do)
 
     def _schemas_and_held(self, cur: psycopg.Cursor[Any], adapter: str,
                           schemas: Sequence[SchemaState], held: Sequence[HeldRow],
-                          now: int) -> None:
+                          now: int) -> int | None:
+        """Store the schema states and the held rows; held rows of a table no longer
+        paused (released by another process meanwhile) become pending instead. Returns
+        the new last ``seq`` if pending rows were added."""
         if schemas:
             cur.executemany(self._q(
                 "INSERT INTO {s}.schemas (adapter, tbl, version, fingerprint, entry, paused,"
@@ -199,13 +202,34 @@ class PostgresStore:
                 " paused = excluded.paused, updated_ms = excluded.updated_ms"),
                 [(adapter, st.table, st.version, st.fingerprint, json.dumps(st.entry),
                   st.paused, now) for st in schemas])
-        if held:
+        if not held:
+            return None
+        cur.execute(self._q("SELECT tbl FROM {s}.schemas WHERE adapter = %s"
+                            " AND paused IS NOT NULL"), (adapter,))
+        paused = {str(t) for (t,) in cur.fetchall()}
+        keep = [(tbl, m) for tbl, m in held if tbl in paused]
+        flowing = [m for tbl, m in held if tbl not in paused]  # released meanwhile
+        if keep:
             with cur.copy(self._q("COPY {s}.held (adapter, tbl, msg_id, subject, payload,"
                                   " headers, created_ms) FROM STDIN")) as copy:
-                for tbl, m in held:
+                for tbl, m in keep:
                     copy.write_row((adapter, tbl, m.msg_id, m.subject, m.payload,
                                     json.dumps(m.headers) if m.headers else None,
                                     m.created_ms or now))
+        if not flowing:
+            return None
+        cur.execute(self._q("UPDATE {s}.store SET last_seq = last_seq + %s"
+                            " RETURNING last_seq"), (len(flowing),))
+        last = int(cur.fetchone()[0])  # type: ignore[index]
+        seq = last - len(flowing)
+        with cur.copy(self._q("COPY {s}.outbox (seq, msg_id, subject, payload,"
+                              " headers, created_ms) FROM STDIN")) as copy:
+            for m in flowing:
+                seq += 1
+                copy.write_row((seq, m.msg_id, m.subject, m.payload,
+                                json.dumps(m.headers) if m.headers else None,
+                                m.created_ms or now))
+        return last
 
     def schema_states(self, adapter: str | None = None) -> list[tuple[str, SchemaState]]:
         def do(conn: psycopg.Connection[Any]) -> list[tuple[str, SchemaState]]:

@@ -41,7 +41,7 @@ class AsyncStore:
         seq = await loop.run_in_executor(
             self._capture, self.store.append, adapter, messages, checkpoint, schemas, held
         )
-        if messages:
+        if messages or held:  # (held rows of a table released meanwhile become pending)
             self.appended.set()
         return seq
 

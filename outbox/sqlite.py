@@ -288,12 +288,19 @@ class SqliteStore:
             " entry=excluded.entry, paused=excluded.paused, updated_ms=excluded.updated_ms",
             [(adapter, st.table, st.version, st.fingerprint, json.dumps(st.entry), st.paused,
               now) for st in schemas])
-        conn.executemany(
-            "INSERT INTO held(adapter, tbl, msg_id, subject, payload, headers, created_ms)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?)",
-            [(adapter, tbl, m.msg_id, m.subject, m.payload,
-              json.dumps(m.headers) if m.headers else None, m.created_ms or now)
-             for tbl, m in held])
+        if not held:
+            return
+        paused = {t for (t,) in conn.execute(
+            "SELECT tbl FROM schemas WHERE adapter=? AND paused IS NOT NULL", (adapter,))}
+        for tbl, m in held:  # a table released meanwhile (another process): pending
+            conn.execute(
+                "INSERT INTO held(adapter, tbl, msg_id, subject, payload, headers, created_ms)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)" if tbl in paused else
+                "INSERT INTO outbox(msg_id, subject, payload, headers, created_ms)"
+                " VALUES (?, ?, ?, ?, ?)",
+                ((adapter, tbl) if tbl in paused else ())
+                + (m.msg_id, m.subject, m.payload,
+                   json.dumps(m.headers) if m.headers else None, m.created_ms or now))
 
     @_guard
     def schema_states(self, adapter: str | None = None) -> list[tuple[str, SchemaState]]:

@@ -187,6 +187,11 @@ class OutboxWriter:
             tracker.rolled_back()
             raise
         tracker.committed()
+        if held:  # another process may have released the table meanwhile: follow it
+            still = {st.table for _, st in await self.store.schema_states(self.adapter)
+                     if st.paused}
+            for table in {t for t, _ in held} - still:
+                tracker.released(table)
         if self.observer is not None:
             self.observer.committed(self.adapter, batch, messages, received, encoded,
                                     time.time_ns())

@@ -237,3 +237,18 @@ def test_release_makes_held_rows_pending_after_the_rest_in_order(opener: Opener)
         store.release("a", "public.nope")
     reopened = opener()
     assert [st.version for _, st in reopened.schema_states("a")] == [2]
+
+
+def test_rows_held_for_a_table_released_meanwhile_become_pending(opener: Opener) -> None:
+    store = opener()
+    store.append("a", [], None, [_state("public.t", 2, "breaking")],
+                 [("public.t", m) for m in msgs(10, 2)])
+    other = opener()  # another process accepts the table
+    assert other.release("a", "public.t") == 2
+    # the writer, not knowing yet, holds two more: they go to the pending rows, in order
+    last = store.append("a", msgs(0, 1), {"pos": 1}, (),
+                        [("public.t", m) for m in msgs(12, 2)])
+    assert last == 5
+    assert [r.message.msg_id for r in store.pending(0, 100)] == [
+        "id-10", "id-11", "id-0", "id-12", "id-13"]
+    assert store.held_counts() == {}
