@@ -33,6 +33,7 @@ from nats.js import api
 from cdc_bridge.client.claims import ClaimError, ClaimRef, ClaimResolver
 from cdc_bridge.kernel.backoff import Retry, retrying
 from cdc_bridge.kernel.errors import FatalError
+from cdc_bridge.kernel.schemas import SCHEMA_EVENT_TYPE
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,12 +72,28 @@ def format_event(subject: str, body: bytes, seq: int | None = None,
         op = str(data.get("op", "?"))
     except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
         return f"{lead}{subject} {body[:200].decode('utf-8', 'replace')}{extra}"
+    if ce.get("type") == SCHEMA_EVENT_TYPE:
+        return f"{lead}{subject} {_schema_line(data)}{extra}"
     key = orjson.dumps(data.get("key")).decode()
     image = data.get("after") if op != "d" else data.get("before")
     when = f"{ce['time']} " if isinstance(ce.get("time"), str) else ""
     shown = f"\x1b[{_OP_COLOURS[op]}mop={op}\x1b[0m" if color and op in _OP_COLOURS else f"op={op}"
     what = f"[claim check {claim}]" if claim is not None else orjson.dumps(image).decode()
     return f"{lead}{when}{subject} {shown} key={key} {what}{extra}"
+
+
+def _schema_line(data: dict[str, Any]) -> str:
+    """A schema-change event in one line: versions, verdict, what changed."""
+    old = data.get("old_version")
+    head = (f"schema v{data.get('new_version')} (new table)" if old is None else
+            f"schema v{old} -> v{data.get('new_version')} {data.get('verdict')}")
+    diff = data.get("diff") or {}
+    parts = [f"+{c.get('name')}" for c in diff.get("added") or [] if old is not None]
+    parts += [f"-{c.get('name')}" for c in diff.get("removed") or []]
+    parts += [f"~{p['to'].get('name')}" for p in diff.get("retyped") or []]
+    parts += [f"{p['from'].get('name')}>{p['to'].get('name')}"
+              for p in diff.get("renamed") or []]
+    return head + (f" [{' '.join(parts)}]" if parts else "")
 
 
 def _claim_of(msg: Msg) -> ClaimRef | None:

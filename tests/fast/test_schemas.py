@@ -203,3 +203,16 @@ def test_a_number_column_admits_the_non_finite_strings_and_nothing_else() -> Non
         assert not ok.is_valid({"x": value}), value
     maybe = ColumnShape("x", "float8", "number", None).json_schema()
     assert jsonschema.Draft202012Validator({"properties": {"x": maybe}}).is_valid({"x": None})
+
+
+def test_tail_shows_a_schema_change_in_one_line() -> None:
+    from cdc_bridge.cli.tail import format_event
+
+    t = _tracker()
+    v1 = shape(ID, NAME)
+    encode_batch(ChangeBatch([_ev(1, v1)]), "cdc", tracker=t)
+    t.committed()
+    msgs = encode_batch(ChangeBatch([_ev(2, shape(ID, ColumnShape("title", "text", "string",
+                                                                  True)))]), "cdc", tracker=t)
+    line = format_event(msgs[0].subject, msgs[0].payload, 7)
+    assert line == "#7 cdc._schema.shop.public.orders schema v1 -> v2 breaking [name>title]"
