@@ -112,8 +112,10 @@ def test_tail_raw_pretty_count_and_new(running: Any, nats_server: NatsServer) ->
     pretty = cli("tail", "-s", nats_server.url, "cdc.>", "-n", "2", "--headers")
     lines = pretty.stdout.splitlines()
     assert len(lines) == 2
-    assert lines[0].startswith("#1 ") and "cdc.erp._.invoices.r op=r key={\"id\":1}" in lines[0]
-    assert "Nats-Msg-Id=" in lines[0]
+    # the table's schema (docs/schemas.md) comes first, then its rows
+    assert lines[0].startswith("#1 cdc._schema.erp._.invoices schema v1 (new table)")
+    assert lines[1].startswith("#2 ") and "cdc.erp._.invoices.r op=r key={\"id\":1}" in lines[1]
+    assert "Nats-Msg-Id=" in lines[1]
     # --new: only what arrives after the tail started (rows keep coming until it has 3)
     proc = subprocess.Popen([sys.executable, "-m", "cdc_bridge.cli", "tail", "-c", str(cfg),
                              "cdc.erp.>", "--new", "--raw", "--count", "3"],
@@ -136,9 +138,11 @@ def test_replay_to_a_new_prefix(running: Any, nats_server: NatsServer) -> None:
     bridge.terminate()
     full = cli("replay", "-c", str(cfg), "--to", "rebuild")
     assert full.returncode == 0, full.stderr
-    assert "replayed 30 events (stream sequences 1..30) to rebuild.>" in full.stdout
-    copies = stream_messages(nats_server.url, stream="REPLAY_REBUILD")
-    originals = stream_messages(nats_server.url)
+    # 30 rows and the schema-change event of the table's version 1
+    assert "replayed 31 events (stream sequences 1..31) to rebuild.>" in full.stdout
+    copies = stream_messages(nats_server.url, stream="REPLAY_REBUILD", subject="rebuild.>",
+                             schemas=True)
+    originals = stream_messages(nats_server.url, schemas=True)
     assert [m.subject for m in copies] == [
         m.subject.replace("cdc.", "rebuild.", 1) for m in originals]
     assert [m.body for m in copies] == [m.body for m in originals]
@@ -146,7 +150,7 @@ def test_replay_to_a_new_prefix(running: Any, nats_server: NatsServer) -> None:
     assert copies[0].headers["Nats-Msg-Id"] == originals[0].body["id"] + "@rebuild"
     # the same replay again: nothing new (ids unique per target, deduplicated)
     again = cli("replay", "-c", str(cfg), "--to", "rebuild")
-    assert "replayed 0 events" in again.stdout and "30 already there" in again.stdout, \
+    assert "replayed 0 events" in again.stdout and "31 already there" in again.stdout, \
         again.stdout
     assert len(stream_messages(nats_server.url, stream="REPLAY_REBUILD")) == 30
     # a sequence range with a new run id: exactly that range, again

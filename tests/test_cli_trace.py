@@ -82,7 +82,7 @@ def test_trace_stored_events_and_consumer_states(bridge: Any) -> None:
     out = acked.stdout
     assert 'cdc.erp._.invoices.r op r key {"id":5}' in out
     assert "erp position invoices:" in out and "mode=incrementing" in out
-    assert "stored in CDC at sequence 5" in out
+    assert "stored in CDC at sequence 6" in out  # (after the table's schema event)
     assert "billing: acknowledged" in out
     assert "shop: not for this consumer (filter cdc.shop.>)" in out
 
@@ -101,7 +101,7 @@ def test_trace_stored_events_and_consumer_states(bridge: Any) -> None:
     assert code == 0 and data["exit_code"] == 0 and data["found"] is True
     [ev] = data["events"]
     assert ev["id"] == fifth.headers["Nats-Msg-Id"] and ev["key"] == {"id": 5}
-    assert ev["stream"]["name"] == "CDC" and ev["stream"]["seq"] == 5
+    assert ev["stream"]["name"] == "CDC" and ev["stream"]["seq"] == fifth.seq == 6
     assert ev["source"]["position"] == fifth.body["data"]["source"]["position"]
     assert ev["outbox"]["state"] == "published"
     assert {c["name"]: c["state"] for c in ev["consumers"]} == {
@@ -109,7 +109,7 @@ def test_trace_stored_events_and_consumer_states(bridge: Any) -> None:
 
     # the table's history, newest first; the latest event of the table
     code, data = trace_json(cfg, "-a", "erp", "-t", "invoices", "--all", "--limit", "3")
-    assert code == 3 and [e["stream"]["seq"] for e in data["events"]] == [30, 29, 28]
+    assert code == 3 and [e["stream"]["seq"] for e in data["events"]] == [31, 30, 29]
     code, data = trace_json(cfg, "-a", "erp", "-t", "invoices")
     assert [e["key"] for e in data["events"]] == [{"id": 30}]
 
@@ -164,7 +164,8 @@ def test_trace_dead_letters_and_an_event_pending_in_the_outbox(bridge: Any) -> N
     outbox = cfg.parent / "state" / "outbox.db"
     server.stop()
     add_rows(db, 1)
-    wait_for(lambda: appended_events(outbox) >= 31, what="row 31 in the outbox")
+    # outbox seq 1 was the table's schema-change event: row 31 is seq 32
+    wait_for(lambda: appended_events(outbox) >= 32, what="row 31 in the outbox")
     pending = cli("-c", str(cfg), "-a", "erp", "-t", "invoices", "-k", "id=31")
     assert pending.returncode == 3, pending.stdout + pending.stderr
     assert "pending in the outbox" in pending.stdout and "NATS not reachable" in pending.stdout
@@ -175,5 +176,5 @@ def test_trace_dead_letters_and_an_event_pending_in_the_outbox(bridge: Any) -> N
     assert data["events"][0]["outbox"]["captured_at"] is not None
     # the id of a pending event finds it in the outbox
     code, again = trace_json(cfg, data["events"][0]["id"])
-    assert code == 3 and again["events"][0]["outbox"]["seq"] == 31
+    assert code == 3 and again["events"][0]["outbox"]["seq"] == 32
     server.start()

@@ -62,9 +62,10 @@ POLL_ROW = ("SELECT seq, id, aggregate_type, aggregate_id, event_type, payload::
 
 
 def all_msgs(url: str) -> list[Stored]:
+    """Everything in the stream, the tables' schema-change events included."""
     for attempt in range(5):  # nats-py's last fetch may raise a bare TimeoutError
         try:
-            return asyncio.run(read_all(url))
+            return asyncio.run(read_all(url, schemas=True))
         except TimeoutError:
             if attempt == 4:
                 raise

@@ -45,10 +45,12 @@ class Stored:
     data: bytes
 
 
-async def read_all(url: str, stream: str = "CDC", subject: str = ">") -> list[Stored]:
-    """Every message of ``stream`` in stream order (an ordered, headers-and-body read)."""
+async def read_all(url: str, stream: str = "CDC", subject: str = ">",
+                   schemas: bool = False) -> list[Stored]:
+    """Every message of ``stream`` in stream order (an ordered, headers-and-body read;
+    schema-change events only with ``schemas``)."""
     return [Stored(m.metadata.sequence.stream, m.subject, dict(m.headers or {}), m.data)
-            for m in await read_raw(url, stream, subject)]
+            for m in await read_raw(url, stream, subject, schemas)]
 
 
 def make_msgs(start: int, n: int, subjects: tuple[str, ...] = ("cdc.erp._.a.c",),
