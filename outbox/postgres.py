@@ -31,6 +31,7 @@ import psycopg
 from psycopg import sql
 
 from cdc_bridge.outbox.base import OutboxMessage, PendingRow, StoreStats, StoreUnavailable
+from cdc_bridge.outbox.fence import Fence, check_fence
 
 DEFAULT_SCHEMA = "cdc_bridge"
 _IDENT = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
@@ -111,6 +112,16 @@ class PostgresStore:
             cause = (str(e).strip().splitlines() or [""])[0].strip() or type(e).__name__
             raise StoreUnavailable(f"outbox database unavailable: {cause}") from e
 
+    def _fenced(self, conn: psycopg.Connection[Any], fence: Fence | None, query: sql.Composed,
+                args: tuple[Any, ...]) -> psycopg.Cursor[Any]:
+        """One statement; with a ``fence``, in a transaction that first checks it."""
+        if fence is None:
+            return conn.execute(query, args)
+        with conn.transaction():
+            cur = conn.cursor()
+            check_fence(cur, self._s, fence)
+            return cur.execute(query, args)
+
     def _q(self, text: str) -> sql.Composed:
         return sql.SQL(text).format(s=self._s)
 
@@ -128,11 +139,16 @@ class PostgresStore:
     # -- the protocol -----------------------------------------------------------------
 
     def append(
-        self, adapter: str, messages: list[OutboxMessage], checkpoint: dict[str, Any] | None
+        self, adapter: str, messages: list[OutboxMessage], checkpoint: dict[str, Any] | None,
+        *, fence: Fence | None = None,
     ) -> int:
+        """``fence`` (group mode): commit only while that lease holds, else
+        :class:`cdc_bridge.outbox.fence.LeaseLost` and nothing is written."""
         def do(conn: psycopg.Connection[Any]) -> int:
             now = int(time.time() * 1000)
             with conn.transaction(), conn.cursor() as cur:
+                if fence is not None:
+                    check_fence(cur, self._s, fence)
                 cur.execute(self._q("UPDATE {s}.store SET last_seq = last_seq + %s"
                                     " RETURNING last_seq"), (len(messages),))
                 row = cur.fetchone()
@@ -180,9 +196,10 @@ class PostgresStore:
 
         return self._run(do)
 
-    def pending(self, after_seq: int, limit: int) -> list[PendingRow]:
+    def pending(self, after_seq: int, limit: int, *, fence: Fence | None = None
+                ) -> list[PendingRow]:
         def do(conn: psycopg.Connection[Any]) -> list[PendingRow]:
-            rows = conn.execute(self._q(
+            rows = self._fenced(conn, fence, self._q(
                 "SELECT seq, msg_id, subject, payload, headers, created_ms FROM {s}.outbox"
                 " WHERE seq > %s ORDER BY seq LIMIT %s"), (after_seq, limit)).fetchall()
             return [PendingRow(seq, OutboxMessage(mid, subj, bytes(body), h, created))
@@ -190,10 +207,10 @@ class PostgresStore:
 
         return self._run(do)
 
-    def remove(self, up_to_seq: int) -> int:
+    def remove(self, up_to_seq: int, *, fence: Fence | None = None) -> int:
         def do(conn: psycopg.Connection[Any]) -> int:
-            cur = conn.execute(self._q("DELETE FROM {s}.outbox WHERE seq <= %s"), (up_to_seq,))
-            return cur.rowcount
+            return self._fenced(conn, fence, self._q("DELETE FROM {s}.outbox WHERE seq <= %s"),
+                                (up_to_seq,)).rowcount
 
         return self._run(do)
 

@@ -8,10 +8,12 @@ deletes), so a long append never delays publishing and vice versa. Every append 
 from __future__ import annotations
 
 import asyncio
+import functools
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from cdc_bridge.outbox.base import OutboxMessage, OutboxStore, PendingRow, StoreStats
+from cdc_bridge.outbox.fence import Fence
 
 
 class AsyncStore:
@@ -26,12 +28,17 @@ class AsyncStore:
         return self.store.store_id
 
     async def append(
-        self, adapter: str, messages: list[OutboxMessage], checkpoint: dict[str, Any] | None
+        self, adapter: str, messages: list[OutboxMessage], checkpoint: dict[str, Any] | None,
+        *, fence: Fence | None = None,
     ) -> int:
+        """``fence`` (group mode; PostgreSQL stores only): see
+        :mod:`cdc_bridge.outbox.fence`."""
         loop = asyncio.get_running_loop()
-        seq = await loop.run_in_executor(
-            self._capture, self.store.append, adapter, messages, checkpoint
-        )
+        call = functools.partial(self.store.append, adapter, messages, checkpoint)
+        if fence is not None:
+            call = functools.partial(self.store.append, adapter, messages, checkpoint,
+                                     fence=fence)  # type: ignore[call-arg]
+        seq = await loop.run_in_executor(self._capture, call)
         if messages:
             self.appended.set()
         return seq
