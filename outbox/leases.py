@@ -26,7 +26,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import psycopg
 from psycopg import sql
@@ -101,7 +101,7 @@ def with_session_options(url: str, options: dict[str, str]) -> str:
     extra = " ".join(f"-c {k}={v}" for k, v in options.items())
     rest = [(k, v) for k, v in query if k != "options"]
     rest.append(("options", f"{given} {extra}".strip()))
-    return urlunsplit(parts._replace(query=urlencode(rest)))
+    return urlunsplit(parts._replace(query=urlencode(rest, quote_via=quote)))
 
 
 class LeaseDb:

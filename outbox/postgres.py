@@ -25,7 +25,7 @@ import time
 import uuid
 from collections.abc import Callable
 from typing import Any, TypeVar
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import psycopg
 from psycopg import sql
@@ -73,7 +73,7 @@ def split_url(url: str) -> tuple[str, str]:
             rest.append((key, value))
     if not _IDENT.match(schema):
         raise ValueError("outbox.url: schema must be a lower-case identifier [a-z_][a-z0-9_]*")
-    return urlunsplit(parts._replace(query=urlencode(rest))), schema
+    return urlunsplit(parts._replace(query=urlencode(rest, quote_via=quote))), schema
 
 
 class PostgresStore:

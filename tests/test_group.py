@@ -1,0 +1,341 @@
+"""Group mode on real processes: three daemons on one PostgreSQL outbox, under faults.
+
+Real servers started by the fixtures on free ports: PostgreSQL (the outbox in one
+database, a logical-replication source in another), MariaDB (an ``sql_poll`` source),
+nats-server. Every member reaches the outbox through a TCP proxy of its own
+(:class:`bench.soak.proxy.FaultProxy`), so the path of one member can be cut alone.
+Writers change both sources all along, while the test, in order: kills -9 the owner of
+the PostgreSQL adapter and restarts it; pauses (SIGSTOP) the owner of the MariaDB
+adapter for longer than the lease, then resumes it (it must commit nothing, log the
+lost lease and rejoin); cuts the outbox path of the owner of the PostgreSQL adapter for
+longer than the lease; restarts every member in turn; adds a fourth member and removes
+it. Then, from the stream: every change exactly once, per-key order, final state equal
+to the sources. The failover time of each fault (fault -> another member holds the
+lease and has committed a batch of that adapter) is printed, and bounded.
+
+Default group settings (lease 10s, renew every 3s): the times are the real ones.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pymysql
+import pytest
+
+from bench.soak.proxy import FaultProxy
+from cdc_bridge.daemon.group_plan import assign
+from cdc_bridge.outbox.fence import RELAY_RESOURCE
+from tests.helpers import BridgeProcess, stream_messages, wait_for, write_config
+from tests.services.mariadb import MariaDBServer
+from tests.services.nats_server import NatsServer
+from tests.services.postgres import PostgresServer
+
+KEYS = 20
+LEASE_S = 10.0
+#: A failover must finish within this (lease + renew_every + start-up, on a busy
+#: two-core machine); the measured times are printed.
+FAILOVER_BOUND_S = 30.0
+ADAPTERS = ("shop", "erp")
+RESOURCES = (*ADAPTERS, RELAY_RESOURCE)
+
+
+@dataclass
+class Member:
+    name: str
+    proc: BridgeProcess
+    proxy: FaultProxy
+
+
+@dataclass
+class Env:
+    tmp: Path
+    nats_url: str
+    outbox_db: str
+    outbox_dsn: str
+    pg_src: str
+    maria: dict[str, Any]
+    pg_port: int
+    members: dict[str, Member] = field(default_factory=dict)
+    stop: threading.Event = field(default_factory=threading.Event)
+    inserted: list[int] = field(default_factory=list)
+    failovers: dict[str, float] = field(default_factory=dict)
+
+    # -- members ----------------------------------------------------------------------
+
+    def config(self, name: str, proxy: FaultProxy) -> Path:
+        outbox = f"postgresql://postgres@127.0.0.1:{proxy.port}/{self.outbox_db}"
+        return write_config(self.tmp / f"{name}.yaml", {
+            "state_dir": str(self.tmp / f"state-{name}"),
+            "nats": {"url": self.nats_url, "stream": "CDC", "subject_prefix": "cdc",
+                     "ack_timeout": "3s"},
+            "outbox": {"url": outbox, "poll_interval": "100ms"},
+            "group": {"enabled": True, "member_id": name},
+            "adapters": [
+                {"name": "shop", "type": "postgres", "dsn": self.pg_src,
+                 "tables": ["public.acct"], "snapshot": "initial",
+                 "heartbeat_interval": "1s", "status_interval": "1s"},
+                {"name": "erp", "type": "sql_poll",
+                 "url": "mysql+pymysql://root@127.0.0.1:{port}/{db}".format(**self.maria),
+                 "poll_interval": "200ms",
+                 "tables": [{"name": "items", "incrementing_column": "id"}]},
+            ],
+        })
+
+    def start(self, name: str) -> Member:
+        member = self.members.get(name)
+        if member is None:
+            proxy = FaultProxy(self.pg_port, name=name).start()
+            proc = BridgeProcess(self.config(name, proxy), self.tmp / f"{name}.log")
+            member = self.members[name] = Member(name, proc, proxy)
+        member.proc.start()
+        return member
+
+    def live(self) -> set[str]:
+        rows = self.query("SELECT member_id FROM cdc_bridge.members"
+                          " WHERE expires_at > clock_timestamp()")
+        return {r[0] for r in rows}
+
+    def leases(self) -> dict[str, tuple[str | None, int]]:
+        rows = self.query("SELECT resource, owner, epoch FROM cdc_bridge.leases"
+                          " WHERE owner IS NOT NULL AND expires_at > clock_timestamp()")
+        return {r[0]: (r[1], int(r[2])) for r in rows}
+
+    def owner(self, resource: str) -> str:
+        found: tuple[str, int] = wait_for(lambda: self.leases().get(resource), timeout_s=60,
+                                          what=f"an owner of {resource}")
+        return found[0]
+
+    def committed_ms(self, adapter: str) -> int:
+        rows = self.query("SELECT updated_ms FROM cdc_bridge.checkpoints WHERE adapter = %s",
+                          (adapter,))
+        return int(rows[0][0]) if rows else 0
+
+    def query(self, text: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        try:
+            with psycopg.connect(self.outbox_dsn, autocommit=True, connect_timeout=5) as c:
+                return c.execute(text, args).fetchall()
+        except psycopg.errors.UndefinedTable:
+            return []
+
+    def settled(self, names: set[str]) -> dict[str, str]:
+        """Wait until exactly ``names`` are live and every resource is held by the member
+        the assignment gives it; returns resource -> owner."""
+        want = assign(RESOURCES, names)
+
+        def ok() -> bool:
+            held = {r: o for r, (o, _) in self.leases().items()}
+            return self.live() == names and held == want
+        wait_for(ok, timeout_s=60, what=f"members {sorted(names)} settled as {want}")
+        return want
+
+    def failover(self, kind: str, resource: str, old: str, t0: float) -> float:
+        """Seconds from ``t0`` until another member holds ``resource`` and (an adapter)
+        has committed a batch of it."""
+        def moved() -> float | None:
+            held = self.leases().get(resource)
+            return time.monotonic() if held is not None and held[0] != old else None
+
+        moved_at: float = wait_for(moved, timeout_s=60, interval_s=0.1,
+                                   what=f"{resource} to leave {old}")
+        if resource in ADAPTERS:
+            seen_ms = time.time() * 1000
+            wait_for(lambda: self.committed_ms(resource) > seen_ms, timeout_s=60,
+                     interval_s=0.1, what=f"{resource} to capture again")
+        took = time.monotonic() - t0
+        self.failovers[f"{kind} ({resource})"] = took
+        print(f"failover {kind:<22} {resource:<6} {old} -> {self.leases()[resource][0]}: "
+              f"{took:5.1f}s (lease moved after {moved_at - t0:4.1f}s)")
+        return took
+
+
+# -- writers ---------------------------------------------------------------------------
+
+
+def pg_writer(env: Env) -> None:
+    """Increments one key at a time, ~40 transactions a second."""
+    with psycopg.connect(env.pg_src, autocommit=True) as conn:
+        i = 0
+        while not env.stop.is_set():
+            conn.execute("UPDATE acct SET n = n + 1 WHERE id = %s", (i % KEYS,))
+            i += 1
+            time.sleep(0.025)
+
+
+def maria_writer(env: Env) -> None:
+    """Inserts rows one transaction each, ~25 a second."""
+    conn = pymysql.connect(host="127.0.0.1", port=env.maria["port"], user="root",
+                           database=env.maria["db"], autocommit=True)
+    try:
+        with conn.cursor() as cur:
+            while not env.stop.is_set():
+                cur.execute("INSERT INTO items (note) VALUES ('x')")
+                env.inserted.append(int(cur.lastrowid))
+                time.sleep(0.04)
+    finally:
+        conn.close()
+
+
+# -- fixtures ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def env(tmp_path: Path, postgres_server: PostgresServer, mariadb_server: MariaDBServer,
+        nats_server: NatsServer) -> Iterator[Env]:
+    suffix = uuid.uuid4().hex[:8]
+    src, outbox = f"grp_src_{suffix}", f"grp_outbox_{suffix}"
+    with psycopg.connect(postgres_server.dsn, autocommit=True) as c:
+        c.execute(f"CREATE DATABASE {src}")
+        c.execute(f"CREATE DATABASE {outbox}")
+    pg_src = postgres_server.dsn_for(src)
+    with psycopg.connect(pg_src, autocommit=True) as c:
+        c.execute("CREATE TABLE acct (id int PRIMARY KEY, n int NOT NULL)")
+        c.execute("INSERT INTO acct SELECT g, 0 FROM generate_series(0, %s) g", (KEYS - 1,))
+    mdb = f"grp_{suffix}"
+    admin = pymysql.connect(host="127.0.0.1", port=mariadb_server.port, user="root",
+                            autocommit=True)
+    with admin.cursor() as cur:
+        cur.execute(f"CREATE DATABASE {mdb}")
+        cur.execute(f"CREATE TABLE {mdb}.items (id int AUTO_INCREMENT PRIMARY KEY, "
+                    "note varchar(20))")
+    e = Env(tmp_path, nats_server.url, outbox, postgres_server.dsn_for(outbox), pg_src,
+            {"port": mariadb_server.port, "db": mdb}, postgres_server.port)
+    try:
+        yield e
+    finally:
+        e.stop.set()
+        for m in e.members.values():
+            if m.proc.alive():
+                with_cont(m)
+                m.proc.kill9()
+            m.proxy.close()
+        with psycopg.connect(postgres_server.dsn, autocommit=True) as c:
+            for slot in c.execute("SELECT slot_name FROM pg_replication_slots"
+                                  " WHERE database = %s", (src,)).fetchall():
+                c.execute("SELECT pg_drop_replication_slot(%s)", slot)
+            c.execute(f"DROP DATABASE IF EXISTS {src} WITH (FORCE)")
+            c.execute(f"DROP DATABASE IF EXISTS {outbox} WITH (FORCE)")
+        with admin.cursor() as cur:
+            cur.execute(f"DROP DATABASE IF EXISTS {mdb}")
+        admin.close()
+
+
+def with_cont(member: Member) -> None:
+    if member.proc.proc is not None:
+        os.kill(member.proc.proc.pid, signal.SIGCONT)
+
+
+# -- the test ----------------------------------------------------------------------------
+
+
+def verify(env: Env) -> None:
+    """Every change exactly once, in order per key, final state equal to the sources."""
+    with psycopg.connect(env.pg_src) as c:
+        final = dict(c.execute("SELECT id, n FROM acct").fetchall())
+    expected_pg = KEYS + sum(final.values())
+    expected_maria = len(env.inserted)
+
+    def complete() -> list[Any] | None:
+        stored = stream_messages(env.nats_url)
+        pg = [m for m in stored if m.subject.startswith("cdc.shop.")]
+        maria = [m for m in stored if m.subject.startswith("cdc.erp.")]
+        return stored if len(pg) >= expected_pg and len(maria) >= expected_maria else None
+
+    stored = wait_for(complete, timeout_s=90, interval_s=1.0, what="the stream to catch up")
+    ids = [m.headers.get("Nats-Msg-Id") for m in stored]
+    assert len(ids) == len(set(ids)), "a message id is in the stream twice"
+    per_key: dict[int, list[int]] = {}
+    for m in stored:
+        if m.subject.startswith("cdc.shop."):
+            after = m.body["data"]["after"]
+            per_key.setdefault(after["id"], []).append(after["n"])
+    for key, versions in per_key.items():
+        assert versions == list(range(final[key] + 1)), (key, versions)
+    assert set(per_key) == set(final)
+    items = [m.body["data"]["after"]["id"] for m in stored if m.subject.startswith("cdc.erp.")]
+    assert items == sorted(env.inserted), "MariaDB rows: missing, doubled or out of order"
+
+
+def test_three_members_share_capture_and_survive_faults(env: Env) -> None:
+    for name in ("m1", "m2", "m3"):
+        env.start(name)
+    env.settled({"m1", "m2", "m3"})
+    writers = [threading.Thread(target=pg_writer, args=(env,), daemon=True),
+               threading.Thread(target=maria_writer, args=(env,), daemon=True)]
+    for w in writers:
+        w.start()
+    time.sleep(2)
+    owners = env.leases()
+    print("owners at start:", {r: o for r, (o, _) in owners.items()})
+    assert len({o for o, _ in owners.values()}) == 3, "three resources, three members"
+
+    # 1. kill -9 of the owner of the PostgreSQL adapter
+    victim = env.owner("shop")
+    t0 = time.monotonic()
+    env.members[victim].proc.kill9()
+    assert env.failover("kill -9", "shop", victim, t0) < FAILOVER_BOUND_S
+    env.start(victim)
+    env.settled({"m1", "m2", "m3"})
+
+    # 2. SIGSTOP of the owner of the MariaDB adapter for longer than the lease
+    zombie = env.members[env.owner("erp")]
+    assert zombie.proc.proc is not None
+    log_before = len(zombie.proc.log())
+    t0 = time.monotonic()
+    os.kill(zombie.proc.proc.pid, signal.SIGSTOP)
+    assert env.failover("SIGSTOP > lease", "erp", zombie.name, t0) < FAILOVER_BOUND_S
+    time.sleep(max(0.0, LEASE_S + 4 - (time.monotonic() - t0)))
+    os.kill(zombie.proc.proc.pid, signal.SIGCONT)
+    wait_for(lambda: "lost" in zombie.proc.log()[log_before:], timeout_s=30,
+             what="the resumed member to log its lost lease")
+    env.settled({"m1", "m2", "m3"})
+    assert zombie.proc.alive(), "the paused member must rejoin, not exit"
+
+    # 3. the outbox path of the owner of the PostgreSQL adapter cut for longer than a lease
+    cut = env.members[env.owner("shop")]
+    t0 = time.monotonic()
+    cut.proxy.refuse()
+    assert env.failover("outbox cut > lease", "shop", cut.name, t0) < FAILOVER_BOUND_S
+    time.sleep(max(0.0, LEASE_S + 4 - (time.monotonic() - t0)))
+    cut.proxy.heal()
+    env.settled({"m1", "m2", "m3"})
+    assert cut.proc.alive(), cut.proc.log()[-3000:]
+
+    # 4. rolling restart: each member stopped (SIGTERM) and started again in turn
+    for name in ("m1", "m2", "m3"):
+        member = env.members[name]
+        held = [r for r, (o, _) in env.leases().items() if o == name and r in ADAPTERS]
+        t0 = time.monotonic()
+        assert member.proc.terminate() == 0, member.proc.log()[-3000:]
+        for resource in held:
+            env.failover("rolling restart", resource, name, t0)
+        env.start(name)
+        env.settled({"m1", "m2", "m3"})
+
+    # 5. a fourth member joins under load, then leaves
+    env.start("m4")
+    env.settled({"m1", "m2", "m3", "m4"})
+    time.sleep(4)  # a round for the hand-over, if the assignment gives it anything
+    print("owners with m4:", {r: o for r, (o, _) in env.leases().items()})
+    assert env.members["m4"].proc.terminate() == 0
+    env.settled({"m1", "m2", "m3"})
+    time.sleep(2)
+
+    env.stop.set()
+    for w in writers:
+        w.join(10)
+    verify(env)
+    for name in ("m1", "m2", "m3"):
+        assert env.members[name].proc.terminate() == 0
+        text = env.members[name].proc.log()
+        assert "unexpected error" not in text and "fatal" not in text, text[-3000:]
+    print("failover times:", {k: round(v, 1) for k, v in env.failovers.items()})
