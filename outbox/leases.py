@@ -130,7 +130,7 @@ class LeaseDb:
                             f" -c statement_timeout={self._timeout * 1000}")
                 self._conn = conn
             return fn(conn)
-        except psycopg.OperationalError as e:
+        except psycopg.Error as e:  # lost connection, timeouts, a server going down
             if isinstance(e, psycopg.errors.LockNotAvailable):
                 raise
             self.close()
@@ -271,4 +271,7 @@ class LeaseDb:
                 (fence.resource, fence.owner, fence.epoch)).fetchone()
             return row is not None
 
-        return self._run(do)
+        try:
+            return self._run(do)
+        except psycopg.errors.LockNotAvailable:
+            return False  # a write still holds the row: the lease expires by itself

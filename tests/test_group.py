@@ -34,8 +34,11 @@ import pytest
 
 from bench.soak.proxy import FaultProxy
 from cdc_bridge.daemon.group_plan import assign
-from cdc_bridge.outbox.fence import RELAY_RESOURCE
-from tests.helpers import BridgeProcess, stream_messages, wait_for, write_config
+from cdc_bridge.outbox.base import OutboxMessage
+from cdc_bridge.outbox.fence import RELAY_RESOURCE, Fence, LeaseLost
+from cdc_bridge.outbox.leases import LeaseDb
+from cdc_bridge.outbox.postgres import PostgresStore
+from tests.helpers import BridgeProcess, stream_count, stream_messages, wait_for, write_config
 from tests.services.mariadb import MariaDBServer
 from tests.services.nats_server import NatsServer
 from tests.services.postgres import PostgresServer
@@ -151,6 +154,10 @@ class Env:
             seen_ms = time.time() * 1000
             wait_for(lambda: self.committed_ms(resource) > seen_ms, timeout_s=60,
                      interval_s=0.1, what=f"{resource} to capture again")
+        else:  # the relay: the stream grows again
+            seen = stream_count(self.nats_url)
+            wait_for(lambda: stream_count(self.nats_url) > seen, timeout_s=60,
+                     interval_s=0.1, what="the relay to publish again")
         took = time.monotonic() - t0
         self.failovers[f"{kind} ({resource})"] = took
         print(f"failover {kind:<22} {resource:<6} {old} -> {self.leases()[resource][0]}: "
@@ -313,7 +320,7 @@ def test_three_members_share_capture_and_survive_faults(env: Env) -> None:
     # 4. rolling restart: each member stopped (SIGTERM) and started again in turn
     for name in ("m1", "m2", "m3"):
         member = env.members[name]
-        held = [r for r, (o, _) in env.leases().items() if o == name and r in ADAPTERS]
+        held = [r for r, (o, _) in env.leases().items() if o == name]
         t0 = time.monotonic()
         assert member.proc.terminate() == 0, member.proc.log()[-3000:]
         for resource in held:
@@ -339,3 +346,70 @@ def test_three_members_share_capture_and_survive_faults(env: Env) -> None:
         text = env.members[name].proc.log()
         assert "unexpected error" not in text and "fatal" not in text, text[-3000:]
     print("failover times:", {k: round(v, 1) for k, v in env.failovers.items()})
+
+
+# -- the fence itself, on a real PostgreSQL ----------------------------------------------
+
+
+@pytest.fixture
+def outbox_url(postgres_server: PostgresServer) -> Iterator[str]:
+    name = f"grp_fence_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(postgres_server.dsn, autocommit=True) as c:
+        c.execute(f"CREATE DATABASE {name}")
+    try:
+        yield postgres_server.dsn_for(name)
+    finally:
+        with psycopg.connect(postgres_server.dsn, autocommit=True) as c:
+            c.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def test_a_stale_fence_writes_nothing_and_a_takeover_waits_for_a_fenced_write(
+        outbox_url: str) -> None:
+    store = PostgresStore(outbox_url)
+    db = LeaseDb(outbox_url, lock_timeout_ms=300)
+    db.ensure()
+    try:
+        epoch = db.acquire("erp", "a", 1.0)
+        assert epoch == 1 and db.acquire("erp", "b", 1.0) is None  # held: not taken
+        old = Fence("erp", "a", 1)
+        msg = OutboxMessage("id-1", "cdc.erp.t.c", b"{}")
+        assert store.append("erp", [msg], {"pos": 1}, fence=old) == 1
+        time.sleep(1.2)  # expired by the database clock, nobody took it yet
+        with pytest.raises(LeaseLost):
+            store.append("erp", [msg._replace(msg_id="id-2")], {"pos": 2}, fence=old)
+        assert not db.renew(old, 10.0)
+        assert db.acquire("erp", "b", 10.0) == 2
+        new = Fence("erp", "b", 2)
+        with pytest.raises(LeaseLost):
+            store.append("erp", [msg._replace(msg_id="id-3")], {"pos": 3}, fence=old)
+        assert store.stats().last_seq == 1 and store.checkpoint("erp") == {"pos": 1}
+        assert store.append("erp", [msg._replace(msg_id="id-4")], {"pos": 4}, fence=new) == 2
+        assert not db.release(old) and db.holds(new)
+
+        # the relay's reads and deletes are fenced the same way
+        assert db.acquire("_relay", "a", 10.0) == 1
+        relay = Fence("_relay", "a", 1)
+        assert [r.seq for r in store.pending(0, 10, fence=relay)] == [1, 2]
+        assert db.release(relay) and db.acquire("_relay", "b", 10.0) == 2
+        with pytest.raises(LeaseLost):
+            store.pending(0, 10, fence=relay)
+        with pytest.raises(LeaseLost):
+            store.remove(2, fence=relay)
+        assert store.stats().pending == 2
+
+        # a fenced write in progress holds the lease row: a takeover waits for it
+        with psycopg.connect(outbox_url) as writer:
+            writer.execute("SELECT 1 FROM cdc_bridge.leases WHERE resource = 'erp'"
+                           " AND owner = 'b' AND epoch = 2 FOR SHARE")
+            assert not db.release(new)  # not while the write holds the row
+            assert db.acquire("erp", "c", 10.0) is None
+            writer.commit()
+        assert db.release(new) and db.acquire("erp", "c", 10.0) == 3
+
+        # one member id, two live processes: the second is told
+        assert db.heartbeat("m", "token-1", "h", 1, 10.0)
+        assert not db.heartbeat("m", "token-2", "h", 2, 10.0)
+        assert db.heartbeat("m", "token-1", "h", 1, 10.0)
+    finally:
+        db.close()
+        store.close()
