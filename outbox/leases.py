@@ -92,6 +92,21 @@ class GroupRows:
     members: list[MemberRow]
     leases: list[LeaseRow]
 
+    def as_dict(self) -> dict[str, Any]:
+        """Plain data for ``status`` and ``/status`` (ages rounded to 0.1s)."""
+        def r(value: float | None) -> float | None:
+            return None if value is None else round(value, 1)
+
+        return {
+            "members": [{"member_id": m.member_id, "host": m.host, "pid": m.pid,
+                         "live": m.live, "heartbeat_age_s": r(m.heartbeat_age_s)}
+                        for m in self.members],
+            "leases": [{"resource": x.resource, "owner": x.owner if x.held else None,
+                        "epoch": x.epoch, "age_s": r(x.acquired_age_s),
+                        "renewed_age_s": r(x.renewed_age_s),
+                        "expires_in_s": r(x.expires_in_s)} for x in self.leases],
+        }
+
 
 def with_session_options(url: str, options: dict[str, str]) -> str:
     """``url`` with ``-c name=value`` settings added to its libpq ``options``."""

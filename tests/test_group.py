@@ -18,10 +18,14 @@ Default group settings (lease 10s, renew every 3s): the times are the real ones.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -41,6 +45,7 @@ from cdc_bridge.outbox.postgres import PostgresStore
 from tests.helpers import BridgeProcess, stream_count, stream_messages, wait_for, write_config
 from tests.services.mariadb import MariaDBServer
 from tests.services.nats_server import NatsServer
+from tests.services.ports import free_port
 from tests.services.postgres import PostgresServer
 
 KEYS = 20
@@ -72,6 +77,7 @@ class Env:
     stop: threading.Event = field(default_factory=threading.Event)
     inserted: list[int] = field(default_factory=list)
     failovers: dict[str, float] = field(default_factory=dict)
+    ports: dict[str, int] = field(default_factory=dict)
 
     # -- members ----------------------------------------------------------------------
 
@@ -83,6 +89,7 @@ class Env:
                      "ack_timeout": "3s"},
             "outbox": {"url": outbox, "poll_interval": "100ms"},
             "group": {"enabled": True, "member_id": name},
+            "http": {"enabled": True, "port": self.http_port(name)},
             "adapters": [
                 {"name": "shop", "type": "postgres", "dsn": self.pg_src,
                  "tables": ["public.acct"], "snapshot": "initial",
@@ -93,6 +100,11 @@ class Env:
                  "tables": [{"name": "items", "incrementing_column": "id"}]},
             ],
         })
+
+    def http_port(self, name: str) -> int:
+        if name not in self.ports:
+            self.ports[name] = free_port()
+        return self.ports[name]
 
     def start(self, name: str) -> Member:
         member = self.members.get(name)
@@ -272,6 +284,37 @@ def verify(env: Env) -> None:
     assert items == sorted(env.inserted), "MariaDB rows: missing, doubled or out of order"
 
 
+def check_visibility(env: Env, owners: dict[str, tuple[str | None, int]]) -> None:
+    """``status``, ``/status`` and ``/metrics`` show the members, owners and epochs."""
+    out = subprocess.run([sys.executable, "-m", "cdc_bridge.cli", "status", "-c",
+                          str(env.tmp / "m1.yaml")], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "group: 3 live member(s), this daemon is m1" in out.stdout, out.stdout
+    for resource, (owner, epoch) in owners.items():
+        assert f"lease {resource}: {owner}, epoch {epoch}, held" in out.stdout, out.stdout
+    base = f"http://127.0.0.1:{env.ports['m1']}"
+
+    def status_seen() -> dict[str, Any] | None:
+        with urllib.request.urlopen(base + "/status", timeout=5) as r:
+            group: dict[str, Any] = json.loads(r.read()).get("group") or {}
+        return group if len(group.get("members", [])) == 3 else None
+
+    group = wait_for(status_seen, timeout_s=10, what="/status with three members")
+    assert group["member_id"] == "m1"
+    assert {x["resource"]: x["owner"] for x in group["leases"]} == \
+        {r: o for r, (o, _) in owners.items()}
+    with urllib.request.urlopen(base + "/metrics", timeout=5) as r:
+        text = r.read().decode()
+    assert "cdc_group_members 3.0" in text
+    for resource, (owner, epoch) in owners.items():
+        assert f'cdc_group_lease_epoch{{resource="{resource}"}} {float(epoch)}' in text
+        assert f'cdc_group_lease_owner_info{{owner="{owner}",resource="{resource}"}} 1.0' \
+            in text
+        assert f'cdc_group_lease_held{{resource="{resource}"}} {1.0 if owner == "m1" else 0.0}' \
+            in text
+
+
 def test_three_members_share_capture_and_survive_faults(env: Env) -> None:
     for name in ("m1", "m2", "m3"):
         env.start(name)
@@ -284,6 +327,7 @@ def test_three_members_share_capture_and_survive_faults(env: Env) -> None:
     owners = env.leases()
     print("owners at start:", {r: o for r, (o, _) in owners.items()})
     assert len({o for o, _ in owners.values()}) == 3, "three resources, three members"
+    check_visibility(env, owners)
 
     # 1. kill -9 of the owner of the PostgreSQL adapter
     victim = env.owner("shop")

@@ -40,7 +40,7 @@ from cdc_bridge import metrics
 from cdc_bridge.daemon.group_plan import assign, plan_round
 from cdc_bridge.kernel.errors import FatalError
 from cdc_bridge.outbox.base import StoreUnavailable
-from cdc_bridge.outbox.fence import Fence, LeaseLost
+from cdc_bridge.outbox.fence import RELAY_RESOURCE, Fence, LeaseLost
 from cdc_bridge.outbox.leases import GroupRows, LeaseDb
 
 log = logging.getLogger("cdc_bridge.group")
@@ -66,6 +66,8 @@ class _Running:
     fence: Fence
     task: asyncio.Task[None]
     lost: str | None = None
+    #: Being handed over: stopping in the background, still renewed until released.
+    handover: asyncio.Task[None] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,14 +192,40 @@ class GroupMember:
         # what still runs was renewed (or acquired) after ``started``
         self._valid_until = started + lease
         for fence in plan.handover:
-            log.info("group: handing %s over to %s", fence.describe(),
-                     assignment.get(fence.resource))
-            await self._stop(fence.resource, graceful=True)
-            await self._call(self.db.release, fence)
+            held = self.running[fence.resource]
+            if held.handover is None:
+                log.info("group: handing %s over to %s", fence.describe(),
+                         assignment.get(fence.resource))
+                held.handover = asyncio.create_task(self._hand_over(fence),
+                                                    name=f"handover-{fence.resource}")
         for resource in plan.acquire:
             epoch = await self._call(self.db.acquire, resource, self.me, lease)
             if epoch is not None:
                 self._start(resource, Fence(resource, self.me, epoch))
+
+    async def _hand_over(self, fence: Fence) -> None:
+        """Stop the work gracefully (its last batch committed, the source closed) while
+        the rounds keep renewing the lease, then release it for the new owner."""
+        started = time.monotonic()
+        held = self.running.get(fence.resource)
+        stop = self.work[fence.resource].stop
+        if held is not None and stop is not None and not held.task.done():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop(held.task), self.settings.lease_s)
+        if held is not None and not held.task.done():
+            held.task.cancel()
+        if held is not None:
+            await asyncio.gather(held.task, return_exceptions=True)
+        if self.running.get(fence.resource) is held:
+            del self.running[fence.resource]
+        try:
+            released = await self._call(self.db.release, fence)
+        except StoreUnavailable:
+            released = False
+        log.info("group: handed %s over in %.1fs%s", fence.describe(),
+                 time.monotonic() - started, "" if released else
+                 " (not released: it expires by itself)")
+        self._wake.set()
 
     def _reap(self) -> None:
         """Forget work that ended because its lease was lost (its write was refused)."""
@@ -225,6 +253,9 @@ class GroupMember:
         held = self.running.pop(resource, None)
         if held is None:
             return
+        if held.handover is not None:
+            held.handover.cancel()
+            await asyncio.gather(held.handover, return_exceptions=True)
         stop = self.work[resource].stop
         if graceful and stop is not None and not held.task.done():
             await stop(held.task)
@@ -237,8 +268,9 @@ class GroupMember:
         log.info("group: stopped %s", held.fence.describe())
 
     async def leave(self) -> None:
-        """Stop all work gracefully, release every lease, delete the member row."""
-        for resource in sorted(self.running):
+        """Stop all work gracefully (adapters first, the relay last, so it publishes
+        what they committed), release every lease, delete the member row."""
+        for resource in sorted(self.running, key=lambda r: (r == RELAY_RESOURCE, r)):
             fence = self.running[resource].fence
             await self._stop(resource, graceful=True)
             with contextlib.suppress(StoreUnavailable, OSError):
@@ -261,25 +293,12 @@ class GroupMember:
     def snapshot(self) -> dict[str, Any]:
         """Members, leases and this member's work, for ``status`` and ``/status``."""
         rows = self.seen.rows
-        return {
-            "member_id": self.me,
-            "lease_s": self.settings.lease_s,
-            "renew_every_s": self.settings.renew_every_s,
-            "members": [] if rows is None else [
-                {"member_id": m.member_id, "host": m.host, "pid": m.pid, "live": m.live,
-                 "heartbeat_age_s": round(m.heartbeat_age_s, 1)} for m in rows.members],
-            "leases": [] if rows is None else [
-                {"resource": r.resource, "owner": r.owner if r.held else None,
-                 "epoch": r.epoch, "held": r.held,
-                 "age_s": None if r.acquired_age_s is None else round(r.acquired_age_s, 1),
-                 "renewed_age_s": None if r.renewed_age_s is None
-                 else round(r.renewed_age_s, 1),
-                 "expires_in_s": None if r.expires_in_s is None
-                 else round(r.expires_in_s, 1),
-                 "assigned_to": self.seen.assignment.get(r.resource)}
-                for r in rows.leases],
-            "mine": sorted(self.running),
-        }
+        view = rows.as_dict() if rows is not None else {"members": [], "leases": []}
+        for lease in view["leases"]:
+            lease["assigned_to"] = self.seen.assignment.get(lease["resource"])
+        return {"member_id": self.me, "lease_s": self.settings.lease_s,
+                "renew_every_s": self.settings.renew_every_s, **view,
+                "mine": sorted(self.running)}
 
     def _publish_metrics(self) -> None:
         rows = self.seen.rows

@@ -8,6 +8,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
+from cdc_bridge.cli.group_status import render_group
 from cdc_bridge.config import parse_config
 from cdc_bridge.daemon.group_plan import assign, failover_bound_s, plan_round, rank
 from cdc_bridge.daemon.instance import GROUP_HINT, SQLITE_HINT, Holder, state_dir_message
@@ -146,3 +147,19 @@ def test_refusals_say_how_to_run_several_daemons() -> None:
                              SQLITE_HINT)
     assert "stop it first; the SQLite outbox serves one daemon" in text
     assert "group.enabled: true" in GROUP_HINT
+
+
+def test_status_lines_name_members_owners_epochs_and_ages() -> None:
+    group = {"members": [{"member_id": "a", "host": "h1", "pid": 7, "live": True,
+                          "heartbeat_age_s": 1.2},
+                         {"member_id": "b", "host": "h2", "pid": 8, "live": False,
+                          "heartbeat_age_s": 40.0}],
+             "leases": [{"resource": "erp", "owner": "a", "epoch": 3, "age_s": 12.5,
+                         "expires_in_s": 8.1},
+                        {"resource": "_relay", "owner": None, "epoch": 2, "age_s": None,
+                         "expires_in_s": None}]}
+    lines = render_group(group, "a")
+    assert lines[0] == "group: 1 live member(s), this daemon is a"
+    assert "  member b: gone, pid 8 on h2, heartbeat 40.0s ago" in lines
+    assert "  lease erp: a, epoch 3, held 12.5s, expires in 8.1s" in lines
+    assert "  lease _relay: free (epoch 2)" in lines
