@@ -26,6 +26,13 @@ stops the second one before it touches anything:
   by the random token, which two daemons never share even as pid 1 of same-named
   containers) is not a rival: that session is terminated and the lock taken again.
 
+Group mode (``group.enabled``, :mod:`cdc_bridge.daemon.group`): several daemons share
+the outbox on purpose, so the schema lock is taken in its *shared* form: every member
+holds it at once, and it still keeps out a daemon without group mode (and a member
+meets the exclusive lock of such a daemon), so the two kinds never run on one outbox.
+The refusals end with a hint: how to run several daemons (a SQLite outbox cannot; a
+PostgreSQL one needs ``group.enabled`` on every daemon).
+
 Read-only commands (``status``, ``tail``, ``snapshot``, ``replay``, ``outbox ...``)
 never take these locks. The first part of the module is pure (holder text, messages,
 the lock key); the I/O classes follow.
