@@ -212,10 +212,8 @@ class GroupMember:
         if held is not None and stop is not None and not held.task.done():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop(held.task), self.settings.lease_s)
-        if held is not None and not held.task.done():
-            held.task.cancel()
         if held is not None:
-            await asyncio.gather(held.task, return_exceptions=True)
+            await _cancel(held.task)
         if self.running.get(fence.resource) is held:
             del self.running[fence.resource]
         try:
@@ -259,12 +257,9 @@ class GroupMember:
         stop = self.work[resource].stop
         if graceful and stop is not None and not held.task.done():
             await stop(held.task)
-        if not held.task.done():
-            held.task.cancel()
-        results = await asyncio.gather(held.task, return_exceptions=True)
-        for result in results:
-            if isinstance(result, FatalError) and not isinstance(result, LeaseLost):
-                raise result
+        result = await _cancel(held.task)
+        if isinstance(result, FatalError) and not isinstance(result, LeaseLost):
+            raise result
         log.info("group: stopped %s", held.fence.describe())
 
     async def leave(self) -> None:
@@ -312,3 +307,17 @@ class GroupMember:
             metrics.GROUP_LEASE_HELD_HERE.labels(r.resource).set(
                 1 if r.resource in self.running else 0)
             metrics.set_lease_owner(r.resource, r.owner if r.held and r.owner else "")
+
+
+async def _cancel(task: asyncio.Task[None]) -> BaseException | None:
+    """Cancel ``task`` until it ends (a cancellation can be swallowed by a ``wait_for``
+    that meets a completion, Python 3.11), then return its exception, if any."""
+    tries = 0
+    while not task.done():
+        if tries:
+            log.info("group: %s did not end on cancellation; cancelling again",
+                     task.get_name())
+        tries += 1
+        task.cancel()
+        await asyncio.wait({task}, timeout=1.0)
+    return None if task.cancelled() else task.exception()
