@@ -48,6 +48,7 @@ from tests.services.mariadb import MariaDBServer
 from tests.services.nats_server import NatsServer
 from tests.services.ports import free_port
 from tests.services.postgres import PostgresServer
+from tests.test_instance_lock import bridge_config, make_source, refused, wait_running
 
 KEYS = 20
 LEASE_S = 10.0
@@ -468,3 +469,41 @@ def test_a_stale_fence_writes_nothing_and_a_takeover_waits_for_a_fenced_write(
     finally:
         db.close()
         store.close()
+
+
+# -- group members and a daemon without group mode never share an outbox -----------------
+
+
+def test_group_members_and_a_single_daemon_never_share_an_outbox(
+        tmp_path: Path, nats_server: NatsServer, postgres_server: PostgresServer) -> None:
+    schema = f"grp_mix_{uuid.uuid4().hex[:8]}"
+    url = f"{postgres_server.dsn}?schema={schema}"
+    db = tmp_path / "legacy.db"
+    make_source(db)
+    nats = {"url": nats_server.url}
+
+    def config(name: str, group: bool) -> Path:
+        path = bridge_config(tmp_path / f"{name}.yaml", db, tmp_path / f"state-{name}", nats,
+                             url)
+        if group:
+            text = path.read_text() + "group: {enabled: true}\n"
+            path.write_text(text)
+        return path
+
+    def refusal(running_in_group: bool) -> str:
+        """Start a daemon, then one of the other kind: the second's refusal."""
+        tag = "group" if running_in_group else "single"
+        first = BridgeProcess(config(f"{tag}-first", running_in_group),
+                              tmp_path / f"{tag}-first.log")
+        first.start()
+        wait_running(first)
+        second = BridgeProcess(config(f"{tag}-second", not running_in_group),
+                               tmp_path / f"{tag}-second.log")
+        second.start()
+        log = refused(second)
+        assert f"is running with outbox schema {schema}" in log
+        assert first.terminate() == 0
+        return log
+
+    assert "group members and a daemon without group.enabled cannot share" in refusal(False)
+    assert "set group.enabled: true on every one of them" in refusal(True)

@@ -167,9 +167,10 @@ class GroupMember:
                               os.getpid(), lease)
         if not ok:
             if not self._in_use_logged:
-                log.error("group: member id %s is in use by another live process; "
-                          "waiting until its row expires (give each daemon its own "
-                          "group.member_id)", self.me)
+                log.warning("group: member id %s has a live heartbeat from another process "
+                            "(this member's previous process, killed less than a lease ago, "
+                            "or another daemon with the same group.member_id): waiting "
+                            "until it expires", self.me)
             self._in_use_logged = True
             return
         self._in_use_logged = False
