@@ -48,7 +48,14 @@ from tests.services.mariadb import MariaDBServer
 from tests.services.nats_server import NatsServer
 from tests.services.ports import free_port
 from tests.services.postgres import PostgresServer
-from tests.test_instance_lock import bridge_config, make_source, refused, wait_running
+from tests.test_instance_lock import (
+    bridge_config,
+    insert_rows,
+    make_source,
+    refused,
+    wait_ids,
+    wait_running,
+)
 
 KEYS = 20
 LEASE_S = 10.0
@@ -514,3 +521,44 @@ def test_group_members_and_a_single_daemon_never_share_an_outbox(
 
     assert "group members and a daemon without group.enabled cannot share" in refusal(False)
     assert "set group.enabled: true on every one of them" in refusal(True)
+
+
+# -- the outbox database restarted under a group -------------------------------------------
+
+
+def test_outbox_outage_shorter_than_the_lease_keeps_every_owner(
+        tmp_path: Path, nats_server: NatsServer, fresh_postgres: PostgresServer) -> None:
+    db = tmp_path / "legacy.db"
+    make_source(db)
+    insert_rows(db, 1, 100)
+    members = []
+    for name in ("a", "b"):
+        path = bridge_config(tmp_path / f"{name}.yaml", db, tmp_path / f"state-{name}",
+                             {"url": nats_server.url}, fresh_postgres.dsn)
+        path.write_text(path.read_text() + f"group: {{enabled: true, member_id: {name}}}\n")
+        member = BridgeProcess(path, tmp_path / f"{name}.log")
+        member.start()
+        members.append(member)
+
+    def leases() -> dict[str, tuple[str, int]]:
+        with psycopg.connect(fresh_postgres.dsn, autocommit=True) as c:
+            try:
+                rows = c.execute("SELECT resource, owner, epoch FROM cdc_bridge.leases"
+                                 " WHERE expires_at > clock_timestamp()").fetchall()
+            except psycopg.errors.UndefinedTable:
+                return {}  # no member has created the tables yet
+        return {r: (o, int(e)) for r, o, e in rows}
+
+    want = assign(("erp", RELAY_RESOURCE), {"a", "b"})
+    before = wait_for(lambda: (held := leases()) and {r: o for r, (o, _) in held.items()}
+                      == want and held, timeout_s=60, what=f"owners {want}")
+    wait_ids(nats_server.url, 100)
+    fresh_postgres.stop()  # down for about 5 s: less than what is left of any lease
+    time.sleep(4)
+    fresh_postgres.start()
+    insert_rows(db, 101, 200)
+    assert wait_ids(nats_server.url, 200) == list(range(1, 201))
+    assert leases() == before, "a short outbox outage must not move any lease"
+    assert any("group: round failed" in m.log() for m in members), "no round met the outage"
+    for m in members:
+        assert m.terminate() == 0, m.log()[-3000:]
