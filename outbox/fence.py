@@ -6,9 +6,12 @@ adapter, and the relay, is owned by one member at a time through a lease
 hands, so ``(resource, owner, epoch)`` is a fencing token: a write carrying it is
 allowed only while that row still says so *and* the lease has not expired by the
 database's clock. The check runs inside the write's transaction and locks the lease
-row (``FOR SHARE``), so a takeover (an ``UPDATE`` of that row) waits for a write that
-passed the check to commit, and a write that comes after a takeover fails: a paused or
-cut-off member (a zombie) cannot commit anything once another owns its resource.
+row ``FOR KEY SHARE``. A takeover first locks the row ``FOR UPDATE``
+(:meth:`cdc_bridge.outbox.leases.LeaseDb.acquire`), which waits for a write that passed
+the check to commit, and a write that comes after a takeover fails: a paused or
+cut-off member (a zombie) cannot commit anything once another owns its resource. A
+renewal (an ``UPDATE`` of non-key columns) does not conflict with ``FOR KEY SHARE``, so
+the owner's own writes never hold its renewals back.
 
 A failed check raises :class:`LeaseLost`. It is a :class:`FatalError` for the retry
 loops (retrying a write with a stale token is pointless) but the daemon catches it for
@@ -47,7 +50,7 @@ class Fence:
 
 
 _CHECK = ("SELECT 1 FROM {s}.leases WHERE resource = %s AND owner = %s AND epoch = %s"
-          " AND expires_at > clock_timestamp() FOR SHARE")
+          " AND expires_at > clock_timestamp() FOR KEY SHARE")
 
 
 def check_fence(cur: Cursor[Any], schema: sql.Identifier, fence: Fence) -> None:

@@ -108,15 +108,25 @@ class GroupRows:
         }
 
 
+def outbox_application_name(member_id: str) -> str:
+    """The ``application_name`` of a member's outbox sessions (as PostgreSQL keeps it)."""
+    return f"cdc-bridge-outbox {member_id}"[:63]
+
+
+def with_query(url: str, key: str, value: str) -> str:
+    """``url`` with the query parameter ``key`` set to ``value`` (replacing it)."""
+    parts = urlsplit(url)
+    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != key]
+    query.append((key, value))
+    return urlunsplit(parts._replace(query=urlencode(query, quote_via=quote)))
+
+
 def with_session_options(url: str, options: dict[str, str]) -> str:
     """``url`` with ``-c name=value`` settings added to its libpq ``options``."""
-    parts = urlsplit(url)
-    query = parse_qsl(parts.query, keep_blank_values=True)
+    query = parse_qsl(urlsplit(url).query, keep_blank_values=True)
     given = " ".join(v for k, v in query if k == "options")
     extra = " ".join(f"-c {k}={v}" for k, v in options.items())
-    rest = [(k, v) for k, v in query if k != "options"]
-    rest.append(("options", f"{given} {extra}".strip()))
-    return urlunsplit(parts._replace(query=urlencode(rest, quote_via=quote)))
+    return with_query(url, "options", f"{given} {extra}".strip())
 
 
 class LeaseDb:
@@ -200,6 +210,20 @@ class LeaseDb:
 
         return self._run(do)
 
+    def end_sessions(self, application_names: list[str]) -> int:
+        """Terminate the outbox sessions of members that are gone (expired): a process
+        paused in the middle of a commit keeps its locks (the ``seq`` row, its lease row)
+        for as long as it is paused, and no server timeout ends a ``COPY`` waiting for
+        its data. Returns how many sessions were ended."""
+        def do(conn: psycopg.Connection[Any]) -> int:
+            rows = conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                " AND application_name = ANY(%s)", (application_names,)).fetchall()
+            return sum(1 for (ok,) in rows if ok)
+
+        return self._run(do)
+
     def leave(self, member_id: str, token: str) -> None:
         """Delete this member's row (a clean stop: the others rebalance at once)."""
         self._run(lambda conn: conn.execute(self._q(
@@ -232,19 +256,33 @@ class LeaseDb:
     # -- leases -----------------------------------------------------------------------
 
     def acquire(self, resource: str, owner: str, ttl_s: float) -> int | None:
-        """Take ``resource`` if it is free or expired: its new epoch, else ``None``."""
+        """Take ``resource`` if it is free or expired: its new epoch, else ``None``.
+
+        The row is locked ``FOR UPDATE`` first: that waits for a fenced write of the
+        previous owner still in progress (``lock_timeout``: then ``None``, next round)."""
         def do(conn: psycopg.Connection[Any]) -> int | None:
-            row = conn.execute(self._q(
-                "INSERT INTO {s}.leases AS l (resource, owner, epoch, acquired_at, renewed_at,"
-                " expires_at) VALUES (%s, %s, 1, clock_timestamp(), clock_timestamp(),"
-                " clock_timestamp() + %s * interval '1 second')"
-                " ON CONFLICT (resource) DO UPDATE SET owner = excluded.owner,"
-                " epoch = l.epoch + 1, acquired_at = excluded.acquired_at,"
-                " renewed_at = excluded.renewed_at, expires_at = excluded.expires_at"
-                " WHERE l.owner IS NULL OR l.expires_at IS NULL"
-                " OR l.expires_at <= clock_timestamp()"
-                " RETURNING epoch"), (resource, owner, ttl_s)).fetchone()
-            return None if row is None else int(row[0])
+            with conn.transaction():
+                row = conn.execute(self._q(
+                    "SELECT owner IS NULL OR expires_at IS NULL"
+                    " OR expires_at <= clock_timestamp() FROM {s}.leases"
+                    " WHERE resource = %s FOR UPDATE"), (resource,)).fetchone()
+                if row is None:
+                    got = conn.execute(self._q(
+                        "INSERT INTO {s}.leases (resource, owner, epoch, acquired_at,"
+                        " renewed_at, expires_at) VALUES (%s, %s, 1, clock_timestamp(),"
+                        " clock_timestamp(), clock_timestamp() + %s * interval '1 second')"
+                        " ON CONFLICT (resource) DO NOTHING RETURNING epoch"),
+                        (resource, owner, ttl_s)).fetchone()
+                elif row[0]:
+                    got = conn.execute(self._q(
+                        "UPDATE {s}.leases SET owner = %s, epoch = epoch + 1,"
+                        " acquired_at = clock_timestamp(), renewed_at = clock_timestamp(),"
+                        " expires_at = clock_timestamp() + %s * interval '1 second'"
+                        " WHERE resource = %s RETURNING epoch"),
+                        (owner, ttl_s, resource)).fetchone()
+                else:
+                    got = None
+            return None if got is None else int(got[0])
 
         try:
             return self._run(do)

@@ -29,6 +29,7 @@ from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import psycopg
 from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
 
 from cdc_bridge.outbox.base import OutboxMessage, PendingRow, StoreStats, StoreUnavailable
 from cdc_bridge.outbox.fence import Fence, check_fence
@@ -81,6 +82,8 @@ class PostgresStore:
 
     def __init__(self, url: str, connect_timeout_s: int = 10) -> None:
         self._dsn, self.schema = split_url(url)
+        #: ``application_name`` from the URL if it names one (group mode names members).
+        self._app = conninfo_to_dict(self._dsn).get("application_name") or "cdc-bridge-outbox"
         self._timeout = connect_timeout_s
         self._s = sql.Identifier(self.schema)
         self._local = threading.local()
@@ -94,7 +97,7 @@ class PostgresStore:
         conn: psycopg.Connection[Any] | None = getattr(self._local, "conn", None)
         if conn is None or conn.closed:
             conn = psycopg.connect(self._dsn, autocommit=True, connect_timeout=self._timeout,
-                                   application_name="cdc-bridge-outbox")
+                                   application_name=self._app)
             self._local.conn = conn
             with self._lock:
                 self._all.append(conn)

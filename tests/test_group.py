@@ -5,13 +5,16 @@ database, a logical-replication source in another), MariaDB (an ``sql_poll`` sou
 nats-server. Every member reaches the outbox through a TCP proxy of its own
 (:class:`bench.soak.proxy.FaultProxy`), so the path of one member can be cut alone.
 Writers change both sources all along, while the test, in order: kills -9 the owner of
-the PostgreSQL adapter and restarts it; pauses (SIGSTOP) the owner of the MariaDB
-adapter for longer than the lease, then resumes it (it must commit nothing, log the
-lost lease and rejoin); cuts the outbox path of the owner of the PostgreSQL adapter for
-longer than the lease; restarts every member in turn; adds a fourth member and removes
-it. Then, from the stream: every change exactly once, per-key order, final state equal
-to the sources. The failover time of each fault (fault -> another member holds the
-lease and has committed a batch of that adapter) is printed, and bounded.
+the PostgreSQL adapter and restarts it; pauses (SIGSTOP) the owners of the PostgreSQL
+adapter and of the relay for longer than the lease, then resumes them (they must commit
+nothing, log the lost lease and rejoin); cuts the outbox path of the owner of the
+PostgreSQL adapter for longer than the lease; restarts every member in turn; adds a
+member that takes an adapter over, then removes it. Then, from the stream: every change
+exactly once, per-key order, final state equal to the sources. The failover time of
+each fault (fault -> another member holds the lease and has committed a batch of that
+adapter; for the relay, the stream grows again) is printed, and bounded. Further tests:
+the fence on a real PostgreSQL, group members and a single daemon refusing each other,
+an outbox outage shorter than the lease.
 
 Default group settings (lease 10s, renew every 3s): the times are the real ones.
 """
@@ -138,6 +141,12 @@ class Env:
         found: tuple[str, int] = wait_for(lambda: self.leases().get(resource), timeout_s=60,
                                           what=f"an owner of {resource}")
         return found[0]
+
+    def slot_active(self, slot: str) -> bool:
+        with psycopg.connect(self.pg_src, autocommit=True) as c:
+            row = c.execute("SELECT active FROM pg_replication_slots WHERE slot_name = %s",
+                            (slot,)).fetchone()
+        return bool(row and row[0])
 
     def committed_ms(self, adapter: str) -> int:
         rows = self.query("SELECT updated_ms FROM cdc_bridge.checkpoints WHERE adapter = %s",
@@ -346,10 +355,14 @@ def test_three_members_share_capture_and_survive_faults(env: Env) -> None:
     env.start(victim)
     env.settled({"m1", "m2", "m3"})
 
-    # 2. SIGSTOP, for longer than the lease, of the owners of the MariaDB adapter and of
-    # the relay at once (the relay's child process is not stopped: it must stop
-    # publishing by itself when its reads are refused)
-    zombies = [env.members[env.owner("erp")], env.members[env.owner(RELAY_RESOURCE)]]
+    # 2. SIGSTOP, for longer than the lease, of the owners of the PostgreSQL adapter and of
+    # the relay at once. The paused owner still holds the replication slot (its
+    # walsender lives on): the new owner must end that session to start. The relay's
+    # child process is not paused: it must stop publishing by itself when its reads are
+    # refused.
+    zombies = [env.members[env.owner("shop")], env.members[env.owner(RELAY_RESOURCE)]]
+    wait_for(lambda: env.slot_active("cdc_bridge_shop"), timeout_s=30,
+             what="the PostgreSQL adapter's owner to stream from its slot")
     assert zombies[0] is not zombies[1]
     marks = [len(z.proc.log()) for z in zombies]
     t0 = time.monotonic()
@@ -358,8 +371,10 @@ def test_three_members_share_capture_and_survive_faults(env: Env) -> None:
         os.kill(z.proc.proc.pid, signal.SIGSTOP)
     with ThreadPoolExecutor(2) as pool:
         took = list(pool.map(lambda rz: env.failover("SIGSTOP > lease", rz[0], rz[1].name, t0),
-                             zip(("erp", RELAY_RESOURCE), zombies, strict=True)))
+                             zip(("shop", RELAY_RESOURCE), zombies, strict=True)))
     assert max(took) < FAILOVER_BOUND_S
+    taker = env.members[env.owner("shop")]
+    assert "ended the session (backend pid" in taker.proc.log(), taker.proc.log()[-3000:]
     time.sleep(max(0.0, LEASE_S + 4 - (time.monotonic() - t0)))
     for z in zombies:
         assert z.proc.proc is not None
@@ -467,14 +482,16 @@ def test_a_stale_fence_writes_nothing_and_a_takeover_waits_for_a_fenced_write(
             store.remove(2, fence=relay)
         assert store.stats().pending == 2
 
-        # a fenced write in progress holds the lease row: a takeover waits for it
+        # a fenced write in progress holds the lease row: a takeover waits for it, the
+        # owner's renewals and its release do not
         with psycopg.connect(outbox_url) as writer:
             writer.execute("SELECT 1 FROM cdc_bridge.leases WHERE resource = 'erp'"
-                           " AND owner = 'b' AND epoch = 2 FOR SHARE")
-            assert not db.release(new)  # not while the write holds the row
+                           " AND owner = 'b' AND epoch = 2 FOR KEY SHARE")
+            assert db.renew(new, 10.0)
+            assert db.release(new)
             assert db.acquire("erp", "c", 10.0) is None
             writer.commit()
-        assert db.release(new) and db.acquire("erp", "c", 10.0) == 3
+        assert db.acquire("erp", "c", 10.0) == 3
 
         # one member id, two live processes: the second is told
         assert db.heartbeat("m", "token-1", "h", 1, 10.0)

@@ -78,7 +78,11 @@ from cdc_bridge.daemon.supervisor import supervise
 from cdc_bridge.kernel.errors import FatalError
 from cdc_bridge.outbox.factory import open_store
 from cdc_bridge.outbox.fence import RELAY_RESOURCE, Fence, LeaseLost
-from cdc_bridge.outbox.leases import with_session_options
+from cdc_bridge.outbox.leases import (
+    outbox_application_name,
+    with_query,
+    with_session_options,
+)
 from cdc_bridge.outbox.runner import AsyncStore
 from cdc_bridge.outbox.writer import OutboxWriter
 from cdc_bridge.relay.tracing import Tracing
@@ -113,6 +117,8 @@ class Daemon:
         self.http: HttpServer | None = None
         self.instance: InstanceGuard | None = None
         self.group: GroupMember | None = None
+        #: Group mode: this daemon's member id (its outbox sessions are named after it).
+        self.member_id = config.group.member_id or default_member_id()
         self.probe: NatsProbe | None = None
         self._outbox: dict[str, Any] = {}
         self._redactor = RedactingFilter(config.secrets)
@@ -281,18 +287,20 @@ class Daemon:
     # -- group mode -------------------------------------------------------------------
 
     def _outbox_url(self) -> str:
-        """The outbox URL; in group mode with a bound on a transaction left open by a
-        paused process (it would hold the lease row and the ``seq`` row)."""
+        """The outbox URL; in group mode its sessions are named after the member (so the
+        others can end them once it is gone: a paused process would hold the ``seq`` row
+        and its lease row) and a transaction left idle is bounded."""
         url = self.config.outbox_url()
         if not self.config.group.enabled:
             return url
         idle_ms = int(self.config.group.lease * 500)
+        url = with_query(url, "application_name", outbox_application_name(self.member_id))
         return with_session_options(url, {"idle_in_transaction_session_timeout":
                                           str(idle_ms)})
 
     def _make_group(self, outbox_url: str, context: AdapterContext) -> GroupMember:
         g = self.config.group
-        settings = GroupSettings(g.member_id or default_member_id(), g.lease, g.renew_every)
+        settings = GroupSettings(self.member_id, g.lease, g.renew_every)
         work = {a.name: Work(functools.partial(self._owned_adapter, a, context))
                 for a in self.config.adapter_configs}
         work[RELAY_RESOURCE] = Work(self._owned_relay, self._stop_relay)

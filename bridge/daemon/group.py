@@ -41,7 +41,7 @@ from cdc_bridge.daemon.group_plan import assign, plan_round
 from cdc_bridge.kernel.errors import FatalError
 from cdc_bridge.outbox.base import StoreUnavailable
 from cdc_bridge.outbox.fence import RELAY_RESOURCE, Fence, LeaseLost
-from cdc_bridge.outbox.leases import GroupRows, LeaseDb
+from cdc_bridge.outbox.leases import GroupRows, LeaseDb, outbox_application_name
 
 log = logging.getLogger("cdc_bridge.group")
 _T = TypeVar("_T")
@@ -176,6 +176,7 @@ class GroupMember:
         self._in_use_logged = False
         rows = await self._call(self.db.rows)
         live = [m.member_id for m in rows.members if m.live]
+        await self._end_sessions_of_gone(rows)
         assignment = assign(self.work, live)
         plan = plan_round(self.me, {r: h.fence for r, h in self.running.items()},
                           rows.leases, assignment, live)
@@ -203,6 +204,17 @@ class GroupMember:
             epoch = await self._call(self.db.acquire, resource, self.me, lease)
             if epoch is not None:
                 self._start(resource, Fence(resource, self.me, epoch))
+
+    async def _end_sessions_of_gone(self, rows: GroupRows) -> None:
+        """End the outbox sessions of expired members (see ``LeaseDb.end_sessions``)."""
+        gone = [m.member_id for m in rows.members if not m.live and m.member_id != self.me]
+        if not gone:
+            return
+        ended = await self._call(self.db.end_sessions,
+                                 [outbox_application_name(m) for m in gone])
+        if ended:
+            log.warning("group: ended %d outbox session(s) left by member(s) %s, gone "
+                        "(expired)", ended, ", ".join(gone))
 
     async def _hand_over(self, fence: Fence) -> None:
         """Stop the work gracefully (its last batch committed, the source closed) while
