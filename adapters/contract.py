@@ -166,6 +166,19 @@ class SupportsReset(Protocol):
 
 
 @runtime_checkable
+class SupportsTakeover(Protocol):
+    """Optional (group mode, docs/group.md): the daemon has just taken this source over
+    from another member, which may still hold a session the source allows only once
+    (a replication slot): end that session so capture can start now rather than when
+    the source times it out. Called before ``changes`` while the new lease holds; the
+    old member's writes are refused by the outbox (fencing) whatever it still reads."""
+
+    async def take_over(self) -> list[str]:
+        """End other sessions on this source's exclusive resources; one line per action."""
+        ...
+
+
+@runtime_checkable
 class SupportsSnapshot(Protocol):
     """Optional: re-snapshot tables on demand (``cdc-bridge snapshot``, ``POST /snapshot``)."""
 

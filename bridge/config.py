@@ -28,7 +28,7 @@ from pydantic import Field, PrivateAttr, ValidationError, model_validator
 from cdc_bridge.adapters.contract import AdapterConfig
 from cdc_bridge.adapters.registry import REGISTRY
 from cdc_bridge.kernel.errors import ConfigError
-from cdc_bridge.kernel.model import StrictModel
+from cdc_bridge.kernel.model import Duration, StrictModel
 from cdc_bridge.kernel.subject_check import check_subjects
 from cdc_bridge.relay.settings import (
     EmbeddedNats,
@@ -64,6 +64,31 @@ class LogConfig(StrictModel):
     format: str = Field(default="text", pattern="^(text|json)$")
 
 
+class GroupConfig(StrictModel):
+    """Group mode (docs/group.md): several daemons on one PostgreSQL outbox share the
+    adapters and the relay through leases. Off: a second daemon on the same outbox
+    refuses to start."""
+
+    #: Join the group of daemons on this outbox (needs ``outbox.url: postgresql://``).
+    enabled: bool = False
+    #: How long a lease (and a member's heartbeat) lasts without renewal, by the
+    #: database clock: the longest a resource of a dead member stays unowned is about
+    #: ``lease + renew_every``.
+    lease: Duration = 10.0
+    #: How often a member heartbeats, renews its leases and rebalances.
+    renew_every: Duration = 3.0
+    #: This daemon's id in the group; default ``<hostname>-<random>``, new at each start.
+    member_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.:-]{1,60}$")
+
+    @model_validator(mode="after")
+    def _renew_within_lease(self) -> GroupConfig:
+        if self.lease < 2.0:
+            raise ValueError("group.lease: at least 2s")
+        if not 0.1 <= self.renew_every <= self.lease / 2:
+            raise ValueError("group.renew_every: between 100ms and half of group.lease")
+        return self
+
+
 def _adapter_union() -> Any:
     models = tuple(t.config_model for t in REGISTRY.values())
     if len(models) == 1:
@@ -82,6 +107,8 @@ class BridgeConfig(StrictModel):
     http: HttpConfig = HttpConfig()
     #: OpenTelemetry spans over OTLP (off by default; docs/tracing.md).
     tracing: TracingConfig = TracingConfig()
+    #: Group mode: several daemons on one PostgreSQL outbox (off by default; docs/group.md).
+    group: GroupConfig = GroupConfig()
     adapters: list[AdapterConfigUnion] = Field(default_factory=list)  # type: ignore[valid-type]
     _secrets: frozenset[str] = PrivateAttr(default=frozenset())
 
@@ -106,6 +133,11 @@ class BridgeConfig(StrictModel):
             if name in seen:
                 problems.append(f"adapters[{i}].name: duplicate adapter name {name!r}")
             seen.add(name)
+        if self.group.enabled and not self.outbox_url().startswith(
+                ("postgresql://", "postgres://")):
+            problems.append("group.enabled: group mode needs a PostgreSQL outbox "
+                            "(outbox.url: postgresql://...); with the SQLite outbox the "
+                            "bridge runs as a single instance")
         if problems:
             raise ValueError("; ".join(problems))
         return self

@@ -92,6 +92,22 @@ TABLE_PAUSED = Gauge(
 SCHEMA_HELD = Gauge(
     "cdc_schema_held_rows", "Rows held in the outbox for a paused table",
     ["adapter", "table"], registry=REGISTRY)
+GROUP_MEMBERS = Gauge(
+    "cdc_group_members", "Live members of the group (group mode; docs/group.md)",
+    registry=REGISTRY)
+GROUP_LEASE_EPOCH = Gauge(
+    "cdc_group_lease_epoch", "Epoch of the resource's lease (grows at each change of hands)",
+    ["resource"], registry=REGISTRY)
+GROUP_LEASE_AGE = Gauge(
+    "cdc_group_lease_age_seconds", "Seconds since the resource's lease was last taken",
+    ["resource"], registry=REGISTRY)
+GROUP_LEASE_HELD_HERE = Gauge(
+    "cdc_group_lease_held", "1 while this member holds the resource's lease",
+    ["resource"], registry=REGISTRY)
+GROUP_LEASE_OWNER = Gauge(
+    "cdc_group_lease_owner_info", "1 for the resource's current owner (member id; "
+    "empty: free)", ["resource", "owner"], registry=REGISTRY)
+_LEASE_OWNERS: dict[str, str] = {}
 BUILD_INFO = Info("cdc_build", "cdc-bridge version and Python", registry=REGISTRY)
 
 
@@ -106,6 +122,15 @@ BUILD_INFO.info({"version": _version(), "python": platform.python_version()})
 
 #: Stages of :data:`DEAD_LETTERS`.
 DEAD_LETTER_STAGES = ("capture", "publish")
+
+
+def set_lease_owner(resource: str, owner: str) -> None:
+    """One ``cdc_group_lease_owner_info`` series per resource: its current owner."""
+    previous = _LEASE_OWNERS.get(resource)
+    if previous is not None and previous != owner:
+        GROUP_LEASE_OWNER.remove(resource, previous)
+    _LEASE_OWNERS[resource] = owner
+    GROUP_LEASE_OWNER.labels(resource, owner).set(1)
 
 
 def init_adapter_series(adapter: str) -> None:

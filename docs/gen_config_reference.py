@@ -424,7 +424,7 @@ In the tables below, *unset* means the key is absent (null); *(see below)* means
 nested block with its own table.
 """
 
-SECTIONS = ["nats", "outbox", "log", "http", "tracing"]
+SECTIONS = ["nats", "outbox", "log", "http", "tracing", "group"]
 DOCS = Path(__file__).resolve().parent
 README = DOCS.parent / "README.md"
 #: The README's source table sits between these two lines and is generated.

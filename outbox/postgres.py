@@ -25,10 +25,11 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import psycopg
 from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
 
 from cdc_bridge.outbox.base import (
     HeldRow,
@@ -38,6 +39,7 @@ from cdc_bridge.outbox.base import (
     StoreStats,
     StoreUnavailable,
 )
+from cdc_bridge.outbox.fence import Fence, check_fence
 
 DEFAULT_SCHEMA = "cdc_bridge"
 _IDENT = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
@@ -99,7 +101,7 @@ def split_url(url: str) -> tuple[str, str]:
             rest.append((key, value))
     if not _IDENT.match(schema):
         raise ValueError("outbox.url: schema must be a lower-case identifier [a-z_][a-z0-9_]*")
-    return urlunsplit(parts._replace(query=urlencode(rest))), schema
+    return urlunsplit(parts._replace(query=urlencode(rest, quote_via=quote))), schema
 
 
 class PostgresStore:
@@ -107,6 +109,8 @@ class PostgresStore:
 
     def __init__(self, url: str, connect_timeout_s: int = 10) -> None:
         self._dsn, self.schema = split_url(url)
+        #: ``application_name`` from the URL if it names one (group mode names members).
+        self._app = conninfo_to_dict(self._dsn).get("application_name") or "cdc-bridge-outbox"
         self._timeout = connect_timeout_s
         self._s = sql.Identifier(self.schema)
         self._local = threading.local()
@@ -120,7 +124,7 @@ class PostgresStore:
         conn: psycopg.Connection[Any] | None = getattr(self._local, "conn", None)
         if conn is None or conn.closed:
             conn = psycopg.connect(self._dsn, autocommit=True, connect_timeout=self._timeout,
-                                   application_name="cdc-bridge-outbox")
+                                   application_name=self._app)
             self._local.conn = conn
             with self._lock:
                 self._all.append(conn)
@@ -137,6 +141,16 @@ class PostgresStore:
                 self._local.conn = None
             cause = (str(e).strip().splitlines() or [""])[0].strip() or type(e).__name__
             raise StoreUnavailable(f"outbox database unavailable: {cause}") from e
+
+    def _fenced(self, conn: psycopg.Connection[Any], fence: Fence | None, query: sql.Composed,
+                args: tuple[Any, ...]) -> psycopg.Cursor[Any]:
+        """One statement; with a ``fence``, in a transaction that first checks it."""
+        if fence is None:
+            return conn.execute(query, args)
+        with conn.transaction():
+            cur = conn.cursor()
+            check_fence(cur, self._s, fence)
+            return cur.execute(query, args)
 
     def _q(self, text: str) -> sql.Composed:
         return sql.SQL(text).format(s=self._s)
@@ -157,10 +171,15 @@ class PostgresStore:
     def append(
         self, adapter: str, messages: list[OutboxMessage], checkpoint: dict[str, Any] | None,
         schemas: Sequence[SchemaState] = (), held: Sequence[HeldRow] = (),
+        *, fence: Fence | None = None,
     ) -> int:
+        """``fence`` (group mode): commit only while that lease holds, else
+        :class:`cdc_bridge.outbox.fence.LeaseLost` and nothing is written."""
         def do(conn: psycopg.Connection[Any]) -> int:
             now = int(time.time() * 1000)
             with conn.transaction(), conn.cursor() as cur:
+                if fence is not None:
+                    check_fence(cur, self._s, fence)
                 cur.execute(self._q("UPDATE {s}.store SET last_seq = last_seq + %s"
                                     " RETURNING last_seq"), (len(messages),))
                 row = cur.fetchone()
@@ -298,9 +317,10 @@ class PostgresStore:
 
         return self._run(do)
 
-    def pending(self, after_seq: int, limit: int) -> list[PendingRow]:
+    def pending(self, after_seq: int, limit: int, *, fence: Fence | None = None
+                ) -> list[PendingRow]:
         def do(conn: psycopg.Connection[Any]) -> list[PendingRow]:
-            rows = conn.execute(self._q(
+            rows = self._fenced(conn, fence, self._q(
                 "SELECT seq, msg_id, subject, payload, headers, created_ms FROM {s}.outbox"
                 " WHERE seq > %s ORDER BY seq LIMIT %s"), (after_seq, limit)).fetchall()
             return [PendingRow(seq, OutboxMessage(mid, subj, bytes(body), h, created))
@@ -308,10 +328,10 @@ class PostgresStore:
 
         return self._run(do)
 
-    def remove(self, up_to_seq: int) -> int:
+    def remove(self, up_to_seq: int, *, fence: Fence | None = None) -> int:
         def do(conn: psycopg.Connection[Any]) -> int:
-            cur = conn.execute(self._q("DELETE FROM {s}.outbox WHERE seq <= %s"), (up_to_seq,))
-            return cur.rowcount
+            return self._fenced(conn, fence, self._q("DELETE FROM {s}.outbox WHERE seq <= %s"),
+                                (up_to_seq,)).rowcount
 
         return self._run(do)
 

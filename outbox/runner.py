@@ -8,6 +8,7 @@ deletes), so a long append never delays publishing and vice versa. Every append 
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -20,6 +21,7 @@ from cdc_bridge.outbox.base import (
     SchemaState,
     StoreStats,
 )
+from cdc_bridge.outbox.fence import Fence
 
 
 class AsyncStore:
@@ -36,11 +38,17 @@ class AsyncStore:
     async def append(
         self, adapter: str, messages: list[OutboxMessage], checkpoint: dict[str, Any] | None,
         schemas: Sequence[SchemaState] = (), held: Sequence[HeldRow] = (),
+        *, fence: Fence | None = None,
     ) -> int:
+        """``fence`` (group mode; PostgreSQL stores only): see
+        :mod:`cdc_bridge.outbox.fence`."""
         loop = asyncio.get_running_loop()
-        seq = await loop.run_in_executor(
-            self._capture, self.store.append, adapter, messages, checkpoint, schemas, held
-        )
+        call = functools.partial(self.store.append, adapter, messages, checkpoint, schemas,
+                                 held)
+        if fence is not None:
+            call = functools.partial(self.store.append, adapter, messages, checkpoint,
+                                     schemas, held, fence=fence)  # type: ignore[call-arg]
+        seq = await loop.run_in_executor(self._capture, call)
         if messages or held:  # (held rows of a table released meanwhile become pending)
             self.appended.set()
         return seq

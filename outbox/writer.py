@@ -41,6 +41,7 @@ from cdc_bridge.kernel.tracecontext import (
     with_traceparent,
 )
 from cdc_bridge.outbox.base import HeldRow, OutboxMessage
+from cdc_bridge.outbox.fence import Fence
 from cdc_bridge.outbox.runner import AsyncStore
 from cdc_bridge.outbox.schema_tracker import ChangeListener, SchemaTracker
 
@@ -141,8 +142,10 @@ class OutboxWriter:
     def __init__(self, store: AsyncStore, adapter: str, prefix: str, *,
                  sample_ratio: float = 1.0, observer: CommitObserver | None = None,
                  subjects: SubjectRouter | None = None,
-                 schemas: SchemaSettings | None = None) -> None:
+                 schemas: SchemaSettings | None = None, fence: Fence | None = None) -> None:
         self.store = store
+        #: Group mode: the adapter's lease; a commit without it is refused.
+        self.fence = fence
         self.subjects = subjects
         self.adapter = adapter
         self.prefix = prefix
@@ -160,11 +163,12 @@ class OutboxWriter:
             return await self.store.append(
                 self.adapter,
                 encode_batch(batch, self.prefix, self.sample_ratio, self.subjects),
-                batch.checkpoint)
+                batch.checkpoint, fence=self.fence)
         received = time.time_ns()
         messages = encode_batch(batch, self.prefix, self.sample_ratio, self.subjects)
         encoded = time.time_ns()
-        seq = await self.store.append(self.adapter, messages, batch.checkpoint)
+        seq = await self.store.append(self.adapter, messages, batch.checkpoint,
+                                      fence=self.fence)
         observer.committed(self.adapter, batch, messages, received, encoded, time.time_ns())
         return seq
 
@@ -182,7 +186,7 @@ class OutboxWriter:
                                     tracker, held)
             encoded = time.time_ns()
             seq = await self.store.append(self.adapter, messages, batch.checkpoint,
-                                          tracker.take(), held)
+                                          tracker.take(), held, fence=self.fence)
         except BaseException:
             tracker.rolled_back()
             raise

@@ -271,3 +271,53 @@ def test_service_monitor_scrapes_the_metrics_service() -> None:
     assert "http" in port_names and monitor["spec"]["endpoints"][0]["path"] == "/metrics"
     kustomization = yaml.safe_load((DEPLOY / "k8s" / "kustomization.yaml").read_text())
     assert not any("secret" in r for r in kustomization["resources"])
+
+
+# -- group mode (docs/group.md) -----------------------------------------------------------
+
+
+def test_group_configs_validate_with_group_mode_on(tmp_path: Path) -> None:
+    cm = yaml.safe_load((DEPLOY / "k8s-group" / "configmap.yaml").read_text())
+    k8s = tmp_path / "k8s-group.yaml"
+    k8s.write_text(cm["data"]["bridge.yaml"])
+    for path in (DEPLOY / "compose" / "bridge.group.yaml", k8s):
+        result = subprocess.run(
+            [sys.executable, "-m", "cdc_bridge.cli", "validate", "-c", str(path)],
+            capture_output=True, text=True, timeout=60,
+            env={**os.environ, **SECRETS_ENV, "CDC_OUTBOX_PASSWORD": "x"})
+        assert result.returncode == 0, result.stderr
+        config = yaml.safe_load(path.read_text())
+        assert config["group"]["enabled"] is True
+        assert config["outbox"]["url"].startswith("postgresql://")
+    secret = yaml.safe_load((DEPLOY / "k8s" / "secret.example.yaml").read_text())
+    assert "CDC_OUTBOX_PASSWORD" in secret["stringData"]
+
+
+def test_group_overlay_runs_three_members_with_a_disruption_budget() -> None:
+    dep = yaml.safe_load((DEPLOY / "k8s-group" / "deployment.yaml").read_text())
+    pdb = yaml.safe_load((DEPLOY / "k8s-group" / "pdb.yaml").read_text())
+    assert dep["spec"]["replicas"] == 3
+    assert dep["spec"]["strategy"]["type"] == "RollingUpdate"
+    assert pdb["kind"] == "PodDisruptionBudget"
+    assert 1 <= pdb["spec"]["minAvailable"] < dep["spec"]["replicas"]
+    assert pdb["spec"]["selector"]["matchLabels"] == {"app.kubernetes.io/name": "cdc-bridge"}
+    compose = yaml.safe_load((DEPLOY / "compose" / "compose.group.yaml").read_text())
+    bridges = [s for s in compose["services"].values()
+               if any("bridge.group.yaml" in v for v in s.get("volumes", []))]
+    assert len(bridges) == 2
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="no kubectl")
+def test_group_overlay_builds() -> None:
+    result = subprocess.run(["kubectl", "kustomize", str(DEPLOY / "k8s-group")],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    docs = [d for d in yaml.safe_load_all(result.stdout) if d]
+    kinds = {d["kind"] for d in docs}
+    assert "PodDisruptionBudget" in kinds and "PersistentVolumeClaim" not in kinds
+    dep = next(d for d in docs if d["kind"] == "Deployment")
+    assert dep["spec"]["replicas"] == 3
+    volumes = {v["name"]: v for v in dep["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["state"] == {"name": "state", "emptyDir": {}}
+    cm = next(d for d in docs if d["kind"] == "ConfigMap" and "bridge.yaml" in d["data"])
+    assert yaml.safe_load(cm["data"]["bridge.yaml"])["group"]["enabled"] is True

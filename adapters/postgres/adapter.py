@@ -346,6 +346,39 @@ class PostgresAdapter:
         finally:
             await self.close()
 
+    async def take_over(self) -> list[str]:
+        """Group mode: end the replication session another member still has on the slot
+        (a paused or cut-off process), then wait (a few seconds at most) until the slot
+        is free."""
+        slot = self.config.slot_name()
+        sql = await self._connect()
+        actions: list[str] = []
+        try:
+            cur = await sql.execute(
+                "SELECT active_pid, pg_terminate_backend(active_pid) FROM pg_replication_slots"
+                " WHERE slot_name = %s AND active AND active_pid <> pg_backend_pid()", (slot,))
+            for pid, _ in await cur.fetchall():
+                actions.append(f"ended the session (backend pid {pid}) still reading slot "
+                               f"{slot}")
+            for _ in range(50):
+                if not actions:
+                    break
+                cur = await sql.execute("SELECT active FROM pg_replication_slots"
+                                        " WHERE slot_name = %s", (slot,))
+                row = await cur.fetchone()
+                if row is None or not row[0]:
+                    break
+                await asyncio.sleep(0.1)
+        except psycopg.Error as e:
+            raise SourceUnavailable(f"{self.name}: cannot take slot {slot} over: "
+                                    f"{_first_line(e)}") from None
+        finally:
+            with contextlib.suppress(Exception):
+                await sql.close()
+        for line in actions:
+            log.info("%s: %s", self.name, line)
+        return actions
+
     async def acknowledge(self, checkpoint: Checkpoint | None) -> None:
         if checkpoint is not None and not self._claimed:
             await self._claim()

@@ -7,7 +7,9 @@ Example (ten minutes, seed 7, every available source)::
 Fault kinds (``--kinds`` takes prefixes): kill9:bridge, restart:<server>,
 cut/refuse/delay:<target>, diskfull:outbox, recreate:table and alter:publication
 (postgres), restore:state_dir (only with sources whose position survives a restored
-state_dir: ``--sources postgres``), and with ``--cluster`` the cluster kinds.
+state_dir: ``--sources postgres``), and with ``--cluster`` the cluster kinds. With
+``--group N`` (N bridges in group mode on one PostgreSQL outbox): kill9:member,
+stop:member and refuse:member-outbox instead of kill9:bridge, diskfull and restore.
 
 Exit code 0 when every change arrived exactly once in order and every fault recovered;
 1 otherwise. The last line of output is ``SOAK {json}`` for scripts.
@@ -41,6 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--duplicate-window", type=float, default=20.0,
                    help="the stream's duplicate window in seconds (at least 16); "
                         "restore:state_dir waits longer than it")
+    p.add_argument("--group", type=int, default=0,
+                   help="N bridges in group mode on one PostgreSQL outbox, member faults")
     p.add_argument("--workdir", type=Path, default=None)
     p.add_argument("--keep", action="store_true", help="keep the work dir (logs, configs)")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -55,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         n_keys=args.keys, rate=args.rate, gap_s=(lo, hi), disk_fault=not args.no_disk_fault,
         cluster=args.cluster, duplicate_window_s=args.duplicate_window,
         workdir=args.workdir, keep_workdir=args.keep or args.workdir is not None,
+        group=args.group,
     )
     result = Soak(opts).run()
     print(render(result))

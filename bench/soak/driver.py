@@ -45,6 +45,7 @@ from bench.soak.faults import (
     schedule,
     server_fault,
 )
+from bench.soak.group import Members, member_settings
 from bench.soak.proxy import FaultProxy
 from bench.soak.sources import MariaSource, PostgresSource, Source
 from bench.soak.stream import count_messages, read_contents
@@ -76,6 +77,9 @@ class SoakOptions:
     duplicate_window_s: float = 20.0
     workdir: Path | None = None
     keep_workdir: bool = False
+    #: Group mode (bench/soak/group.py): this many bridges on one PostgreSQL outbox, with
+    #: member faults instead of ``kill9:bridge``, ``diskfull`` and ``restore``. 0: one.
+    group: int = 0
 
 
 @dataclass(slots=True)
@@ -155,6 +159,7 @@ class Soak:
         self.sources: list[Source] = []
         self.faults: list[Fault] = []
         self.bridge: BridgeProcess | None = None
+        self.members: Members | None = None
         self.expect_down = False
         self.disk_grace_until = 0.0
         self.t0 = time.monotonic()
@@ -174,7 +179,7 @@ class Soak:
         """A 256 MiB tmpfs for the outbox when we may mount one, else a plain folder."""
         state = work / "state"
         state.mkdir(exist_ok=True)
-        if not self.opts.disk_fault:
+        if not self.opts.disk_fault or self.opts.group:
             return state, False
         res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256m,mode=0700", "tmpfs",
                               str(state)], capture_output=True, text=True)
@@ -252,23 +257,44 @@ class Soak:
         src.setup()
         return src
 
-    def _config(self, work: Path, state: Path, nats_proxy: FaultProxy) -> Path:
+    def _config(self, work: Path, state: Path, nats_proxy: FaultProxy, name: str = "bridge",
+                extra: dict[str, Any] | None = None) -> Path:
         adapters = [a for s in self.sources for a in s.adapter_configs()]
         nats: dict[str, Any] = {"url": f"nats://127.0.0.1:{nats_proxy.port}"}
         if self.cluster is not None:  # every node's URL, 3 replicas
             nats = self.cluster.nats_config()
-        return write_config(work / "bridge.yaml", {
+        return write_config(work / f"{name}.yaml", {
             "state_dir": str(state),
             "nats": {**nats, "stream": STREAM,
                      "subject_prefix": PREFIX, "ack_timeout": "3s", "connect_timeout": "2s",
                      "duplicate_window": f"{self.opts.duplicate_window_s:g}s"},
             "outbox": {"poll_interval": "200ms"},
             "adapters": adapters,
+            **(extra or {}),
         })
 
+    def _start_members(self, work: Path, state: Path, nats_proxy: FaultProxy) -> Members:
+        """Group mode: the outbox's own PostgreSQL, a proxy per member, the members."""
+        from tests.services.postgres import PostgresServer
+
+        server = PostgresServer()
+        server.start()
+        self.stack.callback(server.destroy)
+        n = self.opts.group
+        proxies = [self.stack.enter_context(FaultProxy(server.port, name=f"outbox-b{i}"))
+                   for i in range(n)]
+        configs = [self._config(work, state, nats_proxy, f"bridge-b{i}",
+                                member_settings(i, proxies[i].port, work)) for i in range(n)]
+        members = Members(configs, [work / f"bridge-b{i}.log" for i in range(n)], proxies,
+                          random.Random(self.rng.random()))
+        self.stack.callback(members.kill)
+        members.start()
+        return members
+
     def _build_faults(self, nats_proxy: FaultProxy, state: Path, disk: bool) -> None:
-        assert self.bridge is not None
-        faults = [bridge_fault(self.bridge)]
+        faults = self.members.faults() if self.members is not None else []
+        if self.bridge is not None:
+            faults.append(bridge_fault(self.bridge))
         block: NatsBlock
         if self.cluster is not None:
             faults += cluster_faults(self.cluster, STREAM)
@@ -287,7 +313,7 @@ class Soak:
         if disk:
             faults.append(disk_fault(Ballast(state), block))
         unsafe = [s.kind for s in self.sources if not s.restore_safe]
-        if not unsafe:
+        if not unsafe and self.bridge is not None:
             faults.append(restore_fault(self.bridge, state, self.work / "state-backup", block,
                                         lambda: self._probe_all(self.opts.recovery_timeout_s)
                                         is not None, self.opts.duplicate_window_s,
@@ -318,6 +344,10 @@ class Soak:
 
     def _check_bridge(self) -> None:
         """Restart the bridge if it died on its own (and remember that it did)."""
+        if self.members is not None:
+            self.members.check(lambda text: self.result.unexpected_exits.append(
+                f"{self.elapsed():.0f}s: {text}"))
+            return
         assert self.bridge is not None
         if not self.bridge.alive() and not self.expect_down:
             code = self.bridge.proc.returncode if self.bridge.proc else None
@@ -392,10 +422,7 @@ class Soak:
             if not self.sources:
                 self.result.notes.append("no source available: nothing to soak")
                 return self.result
-            config = self._config(work, state, nats_proxy)
-            self.bridge = BridgeProcess(config, work / "bridge.log")
-            self.bridge.start()
-            self.stack.callback(self._stop_bridge)
+            self._start_bridges(work, state, nats_proxy)
             self._build_faults(nats_proxy, state, disk)
             log.info("soak seed=%d sources=%s faults=%s work=%s", self.opts.seed,
                      ",".join(self.result.sources), ",".join(f.kind for f in self.faults), work)
@@ -419,14 +446,32 @@ class Soak:
             if self._probe_all(self.opts.recovery_timeout_s) is None:
                 self.result.notes.append("final probes never arrived")
             self._settle()
-            self.result.final_exit_code = self.bridge.terminate(60)
-            self.result.notes.extend(log_summary(self.bridge.log()))
-            tail = self.bridge.log()[-3000:]
-            if self.result.final_exit_code != 0:
-                self.result.notes.append("bridge log tail:\n" + tail)
+            self._stop_cleanly()
             if self.opts.keep_workdir or self.opts.workdir is not None:
                 self.result.notes.append(f"work dir (kept): {work}")
         return self.result
+
+    def _start_bridges(self, work: Path, state: Path, nats_proxy: FaultProxy) -> None:
+        if self.opts.group:
+            self.members = self._start_members(work, state, nats_proxy)
+        else:
+            config = self._config(work, state, nats_proxy)
+            self.bridge = BridgeProcess(config, work / "bridge.log")
+            self.bridge.start()
+        self.stack.callback(self._stop_bridge)
+
+    def _stop_cleanly(self) -> None:
+        """SIGTERM the bridge (every member); its exit code and log summary."""
+        if self.members is not None:
+            self.result.final_exit_code = self.members.terminate(60)
+            text = self.members.logs()
+        else:
+            assert self.bridge is not None
+            self.result.final_exit_code = self.bridge.terminate(60)
+            text = self.bridge.log()
+        self.result.notes.extend(log_summary(text))
+        if self.result.final_exit_code != 0:
+            self.result.notes.append("bridge log tail:\n" + text[-3000:])
 
     def _stop_bridge(self) -> None:
         if self.bridge is not None and self.bridge.alive():

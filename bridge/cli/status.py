@@ -24,6 +24,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from cdc_bridge.cli.group_status import read_group, render_group
 from cdc_bridge.config import BridgeConfig
 from cdc_bridge.daemon.control import ControlDb, control_path
 from cdc_bridge.kernel.events import DLQ_TOKEN
@@ -113,6 +114,7 @@ def read_live(config: BridgeConfig, timeout_s: float = 2.0) -> tuple[dict[str, A
 def gather(config: BridgeConfig) -> dict[str, Any]:
     outbox = read_outbox(config)
     live, via = read_live(config)
+    group = read_group(config)
     live_adapters: dict[str, Any] = (live or {}).get("adapters", {})
     adapters = []
     for a in config.adapter_configs:
@@ -139,6 +141,8 @@ def gather(config: BridgeConfig) -> dict[str, Any]:
         "adapters": adapters,
         "registry": config.nats.schemas_bucket()
         if config.nats.schema_registry.enabled else None,
+        **({"group": {**group, "me": (live or {}).get("group", {}).get("member_id")}}
+           if group is not None else {}),
     }
 
 
@@ -188,6 +192,8 @@ def render(status: dict[str, Any]) -> str:
         for table, reason in sorted(a.get("failed_tables", {}).items()):
             lines.append(f"{a['name']}: table {table} set aside: {reason}")
     lines += _schema_lines(status)
+    if "group" in status:
+        lines.extend(render_group(status["group"], status["group"].get("me")))
     return "\n".join(lines)
 
 

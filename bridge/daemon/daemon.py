@@ -25,6 +25,13 @@ is ``connected``), ``retrying`` (failed, waiting to restart),
 ``finished`` (its input ended), ``stopped``. ``/readyz`` is ready when NATS is connected
 and every adapter is ``running`` or ``finished``.
 
+Group mode (``group.enabled``, :mod:`cdc_bridge.daemon.group`; docs/group.md): the
+schema lock is taken in its shared form, and instead of starting every adapter and the
+relay, the daemon joins the group of daemons on the same PostgreSQL outbox and runs
+only what it holds a lease for, each with its fence (a write after the lease is lost
+is refused: that work stops, ``standby``). Adapters owned elsewhere are ``standby``
+(ready). On stop, the member hands everything back at once.
+
 Shutdown is two-phase: stop intake (cancel adapter tasks; a batch being committed
 finishes first because the commit is shielded), let the relay finish the batch in
 flight and exit within ``shutdown_timeout_s`` (else it is killed; pending rows stay in
@@ -35,6 +42,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import signal
@@ -50,12 +58,14 @@ from cdc_bridge.adapters.contract import (
     AdapterConfig,
     ReportsSnapshotProgress,
     ReportsTableHealth,
+    SupportsTakeover,
 )
 from cdc_bridge.adapters.registry import AdapterContext, create
 from cdc_bridge.adapters.subjects import subject_router
 from cdc_bridge.config import BridgeConfig
 from cdc_bridge.daemon.control import DONE, FAILED, ControlDb, control_path
 from cdc_bridge.daemon.embedded import EmbeddedNats
+from cdc_bridge.daemon.group import GroupMember, GroupSettings, Work, default_member_id
 from cdc_bridge.daemon.http import HttpServer
 from cdc_bridge.daemon.instance import InstanceGuard
 from cdc_bridge.daemon.jetstream_view import JetStreamView
@@ -68,13 +78,20 @@ from cdc_bridge.daemon.snapshots import AdapterStats, SnapshotRunner
 from cdc_bridge.daemon.supervisor import supervise
 from cdc_bridge.kernel.errors import FatalError
 from cdc_bridge.outbox.factory import open_store
+from cdc_bridge.outbox.fence import RELAY_RESOURCE, Fence, LeaseLost
+from cdc_bridge.outbox.leases import (
+    outbox_application_name,
+    with_query,
+    with_session_options,
+)
 from cdc_bridge.outbox.runner import AsyncStore
 from cdc_bridge.outbox.writer import OutboxWriter
 from cdc_bridge.relay.tracing import Tracing
 
 log = logging.getLogger("cdc_bridge.daemon")
 
-READY_STATES = frozenset({"running", "finished"})
+#: ``standby``: group mode, the adapter is captured by another member.
+READY_STATES = frozenset({"running", "finished", "standby"})
 
 
 class Daemon:
@@ -100,6 +117,9 @@ class Daemon:
         self.control = ControlDb(control_path(config.state_dir))
         self.http: HttpServer | None = None
         self.instance: InstanceGuard | None = None
+        self.group: GroupMember | None = None
+        #: Group mode: this daemon's member id (its outbox sessions are named after it).
+        self.member_id = config.group.member_id or default_member_id()
         self.probe: NatsProbe | None = None
         self._outbox: dict[str, Any] = {}
         self._redactor = RedactingFilter(config.secrets)
@@ -123,7 +143,8 @@ class Daemon:
         cfg = self.config
         make_private_dir(cfg.state_dir)
         # Before anything else: a second daemon on the same state must start nothing.
-        instance = self.instance = InstanceGuard(cfg.state_dir, cfg.outbox_url())
+        instance = self.instance = InstanceGuard(cfg.state_dir, cfg.outbox_url(),
+                                                 group=cfg.group.enabled)
         if not await self._until_stopped(instance.acquire()):
             await instance.release()
             return 0
@@ -137,34 +158,52 @@ class Daemon:
                 await self.embedded.start()
                 background.append(asyncio.create_task(self.embedded.supervise(),
                                                       name="embedded"))
-            self.store = AsyncStore(open_store(cfg.outbox_url()))
+            outbox_url = self._outbox_url()
+            self.store = AsyncStore(open_store(outbox_url))
             self.probe = NatsProbe(nats_cfg)
             self.tracing = Tracing.start(cfg.tracing, "capture")
-            self.relay = RelayProcess(self.store, nats_cfg, cfg.outbox, cfg.outbox_url(),
+            self.relay = RelayProcess(self.store, nats_cfg, cfg.outbox, outbox_url,
                                       secrets=cfg.secrets, tracing=cfg.tracing)
             if cfg.http.enabled:
                 self.http = HttpServer(self, cfg.http.host, cfg.http.port, self.control,
                                        overview=self.overview.build, token=cfg.http.token)
                 await self.http.start()
-            relay_task = asyncio.create_task(self._guard(self._run_relay(), "relay"),
-                                             name="relay")
             context = AdapterContext(state_dir=cfg.state_dir,
                                      subject_prefix=nats_cfg.subject_prefix,
                                      store_id=self.store.store_id)
-            adapter_tasks = [
-                asyncio.create_task(self._guard(self._supervise(a, context), a.name),
-                                    name=a.name)
-                for a in cfg.adapter_configs
-            ]
             snapshots = SnapshotRunner(self.adapters, self.control,
                                        redact=self._redactor.redact)
+            if cfg.group.enabled:
+                group = self.group = self._make_group(outbox_url, context)
+                await group.join()
+                group_task = asyncio.create_task(self._guard(group.run(), "group"),
+                                                 name="group")
+                background.append(group_task)
+                adapter_tasks: list[asyncio.Task[Any]] = []
+                relay_task: asyncio.Task[Any] | None = None
+            else:
+                relay_task = asyncio.create_task(self._guard(self._run_relay(), "relay"),
+                                                 name="relay")
+                adapter_tasks = [
+                    asyncio.create_task(self._guard(self._supervise(a, context), a.name),
+                                        name=a.name)
+                    for a in cfg.adapter_configs
+                ]
             background += [asyncio.create_task(self._refresh_loop(snapshots), name="ops")]
-            log.info("cdc-bridge running: %d adapter(s), outbox %s, NATS %s",
-                     len(adapter_tasks), _store_kind(cfg.outbox_url()),
+            log.info("cdc-bridge running: %d adapter(s), outbox %s, NATS %s%s",
+                     len(cfg.adapter_configs), _store_kind(cfg.outbox_url()),
                      "embedded " + self.embedded.url if self.embedded else ",".join(
-                         nats_cfg.servers()))
+                         nats_cfg.servers()),
+                     f", group member {self.group.me}" if self.group else "")
             await self.stop_event.wait()
-            await self._shutdown(adapter_tasks, relay_task, snapshots)
+            if self.group is not None:
+                await snapshots.cancel_all()
+                group_task.cancel()  # the group's rounds, then hand everything back
+                await asyncio.gather(group_task, return_exceptions=True)
+                await self.group.leave()
+            else:
+                assert relay_task is not None
+                await self._shutdown(adapter_tasks, relay_task, snapshots)
         finally:
             for t in background:
                 t.cancel()
@@ -213,10 +252,11 @@ class Daemon:
                  rs.dead_lettered if rs else 0, pending)
 
     async def _guard(self, coro: Any, what: str) -> None:
-        """Turn a fatal error in any task into a daemon stop with a clear message."""
+        """Turn a fatal error in any task into a daemon stop with a clear message
+        (a lost lease, in group mode, stops that work only)."""
         try:
             await coro
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, LeaseLost):
             raise
         except FatalError as e:
             log.error("%s: fatal: %s", what, e)
@@ -246,6 +286,55 @@ class Daemon:
         """Re-acquire the schema lock after a lost connection; a rival's lock is fatal."""
         assert self.instance is not None
         await self._guard(self.instance.watch(), "instance lock")
+
+    # -- group mode -------------------------------------------------------------------
+
+    def _outbox_url(self) -> str:
+        """The outbox URL; in group mode its sessions are named after the member (so the
+        others can end them once it is gone: a paused process would hold the ``seq`` row
+        and its lease row) and a transaction left idle is bounded."""
+        url = self.config.outbox_url()
+        if not self.config.group.enabled:
+            return url
+        idle_ms = int(self.config.group.lease * 500)
+        url = with_query(url, "application_name", outbox_application_name(self.member_id))
+        return with_session_options(url, {"idle_in_transaction_session_timeout":
+                                          str(idle_ms)})
+
+    def _make_group(self, outbox_url: str, context: AdapterContext) -> GroupMember:
+        g = self.config.group
+        settings = GroupSettings(self.member_id, g.lease, g.renew_every)
+        work = {a.name: Work(functools.partial(self._owned_adapter, a, context))
+                for a in self.config.adapter_configs}
+        work[RELAY_RESOURCE] = Work(self._owned_relay, self._stop_relay)
+        for name, stats in self.adapters.items():
+            self._set_state(name, stats, "standby")
+        self.relay_state = "standby"
+        return GroupMember(outbox_url, settings, work)
+
+    async def _owned_adapter(self, cfg: AdapterConfig, context: AdapterContext,
+                             fence: Fence) -> None:
+        stats = self.adapters[cfg.name]
+        try:
+            await self._guard(self._supervise(cfg, context, fence), cfg.name)
+        finally:
+            self._set_state(cfg.name, stats, "standby")
+
+    async def _owned_relay(self, fence: Fence) -> None:
+        assert self.relay is not None
+        self.relay.resume(fence)
+        self.relay_state = "starting"
+        try:
+            await self._guard(self._run_relay(), "relay")
+        finally:
+            self.relay_state = "standby"
+
+    async def _stop_relay(self, task: asyncio.Task[None]) -> None:
+        """Hand-over: the relay finishes what is in flight (bounded), then exits."""
+        assert self.relay is not None
+        self.relay.stop()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(task), self.shutdown_timeout_s)
 
     # -- relay ------------------------------------------------------------------------
 
@@ -307,7 +396,8 @@ class Daemon:
             if gauge is not None:
                 gauge.labels(name).set(value)
 
-    async def _supervise(self, cfg: AdapterConfig, context: AdapterContext) -> None:
+    async def _supervise(self, cfg: AdapterConfig, context: AdapterContext,
+                         fence: Fence | None = None) -> None:
         stats = self.adapters[cfg.name]
         bind_log_fields(adapter=cfg.name)  # every line this task and its threads log
         adapter_log = logging.getLogger(f"cdc_bridge.adapter.{cfg.name}")
@@ -320,24 +410,27 @@ class Daemon:
             metrics.ADAPTER_RESTARTS.labels(cfg.name).inc()
 
         try:
-            await supervise(f"adapter {cfg.name}", lambda: self._capture(cfg, context, stats),
+            await supervise(f"adapter {cfg.name}",
+                            lambda: self._capture(cfg, context, stats, fence),
                             adapter_log, on_failure=failed, on_restart=restarted,
                             progress=lambda: stats.batches)
             self._set_state(cfg.name, stats, "finished")
         except asyncio.CancelledError:
             self._set_state(cfg.name, stats, "stopped")
             raise
+        except LeaseLost:
+            raise
         except FatalError as e:
             self._set_state(cfg.name, stats, "failed", e)
             raise
 
     async def _capture(self, cfg: AdapterConfig, context: AdapterContext,
-                       stats: AdapterStats) -> None:
+                       stats: AdapterStats, fence: Fence | None = None) -> None:
         assert self.store is not None
         writer = OutboxWriter(self.store, cfg.name, self.config.nats.subject_prefix,
                               sample_ratio=self.config.tracing.sample_ratio,
                               observer=self.tracing, subjects=subject_router(cfg),
-                              schemas=self.schemas.settings(cfg))
+                              schemas=self.schemas.settings(cfg), fence=fence)
         self.schemas.writers[cfg.name] = writer
         checkpoint = await self.store.checkpoint(cfg.name)
         adapter = create(cfg, context)
@@ -346,14 +439,24 @@ class Daemon:
         loop = asyncio.get_running_loop()
         promote = loop.call_later(self.ready_grace_s, self._promote, cfg.name, stats, adapter)
         try:
+            if fence is not None and isinstance(adapter, SupportsTakeover) and \
+                    self.group is not None and await self.group.holds(fence):
+                await adapter.take_over()  # a paused former owner may still hold the slot
             async for batch in adapter.changes(checkpoint):
                 if stats.state == "starting":
                     self._set_state(cfg.name, stats, "running")
                 if not len(batch) and batch.checkpoint is None:
                     continue
                 # shield: once started, a commit completes even if we are being cancelled,
-                # so the acknowledged checkpoint always matches what is in the outbox.
-                await asyncio.shield(writer.commit(batch))
+                # so the acknowledged checkpoint always matches what is in the outbox; and
+                # the source is closed (and, in group mode, the lease given back) only
+                # after it completed.
+                commit = asyncio.ensure_future(writer.commit(batch))
+                try:
+                    await asyncio.shield(commit)
+                except asyncio.CancelledError:
+                    await asyncio.gather(commit, return_exceptions=True)
+                    raise
                 self._count(cfg.name, stats, batch.events, len(batch.dead_letters),
                             batch.messages)
                 await adapter.acknowledge(batch.checkpoint)
@@ -473,7 +576,7 @@ class Daemon:
             "nats": {"connected": self.nats_connected(),
                      "servers": [self._redactor.redact(s) for s in self.config.nats.servers()]},
             "relay": {"state": "running" if self.relay and self.relay.connected
-                      else self.relay_state,
+                      and self.relay_state != "standby" else self.relay_state,
                       "published": rs.published if rs else 0,
                       "duplicates": rs.duplicates if rs else 0,
                       "dead_lettered": rs.dead_lettered if rs else 0,
@@ -483,6 +586,7 @@ class Daemon:
                          for name, s in self.adapters.items()},
             "schemas": {"registry": self.schemas.bucket if self.schemas.enabled else None,
                         "tables": self.schemas.tables},
+            **({"group": self.group.snapshot()} if self.group is not None else {}),
         }
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:

@@ -26,6 +26,13 @@ stops the second one before it touches anything:
   by the random token, which two daemons never share even as pid 1 of same-named
   containers) is not a rival: that session is terminated and the lock taken again.
 
+Group mode (``group.enabled``, :mod:`cdc_bridge.daemon.group`): several daemons share
+the outbox on purpose, so the schema lock is taken in its *shared* form: every member
+holds it at once, and it still keeps out a daemon without group mode (and a member
+meets the exclusive lock of such a daemon), so the two kinds never run on one outbox.
+The refusals end with a hint: how to run several daemons (a SQLite outbox cannot; a
+PostgreSQL one needs ``group.enabled`` on every daemon).
+
 Read-only commands (``status``, ``tail``, ``snapshot``, ``replay``, ``outbox ...``)
 never take these locks. The first part of the module is pure (holder text, messages,
 the lock key); the I/O classes follow.
@@ -119,18 +126,29 @@ def utc_iso(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def state_dir_message(holder: Holder, state_dir: Path) -> str:
+#: Appended to a refusal on a SQLite outbox: why, and the way to run several daemons.
+SQLITE_HINT = ("; the SQLite outbox serves one daemon: to run several, share a PostgreSQL "
+               "outbox with group.enabled: true (docs/group.md)")
+#: Appended to a refusal on a PostgreSQL outbox outside group mode.
+GROUP_HINT = ("; to run several daemons on one outbox, set group.enabled: true on every "
+              "one of them (docs/group.md)")
+#: Appended when a group member meets a single-instance daemon, or the other way round.
+MIXED_HINT = ("; group members and a daemon without group.enabled cannot share an outbox: "
+              "give every daemon the same group setting")
+
+
+def state_dir_message(holder: Holder, state_dir: Path, hint: str = "") -> str:
     return (f"another cdc-bridge ({holder.describe()}) is running with state_dir "
-            f"{state_dir}; stop it first")
+            f"{state_dir}; stop it first{hint}")
 
 
 def schema_message(schema: str, database: str, holder: Holder | None,
-                   backend_pid: int | None, client: str | None) -> str:
+                   backend_pid: int | None, client: str | None, hint: str = "") -> str:
     backend = f"PostgreSQL backend pid {backend_pid if backend_pid is not None else '?'}"
     backend += f" from {client}" if client else ""
     who = f"{holder.describe()}; {backend}" if holder else backend
     return (f"another cdc-bridge ({who}) is running with outbox schema {schema} "
-            f"in database {database}; stop it first")
+            f"in database {database}; stop it first{hint}")
 
 
 def schema_lock_key(schema: str) -> int:
@@ -151,9 +169,10 @@ def key_halves(key: int) -> tuple[int, int]:
 class StateDirLock:
     """An exclusive ``flock`` on ``state_dir/daemon.lock`` for this process's life."""
 
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, hint: str = "") -> None:
         self.state_dir = state_dir
         self.path = state_dir / LOCK_FILE
+        self.hint = hint
         self._fd: int | None = None
 
     def acquire(self, holder: Holder) -> None:
@@ -167,7 +186,8 @@ class StateDirLock:
             text = os.pread(fd, 4096, 0).decode("utf-8", "replace")
             os.close(fd)
             raise InstanceLocked(state_dir_message(Holder.parse(text),
-                                                   self.state_dir.absolute())) from None
+                                                   self.state_dir.absolute(),
+                                                   self.hint)) from None
         except OSError as e:
             os.close(fd)
             raise FatalError(f"cannot lock {self.path}: {e}") from e
@@ -216,10 +236,15 @@ LIMIT 1
 
 
 class SchemaLock:
-    """``pg_try_advisory_lock`` on one outbox schema, on a connection of its own."""
+    """``pg_try_advisory_lock`` on one outbox schema, on a connection of its own.
+
+    ``shared`` (group mode): the shared form of the same lock, which every member of
+    a group holds at once and which keeps out a daemon without group mode (and the
+    other way round)."""
 
     def __init__(self, url: str, holder: Holder, *, check_interval_s: float = 2.0,
-                 connect_timeout_s: int = 10) -> None:
+                 connect_timeout_s: int = 10, shared: bool = False) -> None:
+        self.shared = shared
         self.dsn, self.schema = split_url(url)
         self.key = schema_lock_key(self.schema)
         self.app_name = application_name(holder, os.urandom(4).hex())
@@ -263,7 +288,9 @@ class SchemaLock:
         """Take the lock on ``conn`` (None), or say why not: a rival daemon, our own
         stale session, or a holder that let go in between (tried again, a few times)."""
         for _ in range(3):
-            cur = await conn.execute("SELECT pg_try_advisory_lock(%s)", (self.key,))
+            cur = await conn.execute(
+                "SELECT pg_try_advisory_lock_shared(%s)" if self.shared
+                else "SELECT pg_try_advisory_lock(%s)", (self.key,))
             got = await cur.fetchone()
             if got is not None and got[0]:
                 return None
@@ -280,7 +307,8 @@ class SchemaLock:
             since = utc_iso(started) if isinstance(started, datetime) else None
             holder = Holder.from_application_name(app, since)
             return InstanceLocked(schema_message(self.schema, str(database), holder, pid,
-                                                 client))
+                                                 client,
+                                                 MIXED_HINT if self.shared else GROUP_HINT))
         return LockUnavailable("the lock is held but its holder is not visible")
 
     async def _alive(self) -> bool:
@@ -326,12 +354,12 @@ def _first_line(e: BaseException) -> str:
 class InstanceGuard:
     """The daemon's instance locks: state_dir always, the outbox schema on PostgreSQL."""
 
-    def __init__(self, state_dir: Path, outbox_url: str) -> None:
+    def __init__(self, state_dir: Path, outbox_url: str, *, group: bool = False) -> None:
         self.holder = Holder.this_process()
-        self.state_dir_lock = StateDirLock(state_dir)
-        self.schema_lock = (SchemaLock(outbox_url, self.holder)
-                            if outbox_url.startswith(("postgresql://", "postgres://"))
-                            else None)
+        postgres = outbox_url.startswith(("postgresql://", "postgres://"))
+        self.state_dir_lock = StateDirLock(state_dir, "" if postgres else SQLITE_HINT)
+        self.schema_lock = (SchemaLock(outbox_url, self.holder, shared=group)
+                            if postgres else None)
 
     async def acquire(self) -> None:
         """Take every lock or none; raises :class:`InstanceLocked` when one is held."""

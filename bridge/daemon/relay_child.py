@@ -33,6 +33,7 @@ from cdc_bridge.daemon.relay_process import (
     CMD_APPENDED,
     CMD_STOP,
     EXIT_FATAL,
+    EXIT_LEASE_LOST,
     REPORT_INTERVAL_S,
     ChildSettings,
     metrics_snapshot,
@@ -41,6 +42,7 @@ from cdc_bridge.daemon.relay_process import (
 from cdc_bridge.daemon.supervisor import supervise
 from cdc_bridge.kernel.errors import ConfigError, FatalError
 from cdc_bridge.outbox.factory import open_store
+from cdc_bridge.outbox.fence import LeaseLost, fenced
 from cdc_bridge.outbox.runner import AsyncStore
 from cdc_bridge.relay.publisher import Publisher
 from cdc_bridge.relay.relay import Relay
@@ -123,7 +125,7 @@ async def _commands(store: AsyncStore, relay: Relay) -> None:
 
 
 async def run(settings: ChildSettings, report_fd: int) -> int:
-    store = AsyncStore(open_store(settings.outbox_url))
+    store = AsyncStore(fenced(open_store(settings.outbox_url), settings.fence))
     publisher = Publisher(settings.nats)
     tracing = Tracing.start(settings.tracing, "relay")  # its own exporter, same config
     relay = Relay(store, publisher, settings.outbox, tracing=tracing)
@@ -139,6 +141,10 @@ async def run(settings: ChildSettings, report_fd: int) -> int:
         reporter.state = "running"
         await supervise("relay", relay.run, log, on_failure=failed,
                         on_restart=lambda: metrics.ADAPTER_RESTARTS.labels("_relay").inc())
+    except LeaseLost as e:
+        log.warning("relay: lost the relay lease, stopping: %s", e)
+        reporter.send(orjson.dumps({"lease_lost": str(e)}) + b"\n")
+        code = EXIT_LEASE_LOST
     except FatalError as e:
         fatal: dict[str, Any] = {"error": str(e)}
         if isinstance(e, ConfigError):

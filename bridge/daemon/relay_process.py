@@ -54,6 +54,7 @@ import orjson
 from cdc_bridge import metrics
 from cdc_bridge.daemon.logs import JsonFormatter
 from cdc_bridge.kernel.errors import ConfigError, FatalError, RetryableError
+from cdc_bridge.outbox.fence import Fence, LeaseLost
 from cdc_bridge.outbox.runner import AsyncStore
 from cdc_bridge.relay.relay import RelayStats
 from cdc_bridge.relay.settings import NatsConfig, OutboxConfig, TracingConfig
@@ -66,6 +67,9 @@ REPORT_INTERVAL_S = 0.2
 CMD_APPENDED, CMD_STOP = b"a", b"s"
 #: The child's exit code after a fatal error (the reason came as a report line before).
 EXIT_FATAL = 3
+#: Group mode: the child's exit code after its relay lease was lost (a ``lease_lost``
+#: report came before): that relay stops, the daemon does not.
+EXIT_LEASE_LOST = 4
 #: Counter families of the relay, forwarded from the child (series name -> counter).
 FORWARDED_COUNTERS = {
     "cdc_events_published_total": metrics.EVENTS_PUBLISHED,
@@ -97,6 +101,8 @@ class ChildSettings:
     parent_pid: int
     #: The ``tracing`` block: the child exports its own (publish) spans.
     tracing: TracingConfig | None = None
+    #: Group mode: the relay lease; every read and delete of the outbox checks it.
+    fence: Fence | None = None
 
 
 def encode_settings(settings: ChildSettings) -> bytes:
@@ -213,6 +219,7 @@ class _Incarnation:
     proc: asyncio.subprocess.Process
     mirror: MetricMirror = field(default_factory=MetricMirror)
     fatal: dict[str, Any] | None = None
+    lease_lost: str | None = None
 
 
 class RelayProcess:
@@ -235,6 +242,12 @@ class RelayProcess:
         self._base = RelayStats()
         self._child: _Incarnation | None = None
         self._stopping = False
+        self.fence: Fence | None = None
+
+    def resume(self, fence: Fence | None) -> None:
+        """Group mode: run again (after a :meth:`stop`), with this relay lease."""
+        self.fence = fence
+        self._stopping = False
 
     def stop(self) -> None:
         """Ask the child to finish what is in flight and exit; no restart after that."""
@@ -256,7 +269,7 @@ class RelayProcess:
             nats=self.nats, outbox=self.outbox, outbox_url=self.outbox_url,
             log_level=logging.getLogger().level, log_format=_log_format(),
             secrets=tuple(sorted(self.secrets)), parent_pid=os.getpid(),
-            tracing=self.tracing)
+            tracing=self.tracing, fence=self.fence)
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "cdc_bridge.daemon.relay_child", stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE)
@@ -286,6 +299,8 @@ class RelayProcess:
             self._child = None
             if proc.stdin is not None:
                 proc.stdin.close()
+        if child.lease_lost is not None:
+            raise LeaseLost(child.lease_lost)
         if child.fatal is not None:
             errors = child.fatal.get("config_errors")
             if errors:
@@ -313,6 +328,9 @@ class RelayProcess:
             return
         if "fatal" in report:
             child.fatal = report["fatal"]
+            return
+        if "lease_lost" in report:
+            child.lease_lost = str(report["lease_lost"])
             return
         stats = report.get("stats") or {}
         for f in fields(RelayStats):

@@ -174,7 +174,7 @@ def test_the_writer_rolls_back_on_a_failed_append() -> None:
         async def schema_states(self, adapter: str | None = None) -> list[Any]:
             return []
 
-        async def append(self, *args: Any) -> int:
+        async def append(self, *args: Any, **kwargs: Any) -> int:
             self.calls += 1
             if self.calls == 1:
                 raise OSError("disk full")
