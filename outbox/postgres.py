@@ -186,14 +186,7 @@ class PostgresStore:
                 assert row is not None
                 last = int(row[0])
                 if messages:
-                    seq = last - len(messages)
-                    with cur.copy(self._q("COPY {s}.outbox (seq, msg_id, subject, payload,"
-                                          " headers, created_ms) FROM STDIN")) as copy:
-                        for m in messages:
-                            seq += 1
-                            copy.write_row((seq, m.msg_id, m.subject, m.payload,
-                                            json.dumps(m.headers) if m.headers else None,
-                                            m.created_ms or now))
+                    self._copy_pending(cur, last - len(messages), messages, now)
                 if checkpoint is not None:
                     cur.execute(self._q(
                         "INSERT INTO {s}.checkpoints (adapter, value, updated_ms)"
@@ -240,15 +233,20 @@ class PostgresStore:
         cur.execute(self._q("UPDATE {s}.store SET last_seq = last_seq + %s"
                             " RETURNING last_seq"), (len(flowing),))
         last = int(cur.fetchone()[0])  # type: ignore[index]
-        seq = last - len(flowing)
-        with cur.copy(self._q("COPY {s}.outbox (seq, msg_id, subject, payload,"
-                              " headers, created_ms) FROM STDIN")) as copy:
-            for m in flowing:
+        self._copy_pending(cur, last - len(flowing), flowing, now)
+        return last
+
+    def _copy_pending(self, cur: psycopg.Cursor[Any], after: int,
+                      messages: Sequence[OutboxMessage], now: int) -> None:
+        """``messages`` as pending rows numbered from ``after + 1`` (one COPY)."""
+        seq = after
+        with cur.copy(self._q("COPY {s}.outbox (seq, msg_id, subject, payload, headers,"
+                              " created_ms) FROM STDIN")) as copy:
+            for m in messages:
                 seq += 1
                 copy.write_row((seq, m.msg_id, m.subject, m.payload,
                                 json.dumps(m.headers) if m.headers else None,
                                 m.created_ms or now))
-        return last
 
     def schema_states(self, adapter: str | None = None) -> list[tuple[str, SchemaState]]:
         def do(conn: psycopg.Connection[Any]) -> list[tuple[str, SchemaState]]:
