@@ -8,6 +8,7 @@ import asyncio
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -64,6 +65,22 @@ async def consume(url: str, durable: str, filt: str, fetch: int, ack: int) -> No
             await m.ack_sync()
     finally:
         await nc.close()
+
+
+async def consume_until_settled(consumer: Consumer, events: int, timeout_s: float = 90.0
+                                ) -> None:
+    """Run ``consumer`` until it has handled or dead-lettered ``events`` events, then stop
+    it (what trace reports is the point here, not the consumer's own idle detection)."""
+    task = asyncio.create_task(consumer.run())
+    deadline = time.monotonic() + timeout_s
+    try:
+        while consumer.stats.handled + consumer.stats.dead_lettered < events:
+            assert not task.done(), task.exception()
+            assert time.monotonic() < deadline, f"consumer stuck: {consumer.stats}"
+            await asyncio.sleep(0.1)
+    finally:
+        consumer.stop()
+        await asyncio.wait_for(task, 30)
 
 
 def trace_json(cfg: Path, *args: str) -> tuple[int, dict[str, Any]]:
@@ -130,7 +147,7 @@ def test_trace_dead_letters_and_an_event_pending_in_the_outbox(bridge: Any) -> N
     settings = ConsumerSettings(servers=[server.url], durable="audit",
                                 filter_subject="cdc.erp._.invoices.>", max_deliveries=1,
                                 floor_refresh_s=0.2)
-    asyncio.run(Consumer(settings, fail_on_3).run(stop_when_idle=True))
+    asyncio.run(consume_until_settled(Consumer(settings, fail_on_3), 30))
 
     dead = cli("-c", str(cfg), "-a", "erp", "-t", "invoices", "-k", "id=3")
     assert dead.returncode == 4, dead.stdout + dead.stderr
