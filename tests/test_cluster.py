@@ -31,7 +31,7 @@ import psycopg
 import pytest
 
 from cdc_bridge.outbox.base import OutboxMessage
-from tests.helpers import BridgeProcess, StoredMessage, read_raw, write_config
+from tests.helpers import BridgeProcess, StoredMessage, count_messages, read_raw, write_config
 from tests.services.nats_cluster import ClusterNode, NatsCluster
 from tests.test_pg_adapter import pg_dsn  # noqa: F401  (the fixture)
 from tests.test_relay import RelayRunner, nats_cfg
@@ -67,8 +67,9 @@ async def stream_read(cluster: NatsCluster, subject: str = ">") -> list[StoredMe
 
 
 async def stream_count(cluster: NatsCluster) -> int:
+    """Row messages in CDC (not the tables' schema-change events)."""
     async def ask(nc: Any) -> int:
-        return int((await nc.jetstream(timeout=2).stream_info("CDC")).state.messages)
+        return await count_messages(nc.jetstream(timeout=2), "CDC")
 
     return int(await cluster._call(ask, 30))
 
