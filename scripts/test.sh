@@ -30,7 +30,12 @@ if [ $# -gt 0 ]; then
     run_pytest "$@" || failed+=(pytest)
 else
     run_pytest -m fast -p no:cacheprovider tests/fast || failed+=("fast lane")
-    run_pytest -m service -p no:cacheprovider --durations=30 || failed+=("service lane")
+    # two test files at a time (most of the time is spent waiting on servers), then the
+    # timing-sensitive fault tests alone
+    run_pytest -m "service and not serial" -n 2 --dist loadfile -p no:cacheprovider \
+        --durations=30 || failed+=("service lane")
+    run_pytest -m "service and serial" -p no:cacheprovider --durations=10 \
+        || failed+=("service lane (serial)")
 fi
 
 if [ ${#failed[@]} -gt 0 ]; then

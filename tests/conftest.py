@@ -33,10 +33,17 @@ from tests.services.postgres import PostgresServer
 FAST_DIR = Path(__file__).resolve().parent / "fast"
 
 
+#: Fault tests whose timings matter (failover bounds, many processes at once): the
+#: service lane runs them alone, after the rest has run two at a time (scripts/test.sh).
+SERIAL_FILES = frozenset({"test_group.py", "test_cluster.py", "test_soak.py"})
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         fast = FAST_DIR in Path(str(item.path)).resolve().parents
         item.add_marker(pytest.mark.fast if fast else pytest.mark.service)
+        if not fast and Path(str(item.path)).name in SERIAL_FILES:
+            item.add_marker(pytest.mark.serial)
 
 
 @pytest.fixture(autouse=True)
