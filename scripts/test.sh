@@ -30,12 +30,9 @@ if [ $# -gt 0 ]; then
     run_pytest "$@" || failed+=(pytest)
 else
     run_pytest -m fast -p no:cacheprovider tests/fast || failed+=("fast lane")
-    # two test files at a time (most of the time is spent waiting on servers), then the
-    # timing-sensitive fault tests alone
-    run_pytest -m "service and not serial" -n 2 --dist loadfile -p no:cacheprovider \
-        --durations=30 || failed+=("service lane")
-    run_pytest -m "service and serial" -p no:cacheprovider --durations=10 \
-        || failed+=("service lane (serial)")
+    # the longest fault tests (marker by_hand, tests/conftest.py) run by hand: -m by_hand
+    run_pytest -m "service and not by_hand" -p no:cacheprovider --durations=30 \
+        || failed+=("service lane")
 fi
 
 if [ ${#failed[@]} -gt 0 ]; then
