@@ -35,7 +35,6 @@ from cdc_bridge.cli.schema_logic import (
 )
 from cdc_bridge.config import BridgeConfig
 from cdc_bridge.daemon.control import DONE, FINISHED, ControlDb, control_path
-from cdc_bridge.daemon.schemas import resolve_table
 from cdc_bridge.kernel.errors import BridgeError
 from cdc_bridge.outbox.factory import open_store
 from cdc_bridge.relay.publisher import connect_once
@@ -213,6 +212,8 @@ def accept(config_path: Path, adapter: str, table: str, timeout_s: float) -> Non
 
 def _accept_offline(config: BridgeConfig, adapter: str, table: str) -> int:
     """No daemon running: release the held events in the outbox directly."""
+    from cdc_bridge.daemon.schemas import resolve_table  # (the daemon's modules: only here)
+
     store = open_store(config.outbox_url())
     try:
         states = {st.table: st for _, st in store.schema_states(adapter)}
